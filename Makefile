@@ -1,0 +1,38 @@
+# DynaGuide stack — everything runs from a virtual environment in .venv (no system ROS needed).
+#   make demo     set up (first time) and run the main job: the CALVIN sim graph, headless, guided
+#   make test     set up (first time) and run the default test suite
+#   make install  only set up
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs/msg/*.msg dynaguide_msgs/srv/*.srv)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# build requirements of dynaguide_msgs (ROS 2 build tools from PyPI), read from pyproject.toml
+	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['build-system']['requires']))" > $(VENV)/build-requirements.txt
+	$(PY) -m pip install -q -r $(VENV)/build-requirements.txt
+	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
+	$(PY) -c "import rclpy, dynaguide_msgs.msg, dynaguide, torch, pybullet; print('dynaguide stack installed')"
+	@touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/dynaguide demo
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/dynaguide bench guidance --json results/bench_guidance.json
+
+clean:
+	rm -rf build $(VENV)

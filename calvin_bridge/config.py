@@ -1,0 +1,98 @@
+"""Typed configuration of the CALVIN-like environment (loadable from ``config/calvin_env.yaml``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class CameraConfig:
+    """A pinhole camera rendered with PyBullet's TINY renderer.
+
+    ``look_from``/``look_at``/``up`` are world coordinates in metres (static camera) and are ignored for
+    the gripper camera, which is attached to the hand.  ``fov`` is the vertical field of view in degrees.
+    """
+
+    width: int = 200
+    height: int = 200
+    fov: float = 14.0
+    near: float = 0.01
+    far: float = 10.0
+    look_from: tuple[float, float, float] = (2.871459009488717, -2.166602199425597, 2.555159848480571)
+    look_at: tuple[float, float, float] = (-0.026242351159453392, -0.0302329882979393, 0.3920000493526459)
+    up: tuple[float, float, float] = (0.4041403970338857, 0.22629790978217522, 0.8862616969685161)
+
+    def __post_init__(self) -> None:
+        if self.width <= 0 or self.height <= 0:
+            raise ValueError(f"camera size must be positive, got {self.width}x{self.height}")
+        if not 0.0 < self.fov < 180.0:
+            raise ValueError(f"camera fov must be in (0, 180) degrees, got {self.fov}")
+
+
+def _gripper_camera() -> CameraConfig:
+    return CameraConfig(width=84, height=84, fov=75.0, near=0.01, far=2.0)
+
+
+@dataclass
+class CalvinEnvConfig:
+    """Everything that defines one CALVIN-like environment.
+
+    Attributes:
+        calvin_data_dir: directory holding the real CALVIN assets (``calvin_table_D/``, ``blocks/``,
+            ``plane/``); ``None`` builds the project's procedural play table instead.
+        table: table name inside ``calvin_data_dir`` (``calvin_table_D`` → ``calvin_table_D/urdf/calvin_table_D.urdf``).
+        global_scaling: PyBullet ``globalScaling`` of table and blocks (CALVIN: 0.8).
+        cache_dir: where the procedural URDFs are written (``None``: a fresh temporary directory).
+        robot_base_position / robot_initial_joints: CALVIN's Franka Panda base (m) and home joints (rad).
+        control_hz / physics_hz: control and physics rates (CALVIN: 30 Hz over 240 Hz).
+        max_rel_pos / max_rel_orn: one relative action unit (m, rad) (CALVIN: 0.02 m, 0.05 rad).
+        action_mode: ``"relative"`` (7-d CALVIN action) or ``"absolute"`` (xyz m, euler rad, gripper ±1).
+        render_every_step: render both cameras inside ``step`` (off = faster; call ``render_cameras``).
+        static_camera / gripper_camera: camera settings (200x200 and 84x84 by default).
+        settle_steps: physics steps after a reset so blocks come to rest before the first state.
+        robot_joint_noise: half-width (rad) of the uniform noise added to the home joints on random resets.
+        block_min_distance: minimum xy distance (m) between spawned blocks.
+        surfaces: CALVIN's block placement boxes ``name -> [[x,y,z] low, [x,y,z] high]`` (m).
+    """
+
+    calvin_data_dir: str | None = None
+    table: str = "calvin_table_D"
+    global_scaling: float = 0.8
+    cache_dir: str | None = None
+    robot_base_position: tuple[float, float, float] = (-0.34, -0.46, 0.24)
+    robot_initial_joints: tuple[float, ...] = (
+        -1.21779206, 1.03987646, 2.11978261, -2.34205014, -0.87015947, 1.64119353, 0.55344866)
+    control_hz: int = 30
+    physics_hz: int = 240
+    max_rel_pos: float = 0.02
+    max_rel_orn: float = 0.05
+    action_mode: str = "relative"
+    render_every_step: bool = True
+    static_camera: CameraConfig = field(default_factory=CameraConfig)
+    gripper_camera: CameraConfig = field(default_factory=_gripper_camera)
+    settle_steps: int = 60
+    robot_joint_noise: float = 0.1
+    block_min_distance: float = 0.09
+    surfaces: dict[str, list[list[float]]] = field(default_factory=lambda: {
+        "table": [[0.0, -0.15, 0.46], [0.35, -0.03, 0.46]],
+        "slider_left": [[-0.32, 0.05, 0.46], [-0.16, 0.12, 0.46]],
+        "slider_right": [[-0.05, 0.05, 0.46], [0.13, 0.12, 0.46]],
+    })
+
+    def __post_init__(self) -> None:
+        if self.action_mode not in ("relative", "absolute"):
+            raise ValueError(f"action_mode must be 'relative' or 'absolute', got {self.action_mode!r}")
+        if self.physics_hz % self.control_hz != 0:
+            raise ValueError(f"physics_hz ({self.physics_hz}) must be a multiple of control_hz ({self.control_hz})")
+        if len(self.robot_initial_joints) != 7:
+            raise ValueError(f"robot_initial_joints needs 7 values, got {len(self.robot_initial_joints)}")
+        if self.global_scaling <= 0:
+            raise ValueError(f"global_scaling must be positive, got {self.global_scaling}")
+        for name, box in self.surfaces.items():
+            if len(box) != 2 or any(len(c) != 3 for c in box):
+                raise ValueError(f"surface {name!r} must be [[x,y,z],[x,y,z]], got {box}")
+
+    @property
+    def substeps(self) -> int:
+        """Physics steps per control step (8 for 30 Hz over 240 Hz)."""
+        return self.physics_hz // self.control_hz

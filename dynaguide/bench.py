@@ -1,0 +1,246 @@
+"""``dynaguide bench guidance``: how fast is a guided chunk, and does it match the official loop?
+
+For each model configuration (``cpu``, ``paper`` — Core-Models' ``DiffusionPolicyConfig`` and
+``LatentDynamicsConfig`` presets, **randomly initialised**: timing does not depend on trained weights)
+this measures, per action chunk (T = 16, K = 10 positive goals, M = 4, 10 DDIM steps):
+
+* ``guided_ms`` — :func:`dynaguide.guidance.guided_ddim_sample` with :class:`DynaGuideObjective`,
+  B chunks in one batched call, divided by B;
+* ``unguided_ms`` — the base policy alone (same sampler, no objective, M = 1), divided by B;
+* ``naive_guided_ms`` — :func:`naive_official_guided_sample` below, a deliberately naive
+  re-implementation of the official MaxDu17/DynaGuide loop (batch 1, the noisy chunk requires grad
+  so the autograd graph of every policy call and DDIM step is kept across all steps), run B times
+  sequentially, divided by B;
+* ``speedup_vs_naive`` = naive / guided, and ``max_abs_diff_vs_naive`` — the largest absolute
+  difference between the batched guided actions and the naive ones for the same initial noise.
+
+Conditioning (``encode_observation``) and the current frame's tokens are computed once per chunk
+*outside* the timed loop for all three variants, so the figures are the denoising loop's cost.
+Every number is the median over ``--repeats`` timed runs after one warm-up run; the three variants
+are interleaved run by run so drifting machine load hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GuidanceSet, guided_ddim_sample
+
+CONFIG_NAMES = ("cpu", "paper")
+
+
+# ------------------------------------------------------------------------------ naive reference
+def naive_official_guided_sample(
+    policy: Any,
+    cond: torch.Tensor,
+    dynamics: Any,
+    obs_tokens: torch.Tensor,
+    proprio: torch.Tensor,
+    guidance_set: GuidanceSet,
+    *,
+    scale: float,
+    stochastic_steps: int,
+    initial_noise: torch.Tensor,
+    ddim: DDIMConfig | None = None,
+) -> torch.Tensor:
+    """NAIVE REFERENCE (benchmark only — do not use): the official loop's structure, batch 1.
+
+    Mirrors MaxDu17/DynaGuide ``_get_action_trajectory_guidance``: the noisy chunk is made to require
+    grad once and then every policy call, guidance gradient and scheduler step is recorded by
+    autograd, so the graph grows over all K·M denoising steps; stochastic sampling repeats the step
+    with the same k ("repeat" mode).  Shapes: ``cond (1, C)``, ``obs_tokens (1, N, D)``,
+    ``proprio (1, P)``, ``initial_noise (1, T, A)`` → actions ``(1, T, A)`` (detached at the end).
+    """
+    if initial_noise.shape[0] != 1:
+        raise ValueError("the naive reference runs one chunk at a time (batch 1)")
+    scheduler = make_ddim_scheduler(ddim)
+    naction = initial_noise.clone()
+    naction.requires_grad = True
+    for k in scheduler.timesteps:
+        timesteps = k.reshape(1).long()
+        for _ in range(stochastic_steps):
+            noise_pred = policy.predict_noise(naction, timesteps, cond)  # graph kept (no no_grad)
+            d = guidance_set.metric(dynamics(obs_tokens, proprio, naction))
+            grad = torch.autograd.grad(d.sum(), naction)[0]
+            noise_pred = noise_pred - (1 - scheduler.alphas_cumprod[k]).sqrt() * (scale * grad)
+            naction = scheduler.step(noise_pred, k, naction).prev_sample  # still attached to the graph
+    return naction.detach()
+
+
+# ------------------------------------------------------------------------------ setup
+@dataclass
+class BenchSetup:
+    """Everything one configuration needs; conditioning precomputed for ``batch`` observations."""
+
+    name: str
+    policy: Any
+    dynamics: Any
+    cond: torch.Tensor  # (B, C)
+    obs_tokens: torch.Tensor  # (B, N, D)
+    proprio: torch.Tensor  # (B, P)
+    guidance_set: GuidanceSet
+    noise: torch.Tensor  # (B, T, A)
+
+
+def build_setup(name: str, batch: int, num_goals: int, guidance: GuidanceConfig, seed: int = 0) -> BenchSetup:
+    """Random-weight policy + dynamics model of preset ``name`` with random observations and goals."""
+    from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+    from dynaguide.embedders import RandomPatchEmbedder
+    from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+    if name not in CONFIG_NAMES:
+        raise ValueError(f"unknown config {name!r}; choose from {CONFIG_NAMES}")
+    torch.manual_seed(seed)
+    policy_cfg = getattr(DiffusionPolicyConfig, name)()
+    dynamics_cfg = getattr(LatentDynamicsConfig, name)()
+    policy = DiffusionPolicy(policy_cfg).eval()
+    dynamics = LatentDynamicsModel(dynamics_cfg).eval()
+    proprio_dim, action_dim = policy_cfg.proprio_dim, policy_cfg.action_dim
+    lo, hi = -torch.ones(action_dim), torch.ones(action_dim)
+    policy.set_normalizer_stats(lo, hi, -torch.ones(proprio_dim), torch.ones(proprio_dim))
+    dynamics.set_normalizer_stats(lo, hi, -torch.ones(dynamics_cfg.proprio_dim), torch.ones(dynamics_cfg.proprio_dim))
+    side = int(round(dynamics_cfg.embed_tokens ** 0.5))
+    embedder = RandomPatchEmbedder(image_size=side * 14, patch_size=14, dim=dynamics_cfg.embed_dim, seed=seed)
+
+    gen = torch.Generator().manual_seed(seed)
+    to, size = policy_cfg.n_obs_steps, policy_cfg.image_size
+    obs = {key: torch.rand(batch, to, 3, size, size, generator=gen) for key in policy_cfg.image_keys}
+    obs["proprio"] = torch.rand(batch, to, proprio_dim, generator=gen) * 2 - 1
+    goal_images = torch.rand(num_goals, 3, size, size, generator=gen)
+    current = torch.rand(batch, 3, size, size, generator=gen)
+    with torch.no_grad():
+        cond = policy.encode_observation(obs)
+        obs_tokens = embedder(current)
+    guidance_set = GuidanceSet.from_images(embedder, dynamics, goal_images, None, guidance)
+    noise = torch.randn(batch, policy_cfg.horizon, action_dim, generator=gen)
+    proprio = obs["proprio"][:, -1, : dynamics_cfg.proprio_dim]
+    return BenchSetup(name, policy, dynamics, cond, obs_tokens, proprio, guidance_set, noise)
+
+
+def _interleaved_median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median wall-clock ms of each function over ``repeats`` rounds, after one warm-up round.
+
+    Rounds interleave the functions (a, b, c, a, b, c, ...) so a change of machine load during the
+    run affects all of them alike rather than whichever happened to run then.
+    """
+    results = {name: fn() for name, fn in fns.items()}  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
+def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str, float]:
+    """Time guided / unguided / naive sampling for one setup; per-chunk milliseconds."""
+    cfg = setup.guidance_set.config
+    batch = setup.noise.shape[0]
+    objective = DynaGuideObjective(setup.dynamics, setup.obs_tokens, setup.proprio, setup.guidance_set)
+
+    def guided():
+        return guided_ddim_sample(setup.policy, setup.cond, objective, scale=cfg.scale, ddim=ddim,
+                                  stochastic_steps=cfg.stochastic_steps, stochastic_mode="repeat",
+                                  initial_noise=setup.noise).actions
+
+    def unguided():
+        return guided_ddim_sample(setup.policy, setup.cond, None, scale=0.0, ddim=ddim, initial_noise=setup.noise).actions
+
+    def naive():
+        return torch.cat([
+            naive_official_guided_sample(
+                setup.policy, setup.cond[b : b + 1], setup.dynamics, setup.obs_tokens[b : b + 1],
+                setup.proprio[b : b + 1], setup.guidance_set, scale=cfg.scale,
+                stochastic_steps=cfg.stochastic_steps, initial_noise=setup.noise[b : b + 1], ddim=ddim)
+            for b in range(batch)
+        ])
+
+    ms, out = _interleaved_median_ms({"guided": guided, "unguided": unguided, "naive": naive}, repeats)
+    return {
+        "batch": batch,
+        "guided_ms": ms["guided"] / batch,
+        "unguided_ms": ms["unguided"] / batch,
+        "naive_guided_ms": ms["naive"] / batch,
+        "speedup_vs_naive": ms["naive"] / ms["guided"],
+        "max_abs_diff_vs_naive": float((out["guided"] - out["naive"]).abs().max()),
+        "guided_vs_unguided_max_abs_diff": float((out["guided"] - out["unguided"]).abs().max()),
+    }
+
+
+# ------------------------------------------------------------------------------ CLI
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _config_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [n for n in names if n not in CONFIG_NAMES]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(f"configs must be a comma-separated subset of {CONFIG_NAMES}, got {text!r}")
+    return names
+
+
+def run_guidance_bench(args: argparse.Namespace) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    guidance = GuidanceConfig(scale=args.scale, stochastic_steps=args.stochastic_steps, sigma=args.sigma)
+    ddim = DDIMConfig(num_inference_steps=args.steps)
+    print(f"dynaguide bench guidance: K={args.goals} positive goals, M={guidance.stochastic_steps} (repeat), "
+          f"{ddim.num_inference_steps} DDIM steps, s={guidance.scale}, sigma={guidance.sigma}, "
+          f"torch threads={torch.get_num_threads()}, repeats={args.repeats}")
+    print("NOTE: policy and dynamics weights are randomly initialised (timing does not depend on training); "
+          "ms are per action chunk, conditioning/embedding of the current frame excluded.")
+    results: dict[str, dict[str, float]] = {}
+    for name in args.configs:
+        for i, batch in enumerate(args.batch):
+            key = name if i == 0 else f"{name}_b{batch}"
+            setup = build_setup(name, batch, args.goals, guidance, seed=args.seed)
+            row = bench_config(setup, args.repeats, ddim)
+            results[key] = row
+            print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, unguided {row['unguided_ms']:.1f} ms/chunk, "
+                  f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk -> speedup x{row['speedup_vs_naive']:.2f}; "
+                  f"max |guided - naive| = {row['max_abs_diff_vs_naive']:.2e} "
+                  f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f})", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``bench`` (with its ``guidance`` subcommand) to the ``dynaguide`` command."""
+    bench = subparsers.add_parser("bench", help="performance benchmarks")
+    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    parser = sub.add_parser("guidance", help="guided vs unguided vs naive official sampling loop",
+                            description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", type=_config_list, default=list(CONFIG_NAMES), help="comma list of cpu,paper")
+    parser.add_argument("--batch", type=_int_list, default=[1],
+                        help="batch size(s), comma list, e.g. 1,8 (B chunks at once vs B sequential naive runs)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--goals", type=int, default=10, help="K positive goals")
+    parser.add_argument("--stochastic-steps", type=int, default=4, help="M")
+    parser.add_argument("--steps", type=int, default=10, help="DDIM inference steps")
+    parser.add_argument("--scale", type=float, default=1.5, help="guidance scale s")
+    parser.add_argument("--sigma", type=float, default=30.0, help="metric temperature sigma")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")
+    parser.set_defaults(func=run_guidance_bench)
+    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])

@@ -1,0 +1,58 @@
+"""The ``dynaguide`` command.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; that function adds a
+parser whose ``func`` default runs it.  Modules are imported lazily so ``dynaguide --help`` stays fast
+and a command whose optional dependencies are missing does not break the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: subcommand name -> module providing ``register(subparsers)``
+COMMANDS: dict[str, str] = {
+    "demo": "dynaguide_ros.demo",
+    "bench": "dynaguide.bench",
+    "blocktouch": "dynaguide.experiments.blocktouch.cli",
+    "calvin": "calvin_bridge.cli",
+    "launch": "dynaguide_ros.launcher",
+    "guide": "dynaguide_ros.guide_cli",
+    "node": "dynaguide_ros.run_node",
+    "interfaces": "dynaguide_ros.selfcheck",
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dynaguide", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = None
+    if argv:
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+    for name, module_name in COMMANDS.items():
+        if wanted is not None and wanted in COMMANDS and name != wanted:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+                continue  # subcommand not part of this install (yet)
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    result = args.func(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

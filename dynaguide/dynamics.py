@@ -1,0 +1,331 @@
+"""Latent dynamics model h(φ(o_t), proprio_t, a_{t:t+T}) → ẑ (predicted embedding of the segment's final frame).
+
+Token layout (paper config): ``N = 256`` patch tokens of the current frame + 1 proprio token + 1 action
+token = 258 tokens, a learned positional embedding, a 6-layer 8-head transformer encoder; the first
+``N`` outputs (after a linear head) are the prediction, trained with MSE against ``outcome_latent`` of
+the final frame's tokens.  The action token concatenates one ``D/T``-wide linear embedding per action
+step (``T`` steps, ``D`` = model width).  The CPU config average-pools the patch grid (e.g. 16x16 →
+4x4 = 16 tokens) and uses a narrower transformer — same code.
+
+Actions given to the model are **normalised to [-1, 1]** with the same min/max as the policy (stored
+here as buffers); proprio is raw and normalised inside.  The chunk starts at the current step and is
+padded by repeating the last action (see :mod:`dynaguide.data`).
+
+Also: :class:`OutcomeClassifier` (categorical outcome head for the toy experiment) and
+:func:`noise_actions_for_dynamics` (the paper's noise augmentation).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.normalization import MinMaxNormalizer
+from dynaguide.policy.vision import ImageEncoder
+
+
+# ---------------------------------------------------------------------------- noise augmentation
+def sample_geometric_steps(n: int, p: float, max_step: int, generator: torch.Generator | None = None,
+                           device: torch.device | str = "cpu") -> torch.Tensor:
+    """``n`` draws of a geometric distribution on {1, 2, …} (P(k) = (1-p)^(k-1) p, mean 1/p), clipped to ``max_step``."""
+    if not 0.0 < p <= 1.0:
+        raise ValueError(f"geometric_p must be in (0, 1], got {p}")
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    if p == 1.0:
+        k = torch.ones(n, dtype=torch.float64, device=device)
+    else:
+        # inverse CDF: P(K <= k) = 1 - (1-p)^k ; 1 - u is in (0, 1] so the log is finite
+        k = torch.ceil(torch.log1p(-u) / math.log1p(-p)).clamp_min(1.0)
+    return k.clamp_max(max_step).long()
+
+
+def noise_actions_for_dynamics(
+    actions: torch.Tensor,
+    scheduler,
+    generator: torch.Generator | None = None,
+    noised_fraction: float = 0.5,
+    geometric_p: float = 0.05,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise augmentation of dynamics training chunks (paper, Sec. 4).
+
+    ``actions (B, T, A)`` normalised.  Each sample is noised with probability ``noised_fraction`` via
+    ``scheduler.add_noise`` (the inference DDIM scheduler) at a step ``k ~ Geometric(p)`` on {1, 2, …}
+    (mean ``1/p`` = 20), clipped to the last training step.  Returns ``(noisy (B, T, A), timesteps (B,)
+    long)`` where ``timesteps[b] = -1`` marks a sample left clean.
+    """
+    if actions.ndim != 3:
+        raise ValueError(f"actions must be (B, T, A), got {tuple(actions.shape)}")
+    if not 0.0 <= noised_fraction <= 1.0:
+        raise ValueError(f"noised_fraction must be in [0, 1], got {noised_fraction}")
+    b = actions.shape[0]
+    device = actions.device
+    gen_device = generator.device if generator is not None else device
+    last_step = int(scheduler.config.num_train_timesteps) - 1
+    noised = (torch.rand(b, generator=generator, device=gen_device) < noised_fraction).to(device)
+    steps = sample_geometric_steps(b, geometric_p, last_step, generator, gen_device).to(device)
+    noise = torch.randn(actions.shape, generator=generator, device=gen_device, dtype=actions.dtype).to(device)
+    noisy = scheduler.add_noise(actions, noise, steps)
+    out = torch.where(noised[:, None, None], noisy, actions)
+    timesteps = torch.where(noised, steps, torch.full_like(steps, -1))
+    return out, timesteps
+
+
+def check_action_space(model, policy, atol: float = 1e-6) -> None:
+    """``model`` (dynamics/classifier) and ``policy`` must share horizon, action dim and action min/max."""
+    name = type(model).__name__
+    if (model.horizon, model.action_dim) != (policy.horizon, policy.action_dim):
+        raise ValueError(f"{name} expects chunks (T={model.horizon}, A={model.action_dim}) but the policy makes "
+                         f"(T={policy.horizon}, A={policy.action_dim})")
+    mine, theirs = model.action_normalizer, getattr(policy, "action_normalizer", None)
+    if theirs is None:
+        return
+    if not (mine.is_fitted and theirs.is_fitted):
+        raise ValueError(f"action normaliser stats are not set on the {name} or the policy")
+    if not (torch.allclose(mine.min, theirs.min.to(mine.min), atol=atol)
+            and torch.allclose(mine.max, theirs.max.to(mine.max), atol=atol)):
+        raise ValueError(f"{name} and the policy normalise actions differently (min/max differ): guidance would "
+                         "feed the model actions in the wrong units; train both from the same data/stats")
+
+
+# ---------------------------------------------------------------------------- dynamics model
+@dataclass
+class LatentDynamicsConfig:
+    """``embed_tokens``/``embed_dim`` describe the embedder (N, D); ``pool`` average-pools the square token
+    grid by that factor per side; ``model_dim`` is the transformer width (must be divisible by ``horizon``
+    and ``n_heads``)."""
+
+    embed_tokens: int = 256
+    embed_dim: int = 384
+    pool: int = 1
+    model_dim: int = 384
+    n_layers: int = 6
+    n_heads: int = 8
+    ff_mult: int = 4
+    dropout: float = 0.0
+    proprio_dim: int = 15
+    action_dim: int = 7
+    horizon: int = 16
+    noised_fraction: float = 0.5
+    geometric_p: float = 0.05
+    ddim: DDIMConfig = field(default_factory=DDIMConfig)
+
+    def __post_init__(self) -> None:
+        side = math.isqrt(self.embed_tokens)
+        if side * side != self.embed_tokens:
+            raise ValueError(f"embed_tokens must be a square number (a patch grid), got {self.embed_tokens}")
+        if self.pool <= 0 or side % self.pool:
+            raise ValueError(f"pool {self.pool} must divide the grid side {side}")
+        if self.model_dim % self.horizon:
+            raise ValueError(f"model_dim {self.model_dim} must be divisible by horizon {self.horizon} (action token)")
+        if self.model_dim % self.n_heads:
+            raise ValueError(f"model_dim {self.model_dim} must be divisible by n_heads {self.n_heads}")
+        for name in ("embed_dim", "n_layers", "action_dim", "horizon", "ff_mult"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.proprio_dim < 0:
+            raise ValueError("proprio_dim must be >= 0")
+
+    @property
+    def out_tokens(self) -> int:
+        return self.embed_tokens // (self.pool * self.pool)
+
+    @property
+    def in_tokens(self) -> int:
+        return self.out_tokens + (1 if self.proprio_dim > 0 else 0) + 1
+
+    @classmethod
+    def paper(cls, **overrides) -> "LatentDynamicsConfig":
+        """DINOv2 ViT-S/14 tokens (256 x 384), no pooling, width 384, 6 layers, 8 heads: 258 tokens in."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides) -> "LatentDynamicsConfig":
+        """16x16 grid pooled 4x4 → 16 tokens, width 128, 4 layers, 4 heads."""
+        base = dict(pool=4, model_dim=128, n_layers=4, n_heads=4, ff_mult=2)
+        base.update(overrides)
+        return cls(**base)
+
+
+class LatentDynamicsModel(nn.Module):
+    """See module docstring.  ``forward(obs_tokens (B, N, D), proprio (B, P), actions (B, T, A)) → (B, N_out, D)``."""
+
+    checkpoint_kind = "latent_dynamics"
+
+    def __init__(self, cfg: LatentDynamicsConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.horizon = cfg.horizon
+        self.action_dim = cfg.action_dim
+        d = cfg.model_dim
+        self.token_in = nn.Linear(cfg.embed_dim, d) if cfg.embed_dim != d else nn.Identity()
+        self.proprio_in = nn.Linear(cfg.proprio_dim, d) if cfg.proprio_dim > 0 else None
+        self.action_step_in = nn.Linear(cfg.action_dim, d // cfg.horizon)
+        self.pos_embedding = nn.Parameter(torch.randn(1, cfg.in_tokens, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            d, cfg.n_heads, cfg.ff_mult * d, cfg.dropout, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.embed_dim)
+        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
+        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
+        self.noise_scheduler = make_ddim_scheduler(cfg.ddim)
+
+    def set_normalizer_stats(self, action_min, action_max, proprio_min=None, proprio_max=None) -> None:
+        """Raw-unit min/max of actions ``(A,)`` and proprio ``(P,)`` — use the policy's action stats."""
+        self.action_normalizer.set_stats(action_min, action_max)
+        if self.proprio_normalizer is not None:
+            if proprio_min is None or proprio_max is None:
+                raise ValueError("proprio_min/proprio_max are required when proprio_dim > 0")
+            self.proprio_normalizer.set_stats(proprio_min, proprio_max)
+
+    @property
+    def normalizers_fitted(self) -> bool:
+        return self.action_normalizer.is_fitted and (self.proprio_normalizer is None or self.proprio_normalizer.is_fitted)
+
+    def check_compatible_with(self, policy, atol: float = 1e-6) -> None:
+        """Raise ``ValueError`` unless ``policy`` produces chunks this model understands: same horizon,
+        action dimension and action min/max (the normalised action space must be the same)."""
+        check_action_space(self, policy, atol)
+
+    def outcome_latent(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Embedder tokens ``(B, N, D)`` → outcome space ``(B, N_out, D)`` (avg-pool of the grid; identity if pool=1)."""
+        cfg = self.cfg
+        if tokens.ndim != 3 or tokens.shape[1:] != (cfg.embed_tokens, cfg.embed_dim):
+            raise ValueError(f"tokens must be (B, {cfg.embed_tokens}, {cfg.embed_dim}), got {tuple(tokens.shape)}")
+        if cfg.pool == 1:
+            return tokens
+        b = tokens.shape[0]
+        side = math.isqrt(cfg.embed_tokens)
+        grid = tokens.transpose(1, 2).reshape(b, cfg.embed_dim, side, side)
+        pooled = F.avg_pool2d(grid, cfg.pool)
+        return pooled.reshape(b, cfg.embed_dim, -1).transpose(1, 2)
+
+    def forward(self, obs_tokens: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
+        """``obs_tokens (B, N, D)`` embedder output, ``proprio (B, P)`` raw, ``actions (B, T, A)`` normalised
+        → predicted final-frame latent ``(B, N_out, D)``."""
+        cfg = self.cfg
+        z = self.outcome_latent(obs_tokens)
+        b = z.shape[0]
+        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        if actions.shape[0] != b:
+            if actions.shape[0] != 1 and b != 1:
+                raise ValueError(f"actions batch {actions.shape[0]} does not match tokens batch {b}")
+        parts = [self.token_in(z)]
+        if self.proprio_normalizer is not None:
+            if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
+                shape = None if proprio is None else tuple(proprio.shape)
+                raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {shape}")
+            parts.append(self.proprio_in(self.proprio_normalizer.normalize(proprio.float())).unsqueeze(1))
+        action_token = self.action_step_in(actions).reshape(actions.shape[0], 1, cfg.model_dim)
+        batch = max(b, actions.shape[0])
+        parts = [p.expand(batch, -1, -1) for p in parts] + [action_token.expand(batch, -1, -1)]
+        x = torch.cat(parts, dim=1) + self.pos_embedding
+        x = self.final_norm(self.encoder(x))
+        return self.head(x[:, : cfg.out_tokens])
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                     augment: bool = True) -> torch.Tensor:
+        """MSE between the prediction and ``outcome_latent(target_tokens)``.
+
+        ``batch``: ``obs_tokens (B, N, D)``, ``target_tokens (B, N, D)``, ``proprio (B, P)`` raw,
+        ``actions (B, T, A)`` raw (normalised here, then noise-augmented when ``augment``).
+        """
+        if not self.normalizers_fitted:
+            raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
+        actions = self.action_normalizer.normalize(batch["actions"].float())
+        if augment:
+            actions, _ = noise_actions_for_dynamics(
+                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p
+            )
+        pred = self(batch["obs_tokens"].float(), batch.get("proprio"), actions)
+        target = self.outcome_latent(batch["target_tokens"].float())
+        return F.mse_loss(pred, target)
+
+
+# ---------------------------------------------------------------------------- classifier head
+@dataclass
+class OutcomeClassifierConfig:
+    """Categorical outcome predictor from the current image, proprio and (noisy) action chunk."""
+
+    num_classes: int = 4
+    image_size: int = 64
+    backbone: str = "small_cnn"
+    num_keypoints: int = 16
+    cnn_width: int = 32
+    hidden_dim: int = 256
+    proprio_dim: int = 2
+    action_dim: int = 2
+    horizon: int = 16
+    noised_fraction: float = 0.5
+    geometric_p: float = 0.05
+    ddim: DDIMConfig = field(default_factory=DDIMConfig)
+
+    def __post_init__(self) -> None:
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
+        for name in ("image_size", "hidden_dim", "action_dim", "horizon", "num_keypoints"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.proprio_dim < 0:
+            raise ValueError("proprio_dim must be >= 0")
+
+
+class OutcomeClassifier(nn.Module):
+    """``forward(image (B, 3, H, W) in [0, 1], proprio (B, P) raw, actions (B, T, A) normalised) → logits (B, C)``."""
+
+    checkpoint_kind = "outcome_classifier"
+
+    def __init__(self, cfg: OutcomeClassifierConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.horizon = cfg.horizon
+        self.action_dim = cfg.action_dim
+        self.image_encoder = ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width)
+        in_dim = self.image_encoder.out_dim + cfg.proprio_dim + cfg.horizon * cfg.action_dim
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, cfg.hidden_dim), nn.Mish(),
+            nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.Mish(),
+            nn.Linear(cfg.hidden_dim, cfg.num_classes),
+        )
+        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
+        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
+        self.noise_scheduler = make_ddim_scheduler(cfg.ddim)
+
+    set_normalizer_stats = LatentDynamicsModel.set_normalizer_stats
+    normalizers_fitted = LatentDynamicsModel.normalizers_fitted
+    check_compatible_with = LatentDynamicsModel.check_compatible_with
+
+    def forward(self, image: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        feats = self.image_encoder(image.float())
+        b = max(feats.shape[0], actions.shape[0])
+        parts = [feats.expand(b, -1)]
+        if self.proprio_normalizer is not None:
+            if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
+                shape = None if proprio is None else tuple(proprio.shape)
+                raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {shape}")
+            parts.append(self.proprio_normalizer.normalize(proprio.float()).expand(b, -1))
+        parts.append(actions.reshape(actions.shape[0], -1).expand(b, -1))
+        return self.mlp(torch.cat(parts, dim=-1))
+
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                     augment: bool = True) -> torch.Tensor:
+        """Cross-entropy.  ``batch``: ``image (B, 3, H, W)``, ``proprio (B, P)``, ``actions (B, T, A)`` raw, ``label (B,)`` long."""
+        if not self.normalizers_fitted:
+            raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
+        actions = self.action_normalizer.normalize(batch["actions"].float())
+        if augment:
+            actions, _ = noise_actions_for_dynamics(
+                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p
+            )
+        logits = self(batch["image"], batch.get("proprio"), actions)
+        return F.cross_entropy(logits, batch["label"].long())

@@ -1,0 +1,83 @@
+"""``dynaguide blocktouch collect | train-policy | train-dynamics | eval | report | run [--quick]``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from dataclasses import replace
+
+import torch
+
+from dynaguide.config import load_config
+
+from .config import BlockTouchConfig, quick_config
+
+STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run")
+
+
+def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
+    cfg = load_config(BlockTouchConfig, args.config) if args.config else BlockTouchConfig()
+    if args.quick:
+        cfg = quick_config(cfg)
+    if args.work_dir:
+        cfg = replace(cfg, work_dir=args.work_dir)
+    if args.results_dir:
+        cfg = replace(cfg, results_dir=args.results_dir)
+    ev = cfg.eval
+    if args.rollouts is not None:
+        ev = replace(ev, rollouts=args.rollouts)
+    if args.layouts:
+        ev = replace(ev, layouts=tuple(args.layouts.split(",")))
+    if args.methods:
+        ev = replace(ev, methods=tuple(args.methods.split(",")))
+    return replace(cfg, eval=ev)
+
+
+def _command_line() -> str:
+    argv = sys.argv[1:]
+    if argv and argv[0] == "blocktouch":
+        return "dynaguide " + shlex.join(argv)
+    return "dynaguide blocktouch " + shlex.join(argv)
+
+
+def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: str = "") -> None:
+    from . import pipeline, report
+
+    torch.set_num_threads(max(1, cfg.threads))
+    if stage in ("collect", "run"):
+        pipeline.stage_collect(cfg, force)
+    if stage in ("train-policy", "run"):
+        pipeline.stage_train_policy(cfg, force)
+    if stage in ("train-dynamics", "run"):
+        pipeline.stage_train_dynamics(cfg, force)
+    if stage in ("eval", "run"):
+        pipeline.stage_eval(cfg, force, command)
+    if stage in ("report", "run"):
+        for path in report.write_report(cfg):
+            print(f"wrote {path}")
+
+
+def _main(args: argparse.Namespace) -> int:
+    cfg = load_blocktouch_config(args)
+    t0 = time.perf_counter()
+    run_stage(args.stage, cfg, args.force, _command_line())
+    print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "
+          f"(results in {cfg.results_dir}, data/checkpoints in {cfg.work_dir})")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("blocktouch", help="the paper's 2-D BlockTouch steering experiment, end to end",
+                              description=__doc__)
+    p.add_argument("stage", choices=STAGES)
+    p.add_argument("--config", help="YAML file (BlockTouchConfig), e.g. config/blocktouch.yaml")
+    p.add_argument("--quick", action="store_true", help="tiny sizes for CI (< 3 min, not scored)")
+    p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
+    p.add_argument("--work-dir", help="data + checkpoints directory (overrides the config)")
+    p.add_argument("--results-dir", help="results directory (overrides the config)")
+    p.add_argument("--rollouts", type=int, help="rollouts per (layout, method)")
+    p.add_argument("--layouts", help="comma-separated subset of layouts")
+    p.add_argument("--methods", help="comma-separated subset of methods")
+    p.set_defaults(func=_main)

@@ -1,0 +1,377 @@
+"""The BlockTouch stages — collect, train-policy, train-dynamics, eval, report — each resumable.
+
+A stage whose output already exists is skipped unless ``force``; training resumes from the last
+checkpoint of an interrupted run (``dynaguide.training``), evaluation from the last finished
+(layout, method) cell.  Stage wall-clock times accumulate in ``<work_dir>/stages.json`` and are copied
+into ``results.json``.
+
+Outputs (``work_dir`` = data + checkpoints, not committed; ``results_dir`` = committed results)::
+
+    <work_dir>/demos.hdf5                    scripted demonstrations
+    <work_dir>/{policy,goal_policy,classifier,dynamics}/latest/   safetensors checkpoints
+    <work_dir>/eval/<layout>/<method>.json   one evaluation cell (+ .npz trajectories)
+    <results_dir>/results.json, results.md, bars.png, trajectories_<layout>.png
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
+from dynaguide.config import to_dict
+from dynaguide.dynamics import LatentDynamicsModel, OutcomeClassifier
+from dynaguide.embedders import make_embedder
+from dynaguide.guidance import GuidanceSet
+from dynaguide.policy import DiffusionPolicy
+from dynaguide.training import train_classifier, train_dynamics, train_policy
+
+from . import dataset as ds
+from .config import BlockTouchConfig
+from .env import NUM_BLOCKS
+from .evaluation import rollout
+from .layouts import LAYOUT_NAMES, sample_layout
+from .methods import (BaseSampler, ClassifierGuidedSampler, GoalConditionedSampler, LatentGuidedSampler,
+                      SamplingBaselineSampler)
+from .scripted import collect_demos, simulate_scripted_batch
+
+IMAGE_KEY = "rgb"
+GUIDED_METHODS = ("dynaguide_classifier", "dynaguide_latent")
+
+
+class Paths:
+    def __init__(self, cfg: BlockTouchConfig) -> None:
+        self.work = Path(cfg.work_dir)
+        self.results = Path(cfg.results_dir)
+        self.demos = self.work / "demos.hdf5"
+        self.policy = self.work / "policy"
+        self.goal_policy = self.work / "goal_policy"
+        self.classifier = self.work / "classifier"
+        self.dynamics = self.work / "dynamics"
+        self.eval = self.work / "eval"
+        self.stages = self.work / "stages.json"
+
+    def cell(self, layout: str, method: str) -> Path:
+        return self.eval / layout / f"{method}.json"
+
+
+def _log(msg: str) -> None:
+    print(f"[blocktouch {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def record_stage(paths: Paths, name: str, seconds: float) -> None:
+    """Add ``seconds`` to stage ``name`` in ``stages.json`` (a resumed stage accumulates)."""
+    paths.work.mkdir(parents=True, exist_ok=True)
+    stages = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}
+    stages[name] = round(stages.get(name, 0.0) + seconds, 2)
+    paths.stages.write_text(json.dumps(stages, indent=2) + "\n")
+
+
+def _timed(paths: Paths, name: str, fn: Callable[[], object]) -> object:
+    t0 = time.perf_counter()
+    out = fn()
+    record_stage(paths, name, time.perf_counter() - t0)
+    return out
+
+
+def _checkpoint_done(directory: Path, steps: int) -> bool:
+    try:
+        return int(read_checkpoint_meta(directory / "latest").get("step") or 0) >= steps
+    except ValueError:
+        return False
+
+
+def _prepare(directory: Path, force: bool) -> None:
+    if force and directory.exists():
+        shutil.rmtree(directory)
+
+
+class FrameItems(Dataset):
+    """Per-frame items for ``dynaguide.training`` from a vectorised batch function of frame indices."""
+
+    def __init__(self, make_batch: Callable[[torch.Tensor], dict], indices: np.ndarray) -> None:
+        self.make_batch = make_batch
+        self.indices = np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        batch = self.make_batch(torch.tensor([int(self.indices[i])]))
+        return {k: v[0] for k, v in batch.items()}
+
+
+def _unit_stats(model: torch.nn.Module) -> None:
+    """Actions and agent positions both live in [-1, 1] by construction: fixed normaliser stats, so the
+    policy, classifier and dynamics model share one normalised action space (guidance needs no transform)."""
+    lo, hi = -torch.ones(2), torch.ones(2)
+    model.set_normalizer_stats(lo, hi, lo, hi)
+
+
+# ---------------------------------------------------------------------------- stages
+def stage_collect(cfg: BlockTouchConfig, force: bool = False) -> None:
+    paths = Paths(cfg)
+    if paths.demos.exists() and not force:
+        _log(f"collect: {paths.demos} exists, skipping (use --force to redo)")
+        return
+    _log(f"collect: {cfg.collect.num_demos} demos -> {paths.demos}")
+    stats = _timed(paths, "collect", lambda: collect_demos(paths.demos, cfg.collect, cfg.env))
+    _log(f"collect: {stats}")
+
+
+def _load_split(cfg: BlockTouchConfig) -> tuple[ds.DemoArrays, np.ndarray, np.ndarray]:
+    demos = ds.load_demos(Paths(cfg).demos)
+    train_idx, val_idx = demos.split(cfg.val_fraction, seed=cfg.collect.seed)
+    return demos, train_idx, val_idx
+
+
+def stage_train_policy(cfg: BlockTouchConfig, force: bool = False) -> None:
+    """Base policy, then (when ``goal_conditioned`` is evaluated) the goal-conditioned baseline policy."""
+    paths = Paths(cfg)
+    jobs = [("train_policy", paths.policy, cfg.policy, cfg.policy_train, False)]
+    if "goal_conditioned" in cfg.eval.methods:
+        jobs.append(("train_goal_policy", paths.goal_policy, replace(cfg.policy, goal_conditioned=True),
+                     cfg.goal_policy_train, True))
+    demos = None
+    for name, directory, pcfg, tcfg, with_goal in jobs:
+        _prepare(directory, force)
+        if _checkpoint_done(directory, tcfg.steps):
+            _log(f"{name}: {directory} complete, skipping")
+            continue
+        if demos is None:
+            demos, train_idx, val_idx = _load_split(cfg)
+        policy = DiffusionPolicy(pcfg)
+        _unit_stats(policy)
+
+        def make_batch(idx, _goal=with_goal, _cfg=pcfg):
+            batch = ds.policy_batch(demos, idx, _cfg.n_obs_steps, _cfg.horizon, IMAGE_KEY)
+            if _goal:
+                batch[_cfg.goal_key] = demos.final_images[demos.episode[idx]].float() / 255.0
+            return batch
+
+        _log(f"{name}: {tcfg.steps} steps on {len(train_idx)} frames")
+        _timed(paths, name, lambda: train_policy(policy, FrameItems(make_batch, train_idx), tcfg, directory,
+                                                 FrameItems(make_batch, val_idx) if len(val_idx) else None))
+
+
+def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
+    """(a) the outcome classifier and (b) the latent dynamics model (embeddings of all frames cached in memory)."""
+    paths = Paths(cfg)
+    demos = None
+    _prepare(paths.classifier, force)
+    if _checkpoint_done(paths.classifier, cfg.classifier_train.steps):
+        _log(f"train_classifier: {paths.classifier} complete, skipping")
+    else:
+        demos, train_idx, val_idx = _load_split(cfg)
+        clf = OutcomeClassifier(cfg.classifier)
+        _unit_stats(clf)
+        make_batch = lambda idx: ds.classifier_batch(demos, idx, cfg.classifier.horizon)  # noqa: E731
+        _log(f"train_classifier: {cfg.classifier_train.steps} steps")
+        _timed(paths, "train_classifier", lambda: train_classifier(
+            clf, FrameItems(make_batch, train_idx), cfg.classifier_train, paths.classifier,
+            FrameItems(make_batch, val_idx) if len(val_idx) else None))
+    _prepare(paths.dynamics, force)
+    if _checkpoint_done(paths.dynamics, cfg.dynamics_train.steps):
+        _log(f"train_dynamics: {paths.dynamics} complete, skipping")
+        return
+    if demos is None:
+        demos, train_idx, val_idx = _load_split(cfg)
+    embedder = make_embedder(cfg.embedder).eval()
+
+    def embed_all() -> tuple[torch.Tensor, torch.Tensor]:
+        def embed(images: torch.Tensor) -> torch.Tensor:
+            out = []
+            with torch.no_grad():
+                for i in tqdm(range(0, len(images), 512), desc="embed", mininterval=5.0):
+                    out.append(embedder(images[i:i + 512].float() / 255.0).half())
+            return torch.cat(out)
+        return embed(demos.images), embed(demos.final_images)
+
+    tokens, final_tokens = _timed(paths, "embed_frames", embed_all)
+    model = LatentDynamicsModel(cfg.dynamics)
+    _unit_stats(model)
+
+    def make_batch(idx):
+        batch = ds.dynamics_batch(demos, tokens, final_tokens, idx, cfg.dynamics.horizon)
+        batch["obs_tokens"] = batch["obs_tokens"].float()
+        batch["target_tokens"] = batch["target_tokens"].float()
+        return batch
+
+    _log(f"train_dynamics: {cfg.dynamics_train.steps} steps")
+    _timed(paths, "train_dynamics", lambda: train_dynamics(
+        model, FrameItems(make_batch, train_idx), cfg.dynamics_train, paths.dynamics,
+        FrameItems(make_batch, val_idx) if len(val_idx) else None))
+
+
+# ---------------------------------------------------------------------------- evaluation
+def layout_goal_frames(layout: str, cfg: BlockTouchConfig) -> dict[int, np.ndarray]:
+    """Goal images per colour for ``layout``: final (touch) frames of scripted episodes started from that
+    layout's distribution (own seed, disjoint from the evaluation scenes) that touched the colour.
+    Returns class -> ``(K, S, S, 3)`` uint8 with ``K <= goals_per_class`` (empty if never reached)."""
+    k = cfg.eval.goals_per_class
+    rng = np.random.default_rng(cfg.eval.goal_seed + 7919 * LAYOUT_NAMES.index(layout))
+    frames: dict[int, list[np.ndarray]] = {c: [] for c in range(NUM_BLOCKS)}
+    for _ in range(40):
+        need = [c for c in range(NUM_BLOCKS) if len(frames[c]) < k]
+        if not need:
+            break
+        targets = np.repeat(need, max(2 * k, 8))
+        scenes = sample_layout(layout, rng, len(targets), cfg.env)
+        for ep in simulate_scripted_batch(rng, targets, cfg.collect, cfg.env, scenes):
+            if ep.touched == ep.target and len(frames[ep.target]) < k:
+                frames[ep.target].append(ep.final_image[0])
+    size = cfg.env.image_size
+    return {c: (np.stack(f) if f else np.zeros((0, size, size, 3), np.uint8)) for c, f in frames.items()}
+
+
+def _chw(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3))).float() / 255.0
+
+
+class _Models:
+    """Lazily loaded checkpoints (EMA weights where saved)."""
+
+    def __init__(self, cfg: BlockTouchConfig) -> None:
+        self.cfg = cfg
+        self.paths = Paths(cfg)
+        self._cache: dict[str, object] = {}
+
+    def _load(self, name: str, directory: Path):
+        if name not in self._cache:
+            if not (directory / "latest").is_dir():
+                raise ValueError(f"missing checkpoint {directory / 'latest'}: run the training stages first")
+            model, _ = load_checkpoint(directory / "latest")
+            self._cache[name] = model.requires_grad_(False)
+        return self._cache[name]
+
+    @property
+    def policy(self):
+        return self._load("policy", self.paths.policy)
+
+    @property
+    def goal_policy(self):
+        return self._load("goal_policy", self.paths.goal_policy)
+
+    @property
+    def classifier(self):
+        return self._load("classifier", self.paths.classifier)
+
+    @property
+    def dynamics(self):
+        return self._load("dynamics", self.paths.dynamics)
+
+    @property
+    def embedder(self):
+        if "embedder" not in self._cache:
+            self._cache["embedder"] = make_embedder(self.cfg.embedder).eval()
+        return self._cache["embedder"]
+
+
+def _build_sampler(method: str, models: _Models, cfg: BlockTouchConfig, goals: dict[int, np.ndarray] | None):
+    e = cfg.eval
+    ddim = cfg.policy.ddim
+    if method == "base":
+        return BaseSampler(models.policy, ddim)
+    if method == "dynaguide_classifier":
+        return ClassifierGuidedSampler(models.policy, models.classifier, ddim, e.classifier_scale, e.stochastic_steps,
+                                       e.stochastic_mode, e.other_weight, IMAGE_KEY)
+    if method == "sampling":
+        return SamplingBaselineSampler(models.policy, models.classifier, ddim, e.sampling_num, e.other_weight, IMAGE_KEY)
+    if method == "dynaguide_latent":
+        assert goals is not None
+        sets = {}
+        for target in range(NUM_BLOCKS):
+            if len(goals[target]) == 0:
+                continue
+            others = [goals[c] for c in range(NUM_BLOCKS) if c != target and len(goals[c])]
+            neg = torch.from_numpy(np.moveaxis(np.concatenate(others), -1, -3).copy()) if (others and e.latent_negatives) else None
+            pos = torch.from_numpy(np.moveaxis(goals[target], -1, -3).copy())
+            sets[target] = GuidanceSet.from_images(models.embedder, models.dynamics, pos, neg, e.latent_guidance)
+        return LatentGuidedSampler(models.policy, models.dynamics, models.embedder, sets, ddim, IMAGE_KEY)
+    if method == "goal_conditioned":
+        return GoalConditionedSampler(models.goal_policy, ddim)
+    raise ValueError(f"unknown method {method!r}")
+
+
+def evaluate_cell(layout: str, method: str, cfg: BlockTouchConfig, models: _Models,
+                  goals: dict[int, np.ndarray] | None) -> dict:
+    """Roll out ``cfg.eval.rollouts`` episodes of ``method`` on ``layout``; the scenes depend only on the
+    layout and the seed, so every method sees the same initial conditions (paired comparison)."""
+    e = cfg.eval
+    li = LAYOUT_NAMES.index(layout)
+    scenes = sample_layout(layout, np.random.default_rng(e.seed + 7919 * li), e.rollouts, cfg.env)
+    goal_images = None
+    if method == "goal_conditioned":
+        assert goals is not None
+        rng = np.random.default_rng(e.seed + 31 + li)
+        picks = []
+        for t in scenes.target:
+            if len(goals[int(t)]) == 0:
+                raise ValueError(f"layout {layout}: no goal frames for colour {int(t)}")
+            picks.append(goals[int(t)][rng.integers(len(goals[int(t)]))])
+        goal_images = _chw(np.stack(picks))
+    sampler = _build_sampler(method, models, cfg, goals)
+    res = rollout(sampler, scenes, cfg.env, n_obs_steps=cfg.policy.n_obs_steps, n_action_steps=e.n_action_steps,
+                  horizon=e.horizon, seed=e.seed + 101 * li + 7, image_key=IMAGE_KEY, goal_images=goal_images,
+                  max_batch=e.max_batch)
+    summary = res.summary()
+    paths = Paths(cfg)
+    out = paths.cell(layout, method)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    p = min(e.trajectories_plotted, len(scenes))
+    np.savez_compressed(out.with_suffix(".npz"), agent=scenes.agent[:p], blocks=scenes.blocks[:p], yaw=scenes.yaw[:p],
+                        target=scenes.target[:p], touched=res.touched[:p],
+                        **{f"traj_{i}": res.trajectories[i] for i in range(p)})
+    out.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def stage_eval(cfg: BlockTouchConfig, force: bool = False, command: str = "") -> dict:
+    paths = Paths(cfg)
+    models = _Models(cfg)
+    for layout in cfg.eval.layouts:
+        goals = None
+        for method in cfg.eval.methods:
+            cell = paths.cell(layout, method)
+            if cell.exists() and not force:
+                _log(f"eval {layout}/{method}: done, skipping")
+                continue
+            if goals is None and method in ("dynaguide_latent", "goal_conditioned"):
+                goals = _timed(paths, "goal_frames", lambda: layout_goal_frames(layout, cfg))
+            t0 = time.perf_counter()
+            summary = evaluate_cell(layout, method, cfg, models, goals)
+            record_stage(paths, "eval", time.perf_counter() - t0)
+            _log(f"eval {layout}/{method}: rate {summary['rate']:.3f} ci95 [{summary['ci95'][0]:.3f}, "
+                 f"{summary['ci95'][1]:.3f}] n={summary['n']} ({summary['seconds']:.0f} s)")
+    return write_results(cfg, command)
+
+
+def write_results(cfg: BlockTouchConfig, command: str = "") -> dict:
+    """Assemble ``results.json`` from the finished cells (``rate``, ``ci95``, ``n`` plus diagnostics)."""
+    paths = Paths(cfg)
+    layouts: dict[str, dict] = {}
+    for layout in cfg.eval.layouts:
+        for method in cfg.eval.methods:
+            cell = paths.cell(layout, method)
+            if cell.exists():
+                layouts.setdefault(layout, {})[method] = json.loads(cell.read_text())
+    mean = {}
+    for method in cfg.eval.methods:
+        rates = [layouts[l][method]["rate"] for l in cfg.eval.layouts if method in layouts.get(l, {})]
+        if len(rates) == len(cfg.eval.layouts):
+            mean[method] = float(np.mean(rates))
+    stages = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}
+    results = {"layouts": layouts, "mean_over_layouts": mean, "stages_s": stages,
+               "total_s": round(sum(stages.values()), 1), "command": command, "config": to_dict(cfg)}
+    paths.results.mkdir(parents=True, exist_ok=True)
+    (paths.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results

@@ -1,0 +1,37 @@
+"""DynaGuide guidance: Eq. 2 metric, goal sets, objectives and the guided DDIM sampler (Algorithm 1)."""
+
+from dynaguide.guidance.goals import FinalFrames, GuidanceConfig, GuidanceSet, sample_with_guidance_set
+from dynaguide.guidance.metric import goal_distances, latent_guidance_metric
+from dynaguide.guidance.objectives import (
+    ClassifierObjective,
+    DynaGuideObjective,
+    PositionGuidanceObjective,
+    chunk_for_dynamics,
+)
+from dynaguide.guidance.sampler import (
+    GuidedSample,
+    SampleTimings,
+    guided_ddim_sample,
+    objective_value_and_grad,
+    renoise,
+    unguided_ddim_sample,
+)
+
+__all__ = [
+    "ClassifierObjective",
+    "DynaGuideObjective",
+    "FinalFrames",
+    "GuidanceConfig",
+    "GuidanceSet",
+    "GuidedSample",
+    "PositionGuidanceObjective",
+    "SampleTimings",
+    "chunk_for_dynamics",
+    "goal_distances",
+    "guided_ddim_sample",
+    "latent_guidance_metric",
+    "objective_value_and_grad",
+    "renoise",
+    "sample_with_guidance_set",
+    "unguided_ddim_sample",
+]

@@ -1,0 +1,276 @@
+"""Goal conditions for DynaGuide: positive/negative outcome latents plus the guidance settings.
+
+A :class:`GuidanceSet` is built once per task (embedding goal images is the expensive part) and then
+reused by every denoising step of every chunk.  Latents live in the dynamics model's *outcome space*,
+i.e. what ``LatentDynamicsModel.forward`` predicts and ``LatentDynamicsModel.outcome_latent`` maps
+embedder tokens into: ``(K, N_out, D_out)``.
+
+Two ways to get them:
+
+* :meth:`GuidanceSet.from_images` — the paper's text: embed the goal images (φ) and map the tokens
+  into the outcome space.
+* :meth:`GuidanceSet.from_final_frames_through_dynamics` — what the official code does: push the
+  final frame of each goal demonstration through the dynamics model with that demonstration's last
+  action repeated over the whole chunk (a "stay here" chunk), and use the prediction as the goal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import torch
+
+from dynaguide.guidance.metric import latent_guidance_metric
+from dynaguide.guidance.sampler import STOCHASTIC_MODES, GuidedSample, guided_ddim_sample
+
+
+@dataclass
+class GuidanceConfig:
+    """Guidance hyper-parameters (YAML section ``guidance``).
+
+    Defaults follow the official CALVIN runs (``--scale 1.5 --ss 4 --alpha 30``; we read ``alpha``
+    as the temperature σ of Eq. 2).  σ is in latent distance units, so it must be re-tuned when the
+    embedder or the outcome space changes (the CPU config's pooled latents are much smaller).
+    """
+
+    sigma: float = 30.0
+    scale: float = 1.5
+    stochastic_steps: int = 4
+    stochastic_mode: str = "repeat"
+    squared: bool = False
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"guidance sigma must be a positive number, got {self.sigma}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ValueError(f"guidance scale must be finite and >= 0, got {self.scale}")
+        if not isinstance(self.stochastic_steps, int) or self.stochastic_steps < 1:
+            raise ValueError(f"stochastic_steps must be an integer >= 1, got {self.stochastic_steps!r}")
+        if self.stochastic_mode not in STOCHASTIC_MODES:
+            raise ValueError(f"stochastic_mode must be one of {STOCHASTIC_MODES}, got {self.stochastic_mode!r}")
+
+
+@dataclass
+class FinalFrames:
+    """Final observations of goal demonstrations, for the official-code goal construction.
+
+    Attributes:
+        images: ``(K, 3, H, W)`` float in [0, 1] (or uint8 0..255), the last camera frame.
+        proprio: ``(K, P)`` proprioception at that frame, raw units as the dynamics model expects.
+        last_actions: ``(K, A)`` the demonstration's last action, in the space the dynamics model
+            was trained on (normalised actions for our models).
+    """
+
+    images: torch.Tensor
+    proprio: torch.Tensor
+    last_actions: torch.Tensor
+
+
+def _as_unit_images(name: str, images: torch.Tensor) -> torch.Tensor:
+    """Validate ``(K, 3, H, W)`` images and return them as float in [0, 1]."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"{name} must be a (K, 3, H, W) image tensor, got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is empty; pass None to leave that goal set out")
+    if images.dtype == torch.uint8:
+        return images.float() / 255.0
+    if not images.is_floating_point():
+        raise ValueError(f"{name} must be float in [0, 1] or uint8, got dtype {images.dtype}")
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    if images.min() < 0 or images.max() > 1:
+        raise ValueError(f"{name} must be in [0, 1] (got range [{float(images.min()):.3g}, {float(images.max()):.3g}])")
+    return images
+
+
+def _batched(fn: Callable[..., torch.Tensor], *tensors: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Apply ``fn`` over the leading dimension in chunks of ``batch_size`` under ``no_grad``."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, tensors[0].shape[0], batch_size):
+            outs.append(fn(*(t[i : i + batch_size] for t in tensors)))
+    return torch.cat(outs, dim=0)
+
+
+def _module_device(module: Any) -> torch.device | None:
+    if isinstance(module, torch.nn.Module):
+        for p in module.parameters():
+            return p.device
+    return None
+
+
+@dataclass
+class GuidanceSet:
+    """Positive/negative goal latents and how strongly to steer towards/away from them.
+
+    Attributes:
+        positives: ``(K, N, D)`` desired outcome latents, or None.
+        negatives: ``(K', N, D)`` undesired outcome latents, or None.
+        config: σ, scale s, stochastic steps M and mode, distance kind.
+    """
+
+    positives: torch.Tensor | None
+    negatives: torch.Tensor | None
+    config: GuidanceConfig = field(default_factory=GuidanceConfig)
+
+    def __post_init__(self) -> None:
+        if self.positives is None and self.negatives is None:
+            raise ValueError("a GuidanceSet needs positive goals, negative goals, or both (got neither)")
+        shape = None
+        for name in ("positives", "negatives"):
+            latents = getattr(self, name)
+            if latents is None:
+                continue
+            if not isinstance(latents, torch.Tensor) or latents.dim() != 3:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"{name} must be a (K, N, D) tensor of outcome latents, got {got}")
+            if latents.shape[0] == 0:
+                raise ValueError(f"{name} is empty (K = 0); pass None to leave it out")
+            if not latents.is_floating_point():
+                raise ValueError(f"{name} must be floating point, got {latents.dtype}")
+            if not torch.isfinite(latents).all():
+                raise ValueError(f"{name} contains NaN or inf")
+            if shape is not None and latents.shape[1:] != shape:
+                raise ValueError(
+                    f"positives have latent shape {tuple(shape)} but negatives {tuple(latents.shape[1:])}; "
+                    "both must be in the same outcome space"
+                )
+            shape = latents.shape[1:]
+            setattr(self, name, latents.detach())
+
+    # ----------------------------------------------------------------------------------- builders
+    @classmethod
+    def from_latents(
+        cls,
+        positives: torch.Tensor | None,
+        negatives: torch.Tensor | None = None,
+        config: GuidanceConfig | None = None,
+    ) -> "GuidanceSet":
+        """Use already-computed outcome latents ``(K, N, D)`` directly."""
+        return cls(positives, negatives, config or GuidanceConfig())
+
+    @classmethod
+    def from_images(
+        cls,
+        embedder: Callable[[torch.Tensor], torch.Tensor],
+        dynamics: Any,
+        pos_images: torch.Tensor | None,
+        neg_images: torch.Tensor | None = None,
+        config: GuidanceConfig | None = None,
+        batch_size: int = 32,
+    ) -> "GuidanceSet":
+        """Embed goal images and map them into the dynamics model's outcome space (paper text).
+
+        Args:
+            embedder: ``PatchEmbedder``: ``(K, 3, H, W)`` in [0, 1] → ``(K, N, D)`` tokens.
+            dynamics: ``LatentDynamicsModel`` providing ``outcome_latent(tokens) -> (K, N_out, D_out)``.
+            pos_images, neg_images: ``(K, 3, H, W)`` goal images (float [0, 1] or uint8), or None.
+            batch_size: images embedded per forward pass.
+        """
+        device = _module_device(dynamics) or _module_device(embedder) or torch.device("cpu")
+
+        def latents(name: str, images: torch.Tensor | None) -> torch.Tensor | None:
+            if images is None:
+                return None
+            images = _as_unit_images(name, images).to(device)
+            return _batched(lambda x: dynamics.outcome_latent(embedder(x)), images, batch_size=batch_size)
+
+        return cls(latents("pos_images", pos_images), latents("neg_images", neg_images), config or GuidanceConfig())
+
+    @classmethod
+    def from_final_frames_through_dynamics(
+        cls,
+        embedder: Callable[[torch.Tensor], torch.Tensor],
+        dynamics: Any,
+        positives: FinalFrames | None,
+        negatives: FinalFrames | None = None,
+        horizon: int = 16,
+        config: GuidanceConfig | None = None,
+        batch_size: int = 32,
+    ) -> "GuidanceSet":
+        """Official-code variant: goal = dynamics(φ(final frame), proprio, last action repeated T times).
+
+        Args:
+            embedder: ``PatchEmbedder`` for the final frames.
+            dynamics: ``LatentDynamicsModel``: ``forward(tokens, proprio, actions (K, T, A))``.
+            positives, negatives: :class:`FinalFrames` of the goal demonstrations, or None.
+            horizon: T, the action chunk length the dynamics model takes.
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        device = _module_device(dynamics) or _module_device(embedder) or torch.device("cpu")
+
+        def latents(name: str, frames: FinalFrames | None) -> torch.Tensor | None:
+            if frames is None:
+                return None
+            images = _as_unit_images(f"{name}.images", frames.images).to(device)
+            k = images.shape[0]
+            if frames.proprio.dim() != 2 or frames.proprio.shape[0] != k:
+                raise ValueError(f"{name}.proprio must be (K, P) with K = {k}, got {tuple(frames.proprio.shape)}")
+            if frames.last_actions.dim() != 2 or frames.last_actions.shape[0] != k:
+                raise ValueError(f"{name}.last_actions must be (K, A) with K = {k}, got {tuple(frames.last_actions.shape)}")
+            proprio = frames.proprio.to(device=device, dtype=images.dtype)
+            actions = frames.last_actions.to(device=device, dtype=images.dtype).unsqueeze(1).expand(-1, horizon, -1)
+
+            def predict(img: torch.Tensor, pro: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+                return dynamics(embedder(img), pro, act.contiguous())
+
+            return _batched(predict, images, proprio, actions, batch_size=batch_size)
+
+        return cls(latents("positives", positives), latents("negatives", negatives), config or GuidanceConfig())
+
+    # ----------------------------------------------------------------------------------- use
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """``(N, D)`` of the outcome latents."""
+        ref = self.positives if self.positives is not None else self.negatives
+        return (int(ref.shape[1]), int(ref.shape[2]))
+
+    @property
+    def sigma(self) -> float:
+        return self.config.sigma
+
+    @property
+    def scale(self) -> float:
+        return self.config.scale
+
+    @property
+    def stochastic_steps(self) -> int:
+        return self.config.stochastic_steps
+
+    @property
+    def num_positives(self) -> int:
+        return 0 if self.positives is None else int(self.positives.shape[0])
+
+    @property
+    def num_negatives(self) -> int:
+        return 0 if self.negatives is None else int(self.negatives.shape[0])
+
+    def metric(self, pred: torch.Tensor) -> torch.Tensor:
+        """Eq. 2 for predicted outcome latents ``pred (B, N, D)`` → ``(B,)``."""
+        return latent_guidance_metric(pred, self.positives, self.negatives, self.config.sigma, self.config.squared)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GuidanceSet":
+        """A copy with the latents moved/cast (the config is shared)."""
+        move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
+        return replace(self, positives=move(self.positives), negatives=move(self.negatives))
+
+
+def sample_with_guidance_set(
+    policy: Any,
+    cond: Any,
+    objective: Callable[[torch.Tensor], torch.Tensor] | None,
+    guidance_set: GuidanceSet,
+    **kwargs: Any,
+) -> GuidedSample:
+    """:func:`~dynaguide.guidance.sampler.guided_ddim_sample` with s, M and the mode taken from
+    ``guidance_set.config``; other keyword arguments (``ddim``, ``initial_noise``, ``generator``,
+    ``batch_size``) are passed through."""
+    cfg = guidance_set.config
+    return guided_ddim_sample(
+        policy, cond, objective, scale=cfg.scale, stochastic_steps=cfg.stochastic_steps,
+        stochastic_mode=cfg.stochastic_mode, **kwargs,
+    )

@@ -1,0 +1,242 @@
+"""The base diffusion policy: per-camera image encoders + proprioception → FiLM-conditioned 1-D U-Net.
+
+Time convention: at control step ``t`` the policy sees observations ``o_{t-To+1} … o_t`` and predicts
+the chunk ``a_t … a_{t+T-1}`` — the chunk **starts at the current step**, so the same chunk is
+executed (its first ``n_action_steps``) and fed to the latent dynamics model without any shift.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.normalization import MinMaxNormalizer
+from dynaguide.policy.unet import ConditionalUnet1D
+from dynaguide.policy.vision import ImageEncoder
+
+
+@dataclass
+class DiffusionPolicyConfig:
+    """Architecture and I/O of :class:`DiffusionPolicy` (defaults = the paper's CALVIN policy)."""
+
+    image_keys: tuple[str, ...] = ("rgb_static", "rgb_gripper")
+    image_size: int = 84
+    proprio_dim: int = 15
+    action_dim: int = 7
+    horizon: int = 16
+    n_obs_steps: int = 2
+    n_action_steps: int = 8
+    backbone: str = "resnet18"
+    num_keypoints: int = 32
+    cnn_width: int = 32
+    down_dims: tuple[int, ...] = (256, 512, 1024)
+    kernel_size: int = 5
+    n_groups: int = 8
+    step_embed_dim: int = 256
+    goal_conditioned: bool = False
+    goal_key: str = "goal_image"
+    random_shift: int = 4  # training-only augmentation: shift images by up to ±n pixels (edge-padded)
+    ddim: DDIMConfig = field(default_factory=DDIMConfig)
+
+    def __post_init__(self) -> None:
+        self.image_keys = tuple(self.image_keys)
+        self.down_dims = tuple(self.down_dims)
+        if not self.image_keys:
+            raise ValueError("image_keys must name at least one camera")
+        if "proprio" in self.image_keys or self.goal_key in self.image_keys:
+            raise ValueError("image_keys may not contain 'proprio' or the goal key")
+        for name in ("image_size", "action_dim", "horizon", "n_obs_steps", "n_action_steps", "num_keypoints"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.proprio_dim < 0:
+            raise ValueError("proprio_dim must be >= 0")
+        if self.random_shift < 0:
+            raise ValueError("random_shift must be >= 0")
+        if self.n_action_steps > self.horizon:
+            raise ValueError(f"n_action_steps ({self.n_action_steps}) cannot exceed horizon ({self.horizon})")
+        factor = 2 ** (len(self.down_dims) - 1)
+        if self.horizon % factor:
+            raise ValueError(f"horizon {self.horizon} must be divisible by 2**(len(down_dims)-1) = {factor}")
+        if self.backbone not in ("resnet18", "small_cnn"):
+            raise ValueError(f"backbone must be 'resnet18' or 'small_cnn', got {self.backbone!r}")
+
+    @classmethod
+    def paper(cls, **overrides) -> "DiffusionPolicyConfig":
+        """ResNet-18 (GroupNorm) + 32 keypoints per camera, U-Net 256/512/1024, kernel 5, To=2, T=16, ±4 px shifts."""
+        return cls(**overrides)
+
+    @classmethod
+    def cpu(cls, **overrides) -> "DiffusionPolicyConfig":
+        """Small CNN + 16 keypoints, U-Net 64/128, 64x64 images, no shift augmentation: trains in minutes on a CPU."""
+        base = dict(
+            image_keys=("rgb",), image_size=64, backbone="small_cnn", num_keypoints=16, cnn_width=32,
+            down_dims=(64, 128), kernel_size=5, n_groups=8, step_embed_dim=64, random_shift=0,
+        )
+        base.update(overrides)
+        return cls(**base)
+
+
+class DiffusionPolicy(nn.Module):
+    """Epsilon-prediction diffusion policy implementing :class:`dynaguide.interfaces.NoisePredictionPolicy`.
+
+    Observation dict: every key in ``cfg.image_keys`` → ``(B, To, 3, H, W)`` float in [0, 1];
+    ``"proprio"`` → ``(B, To, P)`` raw units (normalised inside with stored min/max);
+    ``cfg.goal_key`` → ``(B, 3, H, W)`` when ``cfg.goal_conditioned``.  Extra time steps (more than
+    ``To``) are allowed: the last ``To`` are used.  Actions in/out of ``predict_noise`` are normalised to
+    [-1, 1]; ``unnormalize_actions`` maps them to raw units with the stats saved in the checkpoint.
+    """
+
+    checkpoint_kind = "diffusion_policy"
+
+    def __init__(self, cfg: DiffusionPolicyConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.horizon = cfg.horizon
+        self.action_dim = cfg.action_dim
+        self.n_obs_steps = cfg.n_obs_steps
+        self.n_action_steps = cfg.n_action_steps
+        self.encoders = nn.ModuleDict({
+            key: ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width) for key in cfg.image_keys
+        })
+        feat = 2 * cfg.num_keypoints
+        self.goal_encoder = (
+            ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width) if cfg.goal_conditioned else None
+        )
+        self.obs_feature_dim = len(cfg.image_keys) * feat + cfg.proprio_dim
+        self.cond_dim = cfg.n_obs_steps * self.obs_feature_dim + (feat if cfg.goal_conditioned else 0)
+        self.noise_net = ConditionalUnet1D(
+            cfg.action_dim, self.cond_dim, cfg.down_dims, cfg.kernel_size, cfg.n_groups, cfg.step_embed_dim
+        )
+        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
+        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
+        self._train_scheduler = make_ddim_scheduler(cfg.ddim)
+
+    # ---------------------------------------------------------------- normalisation
+    def set_normalizer_stats(self, action_min, action_max, proprio_min=None, proprio_max=None) -> None:
+        """Store min/max of raw actions ``(A,)`` and proprio ``(P,)`` (saved in the checkpoint)."""
+        self.action_normalizer.set_stats(action_min, action_max)
+        if self.proprio_normalizer is not None:
+            if proprio_min is None or proprio_max is None:
+                raise ValueError("proprio_min/proprio_max are required when proprio_dim > 0")
+            self.proprio_normalizer.set_stats(proprio_min, proprio_max)
+
+    @property
+    def normalizers_fitted(self) -> bool:
+        return self.action_normalizer.is_fitted and (self.proprio_normalizer is None or self.proprio_normalizer.is_fitted)
+
+    def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Raw ``(..., A)`` → ``(..., A)`` in [-1, 1]."""
+        return self.action_normalizer.normalize(actions)
+
+    def unnormalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        """Normalised ``(..., A)`` → raw units ``(..., A)``."""
+        return self.action_normalizer.unnormalize(actions)
+
+    # ---------------------------------------------------------------- conditioning
+    def encode_observation(self, obs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Observation dict (see class docstring) → global conditioning ``(B, cond_dim)``."""
+        if not isinstance(obs, dict):
+            raise ValueError(f"obs must be a dict of tensors, got {type(obs).__name__}")
+        to = self.n_obs_steps
+        parts = []
+        batch = None
+        for key in self.cfg.image_keys:
+            if key not in obs:
+                raise ValueError(f"observation is missing camera {key!r} (have {sorted(obs)})")
+            images = obs[key]
+            if images.ndim != 5 or images.shape[2] != 3:
+                raise ValueError(f"obs[{key!r}] must be (B, To, 3, H, W), got {tuple(images.shape)}")
+            if images.shape[1] < to:
+                raise ValueError(f"obs[{key!r}] has {images.shape[1]} time steps, the policy needs {to}")
+            images = images[:, -to:]
+            b = images.shape[0]
+            if batch is not None and b != batch:
+                raise ValueError("all observation entries must share the batch size")
+            batch = b
+            feats = self.encoders[key](images.reshape(b * to, *images.shape[2:]).float())
+            parts.append(feats.reshape(b, to, -1))
+        if self.proprio_normalizer is not None:
+            if "proprio" not in obs:
+                raise ValueError("observation is missing 'proprio'")
+            proprio = obs["proprio"]
+            if proprio.ndim != 3 or proprio.shape[1] < to or proprio.shape[2] != self.cfg.proprio_dim:
+                raise ValueError(
+                    f"obs['proprio'] must be (B, >= {to}, {self.cfg.proprio_dim}), got {tuple(proprio.shape)}"
+                )
+            if proprio.shape[0] != batch:
+                raise ValueError("proprio batch size differs from the images'")
+            parts.append(self.proprio_normalizer.normalize(proprio[:, -to:].float()))
+        cond = torch.cat(parts, dim=-1).reshape(batch, -1)
+        if self.goal_encoder is not None:
+            goal = obs.get(self.cfg.goal_key)
+            if goal is None:
+                raise ValueError(f"goal-conditioned policy needs obs[{self.cfg.goal_key!r}] (B, 3, H, W)")
+            if goal.ndim != 4 or goal.shape[0] != batch:
+                raise ValueError(f"obs[{self.cfg.goal_key!r}] must be (B, 3, H, W), got {tuple(goal.shape)}")
+            cond = torch.cat([cond, self.goal_encoder(goal.float())], dim=-1)
+        return cond
+
+    def predict_noise(self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """``noisy_actions (B, T, A)`` normalised, ``timesteps (B,)`` long, ``cond (B, C)`` → noise ``(B, T, A)``."""
+        if noisy_actions.ndim != 3 or noisy_actions.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(
+                f"noisy_actions must be (B, {self.horizon}, {self.action_dim}), got {tuple(noisy_actions.shape)}"
+            )
+        if cond.shape[0] != noisy_actions.shape[0]:
+            raise ValueError(f"cond batch {cond.shape[0]} != actions batch {noisy_actions.shape[0]}")
+        return self.noise_net(noisy_actions, timesteps, cond)
+
+    # ---------------------------------------------------------------- training
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE.  ``batch``: observation entries + ``"actions" (B, T, A)`` raw units."""
+        if not self.normalizers_fitted:
+            raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
+        actions = batch["actions"].float()
+        if actions.ndim != 3 or actions.shape[1:] != (self.horizon, self.action_dim):
+            raise ValueError(f"batch['actions'] must be (B, {self.horizon}, {self.action_dim}), got {tuple(actions.shape)}")
+        if self.training and self.cfg.random_shift > 0:
+            batch = self._shift_images(batch, generator)
+        cond = self.encode_observation(batch)
+        clean = self.normalize_actions(actions)
+        b = clean.shape[0]
+        gen_device = generator.device if generator is not None else clean.device
+        noise = torch.randn(clean.shape, generator=generator, device=gen_device).to(clean.device)
+        steps = torch.randint(0, self.cfg.ddim.num_train_timesteps, (b,), generator=generator,
+                              device=gen_device).to(clean.device)
+        noisy = self._train_scheduler.add_noise(clean, noise, steps)
+        return F.mse_loss(self.predict_noise(noisy, steps, cond), noise)
+
+    def _shift_images(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """Random translation by up to ±``random_shift`` px per sample and camera (same shift for all To frames)."""
+        pad = self.cfg.random_shift
+        out = dict(batch)
+        keys = list(self.cfg.image_keys) + ([self.cfg.goal_key] if self.cfg.goal_conditioned else [])
+        for key in keys:
+            images = batch.get(key)
+            if images is None:
+                continue
+            h, w = images.shape[-2:]
+            flat = images.reshape(-1, images.shape[-3], h, w) if images.ndim == 5 else images
+            padded = F.pad(flat.float(), (pad, pad, pad, pad), mode="replicate")
+            padded = padded.reshape(*images.shape[:-2], h + 2 * pad, w + 2 * pad)
+            offsets = torch.randint(0, 2 * pad + 1, (images.shape[0], 2), generator=generator,
+                                    device=generator.device if generator is not None else "cpu").tolist()
+            out[key] = torch.stack([padded[b, ..., dy:dy + h, dx:dx + w] for b, (dy, dx) in enumerate(offsets)])
+        return out
+
+    @torch.no_grad()
+    def sample_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
+        """Unguided DDIM sampling → raw-unit actions ``(B, T, A)`` (convenience; guidance uses its own sampler)."""
+        scheduler = make_ddim_scheduler(self.cfg.ddim)
+        cond = self.encode_observation(obs)
+        b = cond.shape[0]
+        gen_device = generator.device if generator is not None else cond.device
+        x = torch.randn((b, self.horizon, self.action_dim), generator=generator, device=gen_device).to(cond.device)
+        for t in scheduler.timesteps:
+            eps = self.predict_noise(x, torch.full((b,), int(t), dtype=torch.long, device=x.device), cond)
+            x = scheduler.step(eps, int(t), x).prev_sample
+        return self.unnormalize_actions(x)

@@ -1,0 +1,153 @@
+"""numpy <-> ROS message conversions, with validation that names what is wrong.
+
+No cv_bridge (not on PyPI for ROS 2): images are converted with numpy.  Sequence fields are filled
+from raw bytes (``array.array``), never element by element (a 640x480 image: ~1 ms instead of ~80 ms).
+All ``*_from_msg`` functions raise :class:`MessageError` (a ``ValueError``) on malformed input.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from sensor_msgs.msg import Image
+
+from dynaguide_msgs.msg import ActionChunk, PatchEmbedding
+
+#: encodings accepted for goal and camera images: name -> (channels, channel order)
+SUPPORTED_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+
+
+class MessageError(ValueError):
+    """A message's content is malformed (size mismatch, unknown encoding, non-finite values...)."""
+
+
+def _float32_array(values: np.ndarray) -> array.array:
+    out = array.array("f")
+    out.frombytes(np.ascontiguousarray(values, dtype=np.float32).tobytes())
+    return out
+
+
+def time_to_seconds(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def seconds_to_time(seconds: float) -> Time:
+    sec = math.floor(seconds)
+    return Time(sec=int(sec), nanosec=min(int(round((seconds - sec) * 1e9)), 999_999_999))
+
+
+# ----------------------------------------------------------------------------------------- images
+def rgb_to_image_msg(rgb: np.ndarray, stamp: Time | None = None, frame_id: str = "") -> Image:
+    """``rgb (H, W, 3) uint8`` → ``sensor_msgs/Image`` (encoding rgb8)."""
+    rgb = np.asarray(rgb)
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise MessageError(f"expected an (H, W, 3) uint8 RGB array, got {rgb.dtype} {rgb.shape}")
+    msg = Image()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(rgb.shape[0]), int(rgb.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(rgb).tobytes()
+    return msg
+
+
+def rgb_from_image_msg(msg: Image, max_side: int = 4096, min_side: int = 1) -> np.ndarray:
+    """``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) → ``(H, W, 3) uint8`` RGB.
+
+    Raises :class:`MessageError` naming the problem: unknown encoding, zero or oversized dimensions,
+    ``step`` smaller than a row, data length not equal to ``height * step``.
+    """
+    enc = msg.encoding.lower()
+    if enc not in SUPPORTED_ENCODINGS:
+        raise MessageError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h < min_side or w < min_side:
+        raise MessageError(f"image is {w}x{h}: each side must be at least {min_side} px")
+    if h > max_side or w > max_side:
+        raise MessageError(f"image is {w}x{h}: each side must be at most {max_side} px")
+    channels = SUPPORTED_ENCODINGS[enc]
+    if step < w * channels:
+        raise MessageError(f"step {step} is smaller than width*channels = {w * channels} for {enc}")
+    if len(msg.data) != h * step:
+        raise MessageError(f"data has {len(msg.data)} bytes but height*step = {h}*{step} = {h * step}")
+    buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * channels].reshape(h, w, channels)
+    if enc == "mono8":
+        return np.repeat(buf, 3, axis=2)
+    if enc.startswith("bgr"):
+        buf = buf[:, :, 2::-1]
+    return np.ascontiguousarray(buf[:, :, :3])
+
+
+# ----------------------------------------------------------------------------------- action chunks
+def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float, start_index: int = 0,
+                 sequence: int = 0, guided: bool = False, frame_id: str = "") -> ActionChunk:
+    """``actions (T, A)`` (un-normalised, units of ``action_space``) → ``ActionChunk``."""
+    actions = np.asarray(actions, dtype=np.float32)
+    if actions.ndim != 2:
+        raise MessageError(f"actions must be (T, A), got shape {actions.shape}")
+    if not 0 <= start_index < actions.shape[0]:
+        raise MessageError(f"start_index {start_index} outside the chunk of {actions.shape[0]} actions")
+    msg = ActionChunk()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.action_space = action_space
+    msg.horizon, msg.action_dim = int(actions.shape[0]), int(actions.shape[1])
+    msg.actions = _float32_array(actions)
+    msg.start_index = int(start_index)
+    msg.dt = float(dt)
+    msg.sequence = int(sequence)
+    msg.guided = bool(guided)
+    return msg
+
+
+def chunk_from_msg(msg: ActionChunk) -> np.ndarray:
+    """``ActionChunk`` → ``(T, A) float32``; raises :class:`MessageError` if inconsistent or non-finite."""
+    t, a = int(msg.horizon), int(msg.action_dim)
+    if t <= 0 or a <= 0:
+        raise MessageError(f"chunk horizon and action_dim must be positive, got {t} x {a}")
+    if len(msg.actions) != t * a:
+        raise MessageError(f"chunk has {len(msg.actions)} values, expected horizon*action_dim = {t * a}")
+    if msg.start_index >= t:
+        raise MessageError(f"start_index {msg.start_index} >= horizon {t}")
+    if not (msg.dt > 0 and math.isfinite(msg.dt)):
+        raise MessageError(f"chunk dt must be positive and finite, got {msg.dt}")
+    actions = np.frombuffer(msg.actions, dtype=np.float32).reshape(t, a).copy()
+    if not np.isfinite(actions).all():
+        raise MessageError("chunk contains NaN or infinite actions")
+    return actions
+
+
+# ------------------------------------------------------------------------------------- embeddings
+def embedding_to_msg(tokens: np.ndarray, grid_hw: tuple[int, int], embedder_id: str,
+                     stamp: Time | None = None) -> PatchEmbedding:
+    """``tokens (N, D)`` with ``N = grid_h * grid_w`` → ``PatchEmbedding``."""
+    tokens = np.asarray(tokens, dtype=np.float32)
+    gh, gw = int(grid_hw[0]), int(grid_hw[1])
+    if tokens.ndim != 2 or tokens.shape[0] != gh * gw:
+        raise MessageError(f"tokens must be ({gh}*{gw}, D), got {tokens.shape}")
+    msg = PatchEmbedding()
+    if stamp is not None:
+        msg.header.stamp = stamp
+    msg.embedder_id = embedder_id
+    msg.grid_h, msg.grid_w, msg.dim = gh, gw, int(tokens.shape[1])
+    msg.data = _float32_array(tokens)
+    return msg
+
+
+def embedding_from_msg(msg: PatchEmbedding) -> np.ndarray:
+    """``PatchEmbedding`` → ``(N, D) float32``."""
+    n, d = int(msg.grid_h) * int(msg.grid_w), int(msg.dim)
+    if n <= 0 or d <= 0:
+        raise MessageError(f"embedding grid {msg.grid_h}x{msg.grid_w} and dim {d} must be positive")
+    if len(msg.data) != n * d:
+        raise MessageError(f"embedding has {len(msg.data)} values, expected {n}*{d}")
+    out = np.frombuffer(msg.data, dtype=np.float32).reshape(n, d).copy()
+    if not np.isfinite(out).all():
+        raise MessageError("embedding contains NaN or infinite values")
+    return out
