@@ -148,10 +148,10 @@ class ChunkExecutor:
             raise ChunkRejected(f"start_index {chunk.start_index} outside [0, {horizon})")
         if not np.isfinite(chunk.stamp):
             raise ChunkRejected("stamp is not finite")
-        if chunk.stamp <= self.last_accepted_stamp:
-            raise ChunkRejected(f"out of order: stamp {chunk.stamp:.6f} is not newer than the last accepted {self.last_accepted_stamp:.6f}")
         if chunk.stamp < now - cfg.max_chunk_age_s:
             raise ChunkRejected(f"stale: observation is {now - chunk.stamp:.3f} s old (max {cfg.max_chunk_age_s} s)")
+        if chunk.stamp <= self.last_accepted_stamp:
+            raise ChunkRejected(f"out of order: stamp {chunk.stamp:.6f} is not newer than the last accepted {self.last_accepted_stamp:.6f}")
         if chunk.stamp > now + cfg.max_future_s:
             raise ChunkRejected(f"stamp is {chunk.stamp - now:.3f} s in the future (clock mismatch?)")
 

@@ -61,6 +61,9 @@ class ArmController:
                     raise ChunkRejected("e-stop is latched; call reset_estop first")
                 waypoints = self.executor.plan(chunk, now, self.history.at(chunk.stamp))
                 measured = self.latest_state
+                infeasible = self.safety.check_chunk(waypoints.times, waypoints.joint_pos, now)
+                if infeasible is not None:
+                    raise ChunkRejected(f"infeasible: {infeasible}")
                 if self.safety.mode is not Mode.TRACKING:
                     refusal = self.safety.check_start(waypoints.joint_pos[0], measured)
                     if refusal is not None:

@@ -140,10 +140,24 @@ class Arx5DriverNode(Node):
         return self.get_clock().now().nanoseconds * 1e-9
 
     def _control_loop(self) -> None:
+        """Tick the controller every ``control_dt``, on a fixed schedule.
+
+        Each tick's time is the ROS time at which it was *scheduled* (not when the thread woke up), so
+        consecutive ticks are exactly ``control_dt`` apart even when the thread is late and catches up;
+        more than 10 periods late, the missed ticks are skipped (counted in ``overruns``).
+        """
         dt = self.backend.control_dt
-        deadline = time.monotonic()
+        scheduled = time.monotonic()
         while self._running:
-            now = self._now()
+            lateness = time.monotonic() - scheduled
+            if lateness < 0:
+                time.sleep(-lateness)
+                lateness = 0.0
+            elif lateness > 10 * dt:
+                self.overruns += 1
+                scheduled = time.monotonic()
+                lateness = 0.0
+            now = self._now() - lateness
             try:
                 self.controller.tick(now)
             except Exception as exc:  # fail safe: any error in the loop damps the arm and stops it
@@ -151,13 +165,7 @@ class Arx5DriverNode(Node):
                 self.controller.estop()
                 return
             self._latest = (now, self.controller.latest_state)
-            deadline += dt
-            delay = deadline - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            elif delay < -10 * dt:
-                self.overruns += 1
-                deadline = time.monotonic()
+            scheduled += dt
 
     def _publish_state(self) -> None:
         stamp_s, state = self._latest

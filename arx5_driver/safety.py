@@ -73,6 +73,7 @@ class SafetyLayer:
         self.joint_max = qmax - config.joint_margin_rad
         vel = np.asarray(robot_config.joint_vel_max, dtype=float)
         self.step_cap = np.minimum(config.max_step_rad, config.velocity_scale * vel * self.control_dt)
+        self.joint_vel_max = vel
         self.gripper_max = float(robot_config.gripper_width)
         self.gripper_step = config.gripper_velocity_scale * float(robot_config.gripper_vel_max) * self.control_dt
         self.mode = Mode.DAMPED
@@ -109,6 +110,30 @@ class SafetyLayer:
         gap = float(np.max(np.abs(np.asarray(first_target, dtype=float) - q)))
         if not gap <= tol:
             return f"first target is {gap:.3f} rad from the measured joints (start tolerance {tol} rad)"
+        return None
+
+    def check_chunk(self, times: np.ndarray, joint_pos: np.ndarray, now: float) -> str | None:
+        """Reason to refuse a planned chunk whose motion is physically infeasible; None if acceptable.
+
+        ``times (N,)`` s and ``joint_pos (N, dof)`` rad are the chunk's future waypoints.  Consecutive
+        waypoints may not demand more than the SDK's ``joint_vel_max``; the first waypoint must be
+        reachable from the current command (``start_tolerance_rad`` plus ``joint_vel_max`` times the time
+        left).  Such chunks are refused whole instead of being slewed through at the capped speed.
+        """
+        q = np.asarray(joint_pos, dtype=float)
+        t = np.asarray(times, dtype=float)
+        if self.last_joint_pos is not None and self.mode is Mode.TRACKING:
+            reach = self.config.start_tolerance_rad + self.joint_vel_max * max(float(t[0]) - now, 0.0)
+            gap = np.abs(q[0] - self.last_joint_pos)
+            if np.any(gap > reach):
+                j = int(np.argmax(gap - reach))
+                return f"first action is {gap[j]:.3f} rad from the current command on joint{j + 1} (reachable {reach[j]:.3f})"
+        if len(q) > 1:
+            speed = np.abs(np.diff(q, axis=0)) / np.maximum(np.diff(t), 1e-9)[:, None]
+            if np.any(speed > self.joint_vel_max):
+                k, j = np.unravel_index(int(np.argmax(speed / self.joint_vel_max)), speed.shape)
+                return (f"action {k + 1} demands {speed[k, j]:.2f} rad/s on joint{j + 1} "
+                        f"(SDK limit {self.joint_vel_max[j]:.2f})")
         return None
 
     # ------------------------------------------------------------------ mode changes

@@ -53,6 +53,7 @@ class CalvinEnvConfig:
         robot_joint_noise: half-width (rad) of the uniform noise added to the home joints on random resets.
         block_min_distance: minimum xy distance (m) between spawned blocks.
         surfaces: CALVIN's block placement boxes ``name -> [[x,y,z] low, [x,y,z] high]`` (m).
+        max_episode_steps: ``step`` reports ``truncated=True`` from this many steps on (``None``: never).
     """
 
     calvin_data_dir: str | None = None
@@ -78,6 +79,7 @@ class CalvinEnvConfig:
         "slider_left": [[-0.32, 0.05, 0.46], [-0.16, 0.12, 0.46]],
         "slider_right": [[-0.05, 0.05, 0.46], [0.13, 0.12, 0.46]],
     })
+    max_episode_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.action_mode not in ("relative", "absolute"):
@@ -86,6 +88,8 @@ class CalvinEnvConfig:
             raise ValueError(f"physics_hz ({self.physics_hz}) must be a multiple of control_hz ({self.control_hz})")
         if len(self.robot_initial_joints) != 7:
             raise ValueError(f"robot_initial_joints needs 7 values, got {len(self.robot_initial_joints)}")
+        if self.max_episode_steps is not None and self.max_episode_steps <= 0:
+            raise ValueError(f"max_episode_steps must be positive or null, got {self.max_episode_steps}")
         if self.global_scaling <= 0:
             raise ValueError(f"global_scaling must be positive, got {self.global_scaling}")
         for name, box in self.surfaces.items():

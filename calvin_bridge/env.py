@@ -104,7 +104,8 @@ class CalvinEnv:
     def step(self, action) -> tuple[dict, float, bool, bool, dict]:
         """Apply one 30 Hz control step; returns ``(obs, reward, terminated, truncated, info)`` with
         ``info["behaviour"]`` the label against the episode's first state and ``info["tasks"]`` the
-        CALVIN tasks completed so far."""
+        CALVIN tasks completed so far.  ``reward`` is always 0 and ``terminated`` False (play data has no
+        task); ``truncated`` turns True at ``max_episode_steps``."""
         if self.first_scene_obs is None:
             raise RuntimeError("call reset() before step()")
         a = np.asarray(action, dtype=np.float64).reshape(-1)
@@ -121,7 +122,8 @@ class CalvinEnv:
         obs = self._observation(self.config.render_every_step)
         label = behaviour_label(self.first_scene_obs, obs["scene_obs"], obs["robot_obs"][:3])
         info = {"behaviour": label, "tasks": sorted(calvin_tasks(self.first_scene_obs, obs["scene_obs"]))}
-        return obs, 0.0, False, False, info
+        limit = self.config.max_episode_steps
+        return obs, 0.0, False, bool(limit is not None and self.steps >= limit), info
 
     def relative_to_absolute(self, action: np.ndarray) -> tuple[np.ndarray, tuple]:
         """Relative 7-d action → TCP target position (3,) and quaternion from the current TCP pose."""

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -168,6 +169,8 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
     ms, out = _interleaved_median_ms({"guided": guided, "unguided": unguided, "naive": naive}, repeats)
     return {
         "batch": batch,
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
         "guided_ms": ms["guided"] / batch,
         "unguided_ms": ms["unguided"] / batch,
         "naive_guided_ms": ms["naive"] / batch,
@@ -216,7 +219,8 @@ def run_guidance_bench(args: argparse.Namespace) -> int:
             print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, unguided {row['unguided_ms']:.1f} ms/chunk, "
                   f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk -> speedup x{row['speedup_vs_naive']:.2f}; "
                   f"max |guided - naive| = {row['max_abs_diff_vs_naive']:.2e} "
-                  f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f})", flush=True)
+                  f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f}); "
+                  f"1-min load average {row['load_avg_1min_after']:.1f}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -41,7 +41,8 @@ CONFIG_FILE = "config.json"
 _KINDS: dict[str, tuple[Callable[[], type], Callable[[], type]]] = {}
 
 
-def register_checkpoint_kind(kind: str, config_cls: type | Callable[[], type], model_cls: type | Callable[[], type]) -> None:
+def register_checkpoint_kind(kind: str, config_cls: type | Callable[[], type],
+                             model_cls: type | Callable[[], type]) -> None:
     """Register ``kind`` → (config dataclass, model class taking the config).  Either may be a zero-arg
     factory returning the class (lazy import)."""
     as_factory = lambda c: c if not isinstance(c, type) else (lambda: c)  # noqa: E731
@@ -90,7 +91,8 @@ def _optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, tor
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+def _optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                          meta: dict[str, Any]) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         _, index, name = key.split(".", 2)
@@ -149,8 +151,8 @@ def save_checkpoint(
 def _refuse_pickle(path: Path) -> None:
     if path.is_file():
         if path.suffix.lower() in PICKLE_SUFFIXES:
-            raise ValueError(f"refusing to load {path}: pickle-based checkpoints ({', '.join(PICKLE_SUFFIXES)}) can run "
-                             "arbitrary code; convert it to a dynaguide safetensors checkpoint directory")
+            raise ValueError(f"refusing to load {path}: pickle-based checkpoints ({', '.join(PICKLE_SUFFIXES)}) "
+                             "can run arbitrary code; convert it to a dynaguide safetensors checkpoint directory")
         raise ValueError(f"{path} is a file; a dynaguide checkpoint is a directory with {CONFIG_FILE} and {MODEL_FILE}")
     if not path.is_dir():
         raise ValueError(f"checkpoint directory {path} does not exist")

@@ -131,7 +131,8 @@ class DemoSource:
             self._memory = {(d.name or f"demo_{i}"): d for i, d in enumerate(source)}
             names_all = list(self._memory)
         else:
-            raise ValueError(f"source must be an HDF5 path, an open h5py.File or a list of Demo, got {type(source).__name__}")
+            raise ValueError("source must be an HDF5 path, an open h5py.File or a list of Demo, "
+                             f"got {type(source).__name__}")
         names = list(demos) if demos is not None else names_all
         missing = sorted(set(names) - set(names_all))
         if missing:
@@ -161,10 +162,11 @@ class DemoSource:
         return sorted(f["data"].keys(), key=_demo_sort_key)
 
     def _h5(self) -> h5py.File:
-        if self._file is not None and self._owns_file and self._pid != os.getpid():
+        if self._file is not None and self._pid != os.getpid():
             self._file = None  # inherited through fork (DataLoader worker): never share an HDF5 handle
         if self._file is None:
             self._file = h5py.File(self._path, "r")
+            self._owns_file = True
             self._pid = os.getpid()
         return self._file
 
@@ -216,6 +218,14 @@ class DemoSource:
                 self._preloaded[key] = self._camera_dataset(name, camera)[()]
             return self._preloaded[key][index]
         return self._camera_dataset(name, camera)[index]
+
+    def frames(self, name: str, camera: str, indices: Sequence[int]) -> np.ndarray:
+        """``(len(indices), H, W, 3)`` uint8 frames; one contiguous HDF5 read covering the indices."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if self._memory is not None or self._preload:
+            return np.stack([self.frame(name, camera, int(i)) for i in idx])
+        lo, hi = int(idx.min()), int(idx.max())
+        return self._camera_dataset(name, camera)[lo:hi + 1][idx - lo]
 
     def _camera_dataset(self, name: str, camera: str):
         obs = self._h5()["data"][name]["obs"]
@@ -312,7 +322,7 @@ class PolicyDataset(_IndexedDemos):
         obs_idx = [max(0, s) for s in range(t - self.n_obs_steps + 1, t + 1)]
         item: dict[str, torch.Tensor] = {}
         for cam in self.image_keys:
-            item[cam] = _to_image_tensor(np.stack([src.frame(name, cam, s) for s in obs_idx]))
+            item[cam] = _to_image_tensor(src.frames(name, cam, obs_idx))
         item["proprio"] = torch.from_numpy(src.proprio[name][obs_idx])
         item["actions"] = torch.from_numpy(action_chunk(src.actions[name], t, self.horizon))
         if self.goal_key is not None:
@@ -481,7 +491,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
             length = source.length(name)
             out = group.create_dataset(name, shape=(length, embedder.num_tokens, embedder.dim), dtype=dtype)
             for start in range(0, length, batch_size):
-                frames = np.stack([source.frame(name, camera, s) for s in range(start, min(length, start + batch_size))])
+                frames = source.frames(name, camera, range(start, min(length, start + batch_size)))
                 tokens = embedder(_to_image_tensor(frames).to(device))
                 out[start:start + len(frames)] = tokens.float().cpu().numpy().astype(dtype)
                 bar.update(len(frames))

@@ -32,7 +32,8 @@ from dynaguide.policy.vision import ImageEncoder
 # ---------------------------------------------------------------------------- noise augmentation
 def sample_geometric_steps(n: int, p: float, max_step: int, generator: torch.Generator | None = None,
                            device: torch.device | str = "cpu") -> torch.Tensor:
-    """``n`` draws of a geometric distribution on {1, 2, …} (P(k) = (1-p)^(k-1) p, mean 1/p), clipped to ``max_step``."""
+    """``n`` draws of a geometric distribution on {1, 2, …} (P(k) = (1-p)^(k-1) p, mean 1/p), clipped to
+    ``max_step``."""
     if not 0.0 < p <= 1.0:
         raise ValueError(f"geometric_p must be in (0, 1], got {p}")
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
@@ -186,7 +187,8 @@ class LatentDynamicsModel(nn.Module):
 
     @property
     def normalizers_fitted(self) -> bool:
-        return self.action_normalizer.is_fitted and (self.proprio_normalizer is None or self.proprio_normalizer.is_fitted)
+        proprio_ok = self.proprio_normalizer is None or self.proprio_normalizer.is_fitted
+        return self.action_normalizer.is_fitted and proprio_ok
 
     def check_compatible_with(self, policy, atol: float = 1e-6) -> None:
         """Raise ``ValueError`` unless ``policy`` produces chunks this model understands: same horizon,
@@ -194,7 +196,8 @@ class LatentDynamicsModel(nn.Module):
         check_action_space(self, policy, atol)
 
     def outcome_latent(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Embedder tokens ``(B, N, D)`` → outcome space ``(B, N_out, D)`` (avg-pool of the grid; identity if pool=1)."""
+        """Embedder tokens ``(B, N, D)`` → outcome space ``(B, N_out, D)``: average pooling of the patch grid
+        (identity when ``pool == 1``).  Used for training targets and for goal latents alike."""
         cfg = self.cfg
         if tokens.ndim != 3 or tokens.shape[1:] != (cfg.embed_tokens, cfg.embed_dim):
             raise ValueError(f"tokens must be (B, {cfg.embed_tokens}, {cfg.embed_dim}), got {tuple(tokens.shape)}")
@@ -319,7 +322,8 @@ class OutcomeClassifier(nn.Module):
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                      augment: bool = True) -> torch.Tensor:
-        """Cross-entropy.  ``batch``: ``image (B, 3, H, W)``, ``proprio (B, P)``, ``actions (B, T, A)`` raw, ``label (B,)`` long."""
+        """Cross-entropy.  ``batch``: ``image (B, 3, H, W)``, ``proprio (B, P)``, ``actions (B, T, A)`` raw,
+        ``label (B,)`` long."""
         if not self.normalizers_fitted:
             raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
         actions = self.action_normalizer.normalize(batch["actions"].float())

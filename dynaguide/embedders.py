@@ -2,12 +2,15 @@
 
 * :class:`DinoV2Embedder` — the paper's embedder: ``transformers.Dinov2Model`` (ViT-S/14 at 224x224 →
   256 patch tokens x 384), ImageNet normalisation, the **last layer-normed patch tokens without CLS**
-  (and without register tokens).  Weights come from a local directory or hub id, or a ``Dinov2Config``
-  gives random weights (tests).  Frozen (no gradients to its weights).
+  (and without register tokens).  Weights come from a local directory or hub id (safetensors only), or
+  a ``Dinov2Config`` gives random weights (tests).  Frozen.
 * :class:`RandomPatchEmbedder` — the offline default, needing no downloads.  Its latent is **a fixed,
   seeded random linear projection of raw pixel patches** (then layer-normed per token): it carries
   no learned semantics, only the local colour/intensity layout of the image, so distances in it are a
   crude pixel-space similarity.  Good enough for simple synthetic scenes; use DINOv2 for real images.
+
+Both run under ``torch.no_grad()``: observation and goal tokens are constants for guidance (the
+gradient is taken w.r.t. the action chunk only), so no graph is kept through the embedder.
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ class DinoV2Embedder(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, image_size: int = 224, local_files_only: bool = True) -> "DinoV2Embedder":
+    def from_pretrained(cls, name_or_path: str, image_size: int = 224,
+                        local_files_only: bool = True) -> "DinoV2Embedder":
         """Load weights from a local directory or hub id (no download unless ``local_files_only=False``)."""
         from transformers import Dinov2Model
 
@@ -121,6 +125,7 @@ class DinoV2Embedder(nn.Module):
         _check_images(images)
         return (_resize(images, self.image_size) - self.mean) / self.std
 
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(pixel_values=self.preprocess(images))
         return out.last_hidden_state[:, self._skip:]
@@ -153,6 +158,7 @@ class RandomPatchEmbedder(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
+    @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         _check_images(images)
         x = (_resize(images, self.image_size) - self.mean) / self.std

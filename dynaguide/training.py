@@ -358,7 +358,8 @@ def train_dynamics(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | 
     """
     if embedder is not None:
         embedder = embedder.to(cfg.device)
-    return train_model(model, model.cfg, _DynamicsLoss(embedder), train_data, cfg, out_dir, val_data, resume, "dynamics")
+    return train_model(model, model.cfg, _DynamicsLoss(embedder), train_data, cfg, out_dir, val_data, resume,
+                       "dynamics")
 
 
 def _classifier_loss(model, batch, generator):
@@ -367,5 +368,6 @@ def _classifier_loss(model, batch, generator):
 
 def train_classifier(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path,
                      val_data: Dataset | None = None, resume: bool = True) -> TrainResult:
-    """Train an :class:`~dynaguide.dynamics.OutcomeClassifier` on items with ``image``, ``proprio``, ``actions``, ``label``."""
+    """Train an :class:`~dynaguide.dynamics.OutcomeClassifier` on items with ``image``, ``proprio``, ``actions``
+    and ``label`` (noise augmentation on; off for validation)."""
     return train_model(model, model.cfg, _classifier_loss, train_data, cfg, out_dir, val_data, resume, "classifier")

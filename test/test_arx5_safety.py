@@ -6,6 +6,8 @@ controller replaced by :class:`arx5_driver.standin.StandInJointController`.
 
 from __future__ import annotations
 
+import collections
+
 import numpy as np
 import pytest
 
@@ -56,7 +58,7 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
     dt = ctrl.backend.control_dt
     now = 1.0
     now, _ = run_ticks(ctrl, now, 0.01)
-    kinds = ["walk", "walk", "ee_walk", "ee_walk", "jump", "nan", "out_of_order", "stale", "future", "ee_huge",
+    kinds = ["walk", "fast", "ee_walk", "ee_walk", "jump", "nan", "out_of_order", "stale", "future", "ee_huge",
              "ee_down", "malformed", "silence", "estop"]
     stats = {k: [0, 0] for k in kinds}
     last_accepted_stamp = -np.inf
@@ -85,6 +87,8 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
         checked["calls"] = len(hw.calls)
 
     submitted = 0
+    reasons: dict = {}
+    tick_reasons: collections.Counter = collections.Counter()
     while submitted < 10_000:
         kind = kinds[rng.integers(len(kinds))]
         q_meas = ctrl.latest_state.joint_pos
@@ -94,6 +98,9 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
         if kind == "walk":
             steps = rng.normal(0, 0.03, size=(horizon, 6)).cumsum(axis=0)
             chunk = joint_chunk(stamp, q_meas + steps + rng.normal(0, 0.02, 6), rng.uniform(-0.05, 0.15), dt=0.02)
+        elif kind == "fast":  # feasible for the SDK (< 5 rad/s) but faster than the safety cap (2 rad/s)
+            steps = np.cumsum(rng.choice([-1, 1], size=(horizon, 6)) * rng.uniform(0.05, 0.09, (horizon, 6)), axis=0)
+            chunk = joint_chunk(stamp, q_meas + steps, 0.04, dt=0.02)
         elif kind == "jump":
             chunk = joint_chunk(stamp, rng.uniform(-1e3, 1e3, size=(horizon, 6)) * rng.choice([1e-3, 1, 1]), 5.0, dt=0.02)
         elif kind == "nan":
@@ -110,16 +117,16 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
         elif kind in ("ee_walk", "ee_huge", "ee_down"):
             acts = np.zeros((horizon, 7))
             if kind == "ee_walk":
-                acts[:, :3] = rng.normal(0, 0.01, (horizon, 3))
-                acts[:, 3:6] = rng.normal(0, 0.03, (horizon, 3))
+                acts[:, :3] = rng.normal(0, 0.005, (horizon, 3))
+                acts[:, 3:6] = rng.normal(0, 0.02, (horizon, 3))
             elif kind == "ee_huge":
                 acts[:, :3] = rng.normal(0, 1.0, (horizon, 3))
                 acts[:, 3:6] = rng.normal(0, 3.0, (horizon, 3))
             else:
-                acts[:, 2] = -0.05
+                acts[:, 2] = -0.02
             acts[:, 6] = rng.uniform(-0.05, 0.15)
             frame = rng.choice(["", "base_link", "eef_link"])
-            chunk = ActionChunk(stamp, "ee_delta", acts, 0, 0.02, str(frame))
+            chunk = ActionChunk(stamp, "ee_delta", acts, 0, 0.1, str(frame))
         elif kind == "malformed":
             choice = rng.integers(4)
             if choice == 0:
@@ -145,20 +152,28 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
         check_new_calls()
         if chunk is not None:
             result = ctrl.submit_chunk(chunk, now)
+            reasons.setdefault(kind, collections.Counter())[result.reason.split(":")[0][:20]] += 1
             submitted += 1
             stats[kind][0 if result.accepted else 1] += 1
             if result.accepted:
                 assert chunk.stamp > last_accepted_stamp
                 last_accepted_stamp = chunk.stamp
         for _ in range(int(rng.integers(1, 5))):
-            n_track += ctrl.tick(now).action is Action.TRACK
+            cmd = ctrl.tick(now)
+            n_track += cmd.action is Action.TRACK
+            tick_reasons[cmd.reason.split(" by")[0]] += 1
             now += dt
         check_new_calls()
     # The adversarial classes are always refused; the well-formed ones mostly go through.
-    for kind in ("nan", "out_of_order", "stale", "future", "malformed"):
+    for kind in ("nan", "out_of_order", "stale", "future", "malformed", "ee_huge"):
         assert stats[kind][0] == 0 and stats[kind][1] > 300, (kind, stats[kind])
+    print({kind: dict(counter.most_common(4)) for kind, counter in reasons.items()})
+    print(dict(tick_reasons.most_common(8)))
     assert stats["walk"][0] > 0.5 * sum(stats["walk"]), stats
     assert stats["ee_walk"][0] > 0.3 * sum(stats["ee_walk"]), stats
+    # the cap and the workspace really acted
+    assert tick_reasons["tracking (step capped)"] > 1000 and tick_reasons["target leaves the workspace"] > 100, tick_reasons
+    assert stats["fast"][0] > 0.5 * sum(stats["fast"]), stats
     assert n_track > 5000 and checked["path"] > 10.0, (n_track, checked)
     print("chunk stats (accepted, rejected):", stats, "track ticks", n_track, "hardware commands",
           checked["commands"], "joint path", round(checked["path"], 2))
@@ -273,3 +288,19 @@ def test_safety_config_validation():
         SafetyConfig(watchdog_hold_s=1.0, watchdog_damp_s=0.5)
     with pytest.raises(ValueError, match="velocity scales"):
         SafetyConfig(velocity_scale=1.5)
+
+
+def test_infeasible_chunks_are_refused_not_slewed():
+    ctrl, hw = make_controller()
+    now, _ = run_ticks(ctrl, 0.0, 0.01)
+    q = ctrl.latest_state.joint_pos
+    # 0.2 rad per 20 ms on joint 1 = 10 rad/s, twice the SDK's 5 rad/s
+    rows = q + 0.01 + np.outer(np.arange(4) * 0.2, [1, 0, 0, 0, 0, 0])
+    result = ctrl.submit_chunk(joint_chunk(now, rows, dt=0.02), now)
+    assert not result.accepted and "10.00 rad/s on joint1" in result.reason
+    assert ctrl.submit_chunk(joint_chunk(now, q + 0.01, dt=0.02), now).accepted
+    now, _ = run_ticks(ctrl, now, 0.05)
+    # while tracking, a chunk whose first action is out of reach from the current command is refused
+    far = ctrl.submit_chunk(joint_chunk(now, q + np.array([0, 0, 0, 0, 0, 0.5]), dt=0.02), now)
+    assert not far.accepted and "from the current command on joint6" in far.reason
+    assert ctrl.mode is Mode.TRACKING

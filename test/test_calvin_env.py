@@ -154,3 +154,14 @@ def test_absolute_mode_and_small_cameras():
         assert obs["robot_obs"][:3] == pytest.approx(target, abs=0.01)
     with pytest.raises(ValueError, match="action_mode"):
         CalvinEnvConfig(action_mode="joint")
+
+
+def test_truncation_and_yaml_config():
+    from dynaguide.config import load_config
+
+    cfg = load_config(CalvinEnvConfig, Path(__file__).resolve().parents[1] / "config" / "calvin_env.yaml", section="env")
+    assert cfg == CalvinEnvConfig()
+    with CalvinEnv(dataclasses.replace(cfg, render_every_step=False, max_episode_steps=2)) as env:
+        env.reset(seed=0)
+        flags = [env.step(np.zeros(7))[3] for _ in range(3)]
+    assert flags == [False, True, True]

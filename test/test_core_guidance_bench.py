@@ -14,7 +14,7 @@ from dynaguide.diffusion import DDIMConfig
 from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GuidanceSet, guided_ddim_sample
 
 T, A = 8, 3
-FAST = DDIMConfig(num_inference_steps=3)
+FAST = DDIMConfig(num_inference_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,22 @@ def test_naive_reference_matches_batched_guided_sampler(tiny_setup):
     assert (batched - unguided).abs().max() > 1e-3  # guidance is not a no-op here
 
 
+class LinearNoisePolicy(torch.nn.Module):
+    """A cheap real epsilon network (linear in chunk and cond) for timing-plumbing tests."""
+
+    def __init__(self, cond_dim: int):
+        super().__init__()
+        self.horizon, self.action_dim = T, A
+        self.mix = torch.nn.Linear(A + cond_dim, A)
+
+    def predict_noise(self, noisy_actions, timesteps, cond):
+        return self.mix(torch.cat([noisy_actions, cond[:, None, :].expand(-1, T, -1)], dim=-1))
+
+
 def test_bench_config_reports_the_promised_fields(tiny_setup):
-    row = bench_config(tiny_setup, repeats=1, ddim=FAST)
+    torch.manual_seed(0)
+    setup = BenchSetup(**{**tiny_setup.__dict__, "policy": LinearNoisePolicy(tiny_setup.cond.shape[1])})
+    row = bench_config(setup, repeats=1, ddim=FAST)
     assert {"guided_ms", "unguided_ms", "naive_guided_ms", "speedup_vs_naive", "max_abs_diff_vs_naive"} <= set(row)
     assert row["batch"] == 2 and row["max_abs_diff_vs_naive"] < 1e-4
     assert row["speedup_vs_naive"] == pytest.approx(row["naive_guided_ms"] / row["guided_ms"])

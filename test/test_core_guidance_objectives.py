@@ -160,6 +160,16 @@ def test_dynaguide_objective_is_eq2_on_the_real_dynamics_and_per_sample(small_dy
     assert grad.abs().sum() > 0
 
 
+def test_dynaguide_objective_from_observation_embeds_once(small_dynamics, embedder):
+    image, proprio = torch.rand(2, 3, 28, 28), torch.randn(2, 2)
+    gset = GuidanceSet.from_latents(torch.randn(3, 4, 24))
+    objective = DynaGuideObjective.from_observation(small_dynamics, embedder, image, proprio, gset)
+    torch.testing.assert_close(objective.obs_tokens, embedder(image))
+    assert not objective.obs_tokens.requires_grad
+    with pytest.raises(ValueError, match="image"):
+        DynaGuideObjective.from_observation(small_dynamics, embedder, image[0], proprio, gset)
+
+
 def test_dynaguide_objective_offset_feeds_chunk_from_current_step(small_dynamics, embedder):
     tokens = embedder(torch.rand(1, 3, 28, 28))
     gset = GuidanceSet.from_latents(torch.zeros(1, 4, 24))
@@ -263,12 +273,13 @@ def test_goal_conditioned_sample_uses_goal_image():
     obs = {"rgb": torch.rand(2, 2, 3, 32, 32), "proprio": torch.zeros(2, 2, 2)}
     goal = torch.rand(2, 3, 32, 32)
     noise = torch.randn(2, T, A)
-    out = goal_conditioned_sample(policy, obs, goal, ddim=FAST, initial_noise=noise)
+    two = DDIMConfig(num_inference_steps=2)
+    out = goal_conditioned_sample(policy, obs, goal, ddim=two, initial_noise=noise)
     with torch.no_grad():
         cond = policy.encode_observation({**obs, "goal_image": goal})
-    reference = guided_ddim_sample(policy, cond, None, scale=0.0, ddim=FAST, initial_noise=noise).actions
+    reference = guided_ddim_sample(policy, cond, None, scale=0.0, ddim=two, initial_noise=noise).actions
     assert torch.equal(out.actions, reference)
-    other = goal_conditioned_sample(policy, obs, torch.rand(2, 3, 32, 32), ddim=FAST, initial_noise=noise)
+    other = goal_conditioned_sample(policy, obs, torch.rand(2, 3, 32, 32), ddim=two, initial_noise=noise)
     assert not torch.equal(other.actions, out.actions)
     plain = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_size=32, proprio_dim=2, action_dim=A, horizon=T,
                                                       down_dims=(16, 32), num_keypoints=4, cnn_width=8))

@@ -133,3 +133,30 @@ def test_bad_checkpoints_raise(tmp_path):
     save_checkpoint(tmp_path / "ck2", model, model.cfg)
     with pytest.raises(ValueError, match="no EMA"):
         load_checkpoint(tmp_path / "ck2", weights="ema")
+
+
+def test_custom_kinds_can_be_registered(tmp_path):
+    from dataclasses import dataclass
+
+    from dynaguide.checkpoint import register_checkpoint_kind
+
+    @dataclass
+    class TinyConfig:
+        width: int = 3
+
+    class Tiny(torch.nn.Module):
+        checkpoint_kind = "test_tiny"
+
+        def __init__(self, cfg):
+            super().__init__()
+            self.cfg = cfg
+            self.lin = torch.nn.Linear(cfg.width, 1)
+
+    with pytest.raises(ValueError, match="no registered checkpoint kind"):
+        save_checkpoint(tmp_path / "t", Tiny(TinyConfig()), TinyConfig())
+    register_checkpoint_kind("test_tiny", TinyConfig, Tiny)
+    model = Tiny(TinyConfig(width=5))
+    save_checkpoint(tmp_path / "t", model, model.cfg)
+    loaded, cfg = load_checkpoint(tmp_path / "t")
+    assert cfg == TinyConfig(width=5)
+    _assert_same_state(loaded, model)

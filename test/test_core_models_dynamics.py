@@ -1,7 +1,5 @@
 """Latent dynamics model, classifier head and the noise augmentation distribution."""
 
-import math
-
 import pytest
 import torch
 

@@ -52,6 +52,7 @@ def test_dinov2_resizes_to_its_image_size_and_is_frozen():
     big = torch.rand(1, 3, 100, 80)
     assert emb(big).shape == (1, 36, 32)
     assert all(not p.requires_grad for p in emb.parameters())
+    assert not emb(torch.rand(1, 3, 32, 32, requires_grad=True)).requires_grad  # no graph kept
     emb.train()
     assert not emb.model.training
     with pytest.raises(ValueError, match="multiple of the patch size"):

@@ -49,11 +49,15 @@ def test_normalizer_maps_range_to_unit_interval_and_back():
 def test_policy_implements_protocol_and_shapes():
     p = _policy()
     assert isinstance(p, NoisePredictionPolicy)
-    assert (p.horizon, p.action_dim, p.n_obs_steps) == (16, 2, 2)
+    assert (p.horizon, p.action_dim, p.n_obs_steps, p.action_offset) == (16, 2, 2, 0)
     cond = p.encode_observation(_obs(p.cfg))
     assert cond.shape == (3, p.cond_dim) == (3, 2 * (32 + 2))
-    eps = p.predict_noise(torch.randn(3, 16, 2), torch.tensor([0, 5, 99]), cond)
+    x = torch.randn(3, 16, 2)
+    eps = p.predict_noise(x, torch.tensor([0, 5, 99]), cond)
     assert eps.shape == (3, 16, 2)
+    # one conditioning row broadcasts over a batch of chunks; a scalar timestep over the batch
+    shared = p.predict_noise(x, torch.tensor(7), cond[:1])
+    assert torch.allclose(shared, p.predict_noise(x, torch.full((3,), 7), cond[:1].expand(3, -1)), atol=1e-6)
     # normalise -> unnormalise is the identity and maps the stats' range to [-1, 1]
     a = torch.tensor([[-2.0, 0.0], [2.0, 10.0], [0.0, 5.0]])
     assert torch.allclose(p.normalize_actions(a), torch.tensor([[-1.0, -1.0], [1.0, 1.0], [0.0, 0.0]]))

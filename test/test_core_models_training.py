@@ -162,3 +162,15 @@ def test_generic_dataset_stats_are_fitted_when_missing(tmp_path):
     stats = inner.stats()
     assert torch.allclose(policy.action_normalizer.min, torch.as_tensor(stats["action_min"]))
     assert torch.allclose(policy.proprio_normalizer.max, torch.as_tensor(stats["proprio_max"]))
+
+
+def test_train_config_from_yaml_and_validation(tmp_path):
+    from dynaguide.config import ConfigError, from_dict, load_config
+
+    (tmp_path / "t.yaml").write_text("train:\n  steps: 5\n  betas: [0.9, 0.99]\n  lr_schedule: cosine\n")
+    cfg = load_config(TrainConfig, tmp_path / "t.yaml", section="train")
+    assert (cfg.steps, cfg.betas, cfg.lr_schedule) == (5, (0.9, 0.99), "cosine")
+    with pytest.raises(ConfigError, match="lr_schedule"):
+        from_dict(TrainConfig, {"lr_schedule": "step"})
+    with pytest.raises(ConfigError, match="ema_decay"):
+        from_dict(TrainConfig, {"ema_decay": 1.0})

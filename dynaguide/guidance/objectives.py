@@ -96,6 +96,26 @@ class DynaGuideObjective:
         self.dynamics_horizon = dynamics_horizon
         self.action_transform = action_transform
 
+    @classmethod
+    def from_observation(
+        cls,
+        dynamics: Callable[..., torch.Tensor],
+        embedder: Callable[[torch.Tensor], torch.Tensor],
+        image: torch.Tensor,
+        proprio: torch.Tensor,
+        guidance_set: GuidanceSet,
+        **kwargs: Any,
+    ) -> "DynaGuideObjective":
+        """Embed the current frame once (``image (B, 3, H, W)`` in [0, 1], no gradient) and build the objective.
+
+        ``proprio (B, P)`` is the current proprioception; keyword arguments as in the constructor.
+        """
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+        with torch.no_grad():
+            tokens = embedder(image)
+        return cls(dynamics, tokens, proprio, guidance_set, **kwargs)
+
     def predict_outcome(self, noisy_actions: torch.Tensor) -> torch.Tensor:
         """ẑ ``(B, N_out, D_out)`` for ``noisy_actions (B, T, A)``."""
         batch = noisy_actions.shape[0]

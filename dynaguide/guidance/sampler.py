@@ -132,8 +132,8 @@ def objective_value_and_grad(
             raise ValueError("guidance objective output does not depend differentiably on the actions")
         (grad,) = torch.autograd.grad(values.sum(), leaf)
     values, grad = values.detach(), grad.detach()
-    if not torch.isfinite(grad).all():
-        raise ValueError("guidance gradient is not finite (NaN/inf); refusing to produce actions from it")
+    if not (torch.isfinite(grad).all() and torch.isfinite(values).all()):
+        raise ValueError("guidance objective or its gradient is not finite (NaN/inf); refusing to produce actions from it")
     return values, grad
 
 

@@ -91,6 +91,10 @@ class DiffusionPolicy(nn.Module):
     """
 
     checkpoint_kind = "diffusion_policy"
+    action_offset = 0
+    """Index in the predicted chunk of the current step: 0, the chunk starts at ``t`` (unlike
+    diffusion_policy's ``To - 1``).  Execute ``chunk[:n_action_steps]``; feed the dynamics model
+    ``chunk[action_offset:]`` — i.e. the whole chunk, no shift."""
 
     def __init__(self, cfg: DiffusionPolicyConfig) -> None:
         super().__init__()
@@ -103,9 +107,9 @@ class DiffusionPolicy(nn.Module):
             key: ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width) for key in cfg.image_keys
         })
         feat = 2 * cfg.num_keypoints
-        self.goal_encoder = (
-            ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width) if cfg.goal_conditioned else None
-        )
+        self.goal_encoder = None
+        if cfg.goal_conditioned:
+            self.goal_encoder = ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width)
         self.obs_feature_dim = len(cfg.image_keys) * feat + cfg.proprio_dim
         self.cond_dim = cfg.n_obs_steps * self.obs_feature_dim + (feat if cfg.goal_conditioned else 0)
         self.noise_net = ConditionalUnet1D(
@@ -126,7 +130,8 @@ class DiffusionPolicy(nn.Module):
 
     @property
     def normalizers_fitted(self) -> bool:
-        return self.action_normalizer.is_fitted and (self.proprio_normalizer is None or self.proprio_normalizer.is_fitted)
+        proprio_ok = self.proprio_normalizer is None or self.proprio_normalizer.is_fitted
+        return self.action_normalizer.is_fitted and proprio_ok
 
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Raw ``(..., A)`` → ``(..., A)`` in [-1, 1]."""
@@ -181,11 +186,16 @@ class DiffusionPolicy(nn.Module):
         return cond
 
     def predict_noise(self, noisy_actions: torch.Tensor, timesteps: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``noisy_actions (B, T, A)`` normalised, ``timesteps (B,)`` long, ``cond (B, C)`` → noise ``(B, T, A)``."""
+        """``noisy_actions (B, T, A)`` normalised, ``timesteps (B,)`` long (or a scalar), ``cond (B or 1, C)``
+        → predicted noise ``(B, T, A)``.  A single conditioning row is shared by all B chunks."""
         if noisy_actions.ndim != 3 or noisy_actions.shape[1:] != (self.horizon, self.action_dim):
             raise ValueError(
                 f"noisy_actions must be (B, {self.horizon}, {self.action_dim}), got {tuple(noisy_actions.shape)}"
             )
+        if cond.ndim != 2 or cond.shape[1] != self.cond_dim:
+            raise ValueError(f"cond must be (B, {self.cond_dim}), got {tuple(cond.shape)}")
+        if cond.shape[0] == 1 and noisy_actions.shape[0] > 1:
+            cond = cond.expand(noisy_actions.shape[0], -1)
         if cond.shape[0] != noisy_actions.shape[0]:
             raise ValueError(f"cond batch {cond.shape[0]} != actions batch {noisy_actions.shape[0]}")
         return self.noise_net(noisy_actions, timesteps, cond)
@@ -197,7 +207,9 @@ class DiffusionPolicy(nn.Module):
             raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
         actions = batch["actions"].float()
         if actions.ndim != 3 or actions.shape[1:] != (self.horizon, self.action_dim):
-            raise ValueError(f"batch['actions'] must be (B, {self.horizon}, {self.action_dim}), got {tuple(actions.shape)}")
+            raise ValueError(
+                f"batch['actions'] must be (B, {self.horizon}, {self.action_dim}), got {tuple(actions.shape)}"
+            )
         if self.training and self.cfg.random_shift > 0:
             batch = self._shift_images(batch, generator)
         cond = self.encode_observation(batch)
@@ -210,7 +222,8 @@ class DiffusionPolicy(nn.Module):
         noisy = self._train_scheduler.add_noise(clean, noise, steps)
         return F.mse_loss(self.predict_noise(noisy, steps, cond), noise)
 
-    def _shift_images(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+    def _shift_images(self, batch: dict[str, torch.Tensor],
+                      generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """Random translation by up to ±``random_shift`` px per sample and camera (same shift for all To frames)."""
         pad = self.cfg.random_shift
         out = dict(batch)

@@ -25,14 +25,17 @@ class SinusoidalStepEmbedding(nn.Module):
 
     def forward(self, steps: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=steps.device, dtype=torch.float32) / (half - 1))
+        exponents = torch.arange(half, device=steps.device, dtype=torch.float32) / (half - 1)
+        freqs = torch.exp(-math.log(10000.0) * exponents)
         angles = steps.float()[:, None] * freqs[None, :]
         return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
 class _ConvNormMish(nn.Sequential):
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int) -> None:
-        super().__init__(nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, out_ch), nn.Mish())
+        super().__init__(
+            nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2), nn.GroupNorm(n_groups, out_ch), nn.Mish()
+        )
 
 
 class FiLMResidualBlock1D(nn.Module):

@@ -123,6 +123,7 @@ class ImageEncoder(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2:] != (self.image_size, self.image_size):
-            images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+            size = (self.image_size, self.image_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         x = (images - self.mean) / self.std
         return self.keypoints(self.backbone(x))

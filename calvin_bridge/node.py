@@ -1,0 +1,150 @@
+"""``calvin_bridge`` node — the PyBullet play table as a ROS 2 robot.
+
+Executes ``action_chunk`` (dynaguide_msgs/ActionChunk, action space ``calvin_rel_ee``) at the
+simulation's control rate (30 Hz) with :class:`dynaguide.execution.ActionSchedule` (late actions dropped
+by timestamp, hold when nothing is due), publishes ``camera/rgb_static`` and ``camera/rgb_gripper``
+(sensor_msgs/Image, sensor-data QoS) at ``camera_hz``, ``joint_states``, ``calvin/state`` (CalvinState)
+and ``calvin/behaviour`` events (e.g. "drawer_open detected"); serves ``calvin/reset`` (ResetScene).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+
+from calvin_bridge.config import CalvinEnvConfig
+from calvin_bridge.env import CalvinEnv
+from dynaguide.execution import ActionSchedule
+from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
+from dynaguide_msgs.srv import ResetScene
+from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, time_to_seconds
+from dynaguide_ros.params import declare_config
+from dynaguide_ros.qos import RELIABLE, SENSOR
+
+SCENE_KEYS = ("door", "drawer", "button", "switch")
+
+
+@dataclass
+class CalvinBridgeConfig:
+    calvin_data_dir: str = ""          # empty: the project's procedural table
+    table: str = "calvin_table_D"
+    static_size: int = 200
+    gripper_size: int = 84
+    camera_hz: float = 10.0
+    seed: int = 0
+    frame_id: str = "world"
+    scene_options: str = ""            # reserved
+
+
+class CalvinBridgeNode(Node):
+    def __init__(self) -> None:
+        super().__init__("calvin_bridge")
+        self.cfg = declare_config(self, CalvinBridgeConfig)
+        env_cfg = CalvinEnvConfig(calvin_data_dir=self.cfg.calvin_data_dir or None, table=self.cfg.table,
+                                  render_every_step=False)
+        env_cfg.static_camera.width = env_cfg.static_camera.height = self.cfg.static_size
+        env_cfg.gripper_camera.width = env_cfg.gripper_camera.height = self.cfg.gripper_size
+        self.env = CalvinEnv(env_cfg)
+        self.dt = 1.0 / env_cfg.control_hz
+        self._lock = threading.Lock()
+        self.schedule = ActionSchedule(7, self.dt)
+        self.gripper = 1.0
+        self.obs, _ = self.env.reset(seed=self.cfg.seed)
+        self.last_behaviour = "no_behaviour"
+        self.image_pubs = {k: self.create_publisher(Image, f"camera/{k}", SENSOR) for k in ("rgb_static", "rgb_gripper")}
+        self.joint_pub = self.create_publisher(JointState, "joint_states", RELIABLE)
+        self.state_pub = self.create_publisher(CalvinState, "calvin/state", RELIABLE)
+        self.event_pub = self.create_publisher(BehaviourEvent, "calvin/behaviour", RELIABLE)
+        io = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, RELIABLE, callback_group=io)
+        self.create_service(ResetScene, "calvin/reset", self._on_reset, callback_group=io)
+        sim = MutuallyExclusiveCallbackGroup()
+        self.create_timer(self.dt, self._control_tick, callback_group=sim)
+        self.create_timer(1.0 / self.cfg.camera_hz, self._camera_tick, callback_group=sim)
+        self.get_logger().info(f"calvin bridge ready (scene: {self.env.scene.source}, {env_cfg.control_hz} Hz)")
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_chunk(self, msg: ActionChunk) -> None:
+        if msg.action_space != "calvin_rel_ee":
+            self.get_logger().warn(f"ignoring chunk in action space {msg.action_space!r} (need calvin_rel_ee)",
+                                   throttle_duration_sec=5.0)
+            return
+        try:
+            actions = chunk_from_msg(msg)
+            with self._lock:
+                self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index)
+        except (MessageError, ValueError) as exc:
+            self.get_logger().warn(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
+
+    def _control_tick(self) -> None:
+        now = self._now()
+        with self._lock:
+            action = self.schedule.next_action(now)
+            if action is None:  # nothing due: hold the pose, keep the gripper as it is
+                action = np.array([0, 0, 0, 0, 0, 0, self.gripper])
+            else:
+                action = np.clip(action, -1.0, 1.0)
+                action[6] = 1.0 if action[6] >= 0 else -1.0
+                self.gripper = action[6]
+            self.obs, _, _, _, info = self.env.step(action)
+        stamp = self.get_clock().now().to_msg()
+        js = JointState(name=list(self.env.joint_names), position=[float(x) for x in self.env.joint_positions()])
+        js.header.stamp = stamp
+        self.joint_pub.publish(js)
+        state = CalvinState(robot_obs=[float(x) for x in self.obs["robot_obs"]],
+                            scene_obs=[float(x) for x in self.obs["scene_obs"]], behaviour=info["behaviour"])
+        state.header.stamp, state.header.frame_id = stamp, self.cfg.frame_id
+        self.state_pub.publish(state)
+        if info["behaviour"] != self.last_behaviour:
+            self.last_behaviour = info["behaviour"]
+            if info["behaviour"] != "no_behaviour":
+                ev = BehaviourEvent(behaviour=info["behaviour"], detail=f"{info['behaviour']} detected")
+                ev.header.stamp = stamp
+                self.event_pub.publish(ev)
+                self.get_logger().info(f"{info['behaviour']} detected")
+
+    def _camera_tick(self) -> None:
+        with self._lock:
+            images = self.env.render_cameras()
+        stamp = self.get_clock().now().to_msg()
+        for key, pub in self.image_pubs.items():
+            pub.publish(rgb_to_image_msg(images[key], stamp=stamp, frame_id=f"{key}_camera"))
+
+    def _on_reset(self, req: ResetScene.Request, res: ResetScene.Response) -> ResetScene.Response:
+        options: dict = {}
+        try:
+            if len(req.scene_obs):
+                if len(req.scene_obs) < 4 or not np.all(np.isfinite(req.scene_obs)):
+                    raise ValueError("scene_obs needs at least 4 finite values (door, drawer, button, switch)")
+                options["scene"] = dict(zip(SCENE_KEYS, map(float, req.scene_obs[:4])))
+            if len(req.robot_joints):
+                if len(req.robot_joints) != 7 or not np.all(np.isfinite(req.robot_joints)):
+                    raise ValueError("robot_joints needs 7 finite values")
+                options["robot_joints"] = list(map(float, req.robot_joints))
+            with self._lock:
+                self.schedule.clear()
+                self.obs, _ = self.env.reset(seed=None if req.seed < 0 else int(req.seed), options=options)
+                self.last_behaviour = "no_behaviour"
+                self.gripper = 1.0
+        except (ValueError, KeyError) as exc:
+            res.success, res.message = False, f"reset rejected: {exc}"
+            return res
+        res.success, res.message = True, "scene reset"
+        return res
+
+    def destroy_node(self) -> None:
+        self.env.close()
+        super().destroy_node()
+
+
+def main(argv=None) -> int:
+    from dynaguide_ros.node_main import spin_node
+
+    return spin_node(CalvinBridgeNode, argv, threads=2)

@@ -1,0 +1,171 @@
+"""Online inference: a frozen policy, a dynamics model and the guidance in force -> action chunks.
+
+:class:`GuidedPolicyRunner` is what the ROS policy node wraps (and what offline evaluations can use):
+it keeps the observation history, the current :class:`~dynaguide.guidance.goals.GuidanceSet`, and turns
+one observation into one un-normalised action chunk with the guided DDIM sampler.  No ROS here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dynaguide.checkpoint import load_checkpoint
+from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
+from dynaguide.guidance.objectives import DynaGuideObjective
+from dynaguide.guidance.sampler import guided_ddim_sample
+from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+
+@dataclass
+class RunnerConfig:
+    """Where the models come from and how guidance is applied by default.
+
+    Empty checkpoint paths build *untrained, randomly initialised* CPU-config models — good for
+    plumbing tests only; the runner reports ``trained = False`` for them.
+    """
+
+    policy_checkpoint: str = ""
+    dynamics_checkpoint: str = ""
+    image_keys: tuple[str, ...] = ("rgb_static",)
+    image_size: int = 64
+    proprio_dim: int = 15
+    action_dim: int = 7
+    embed_tokens: int = 256
+    embed_dim: int = 384
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    seed: int = 0
+    torch_threads: int = 1
+
+
+@dataclass
+class ChunkResult:
+    actions: np.ndarray          # (T, A) un-normalised, units of the policy's action space
+    guided: bool
+    metric: float                # Eq. 2 value of the returned chunk (NaN when unguided)
+    compute_ms: float
+
+
+class GuidedPolicyRunner:
+    """Holds policy + dynamics model + guidance; ``act(...)`` returns one chunk.
+
+    Args:
+        policy: a :class:`DiffusionPolicy` (any ``NoisePredictionPolicy`` with ``unnormalize_actions``).
+        dynamics: the :class:`LatentDynamicsModel` trained for that policy's action space.
+    """
+
+    def __init__(self, policy: DiffusionPolicy, dynamics: LatentDynamicsModel, *, trained: bool,
+                 guidance_defaults: GuidanceConfig | None = None, seed: int = 0) -> None:
+        self.policy = policy.eval()
+        self.dynamics = dynamics.eval()
+        self.trained = trained
+        self.guidance_defaults = guidance_defaults or GuidanceConfig()
+        self.guidance: GuidanceSet | None = None
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @classmethod
+    def from_config(cls, cfg: RunnerConfig) -> "GuidedPolicyRunner":
+        torch.set_num_threads(max(1, cfg.torch_threads))
+        trained = bool(cfg.policy_checkpoint) and bool(cfg.dynamics_checkpoint)
+        if cfg.policy_checkpoint:
+            policy, _ = load_checkpoint(Path(cfg.policy_checkpoint))
+        else:
+            torch.manual_seed(cfg.seed)
+            policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(
+                image_keys=tuple(cfg.image_keys), image_size=cfg.image_size,
+                proprio_dim=cfg.proprio_dim, action_dim=cfg.action_dim))
+            policy.set_normalizer_stats(-torch.ones(cfg.action_dim), torch.ones(cfg.action_dim),
+                                        -torch.ones(cfg.proprio_dim) * 3, torch.ones(cfg.proprio_dim) * 3)
+        if cfg.dynamics_checkpoint:
+            dynamics, _ = load_checkpoint(Path(cfg.dynamics_checkpoint))
+        else:
+            torch.manual_seed(cfg.seed + 1)
+            dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
+                embed_tokens=cfg.embed_tokens, embed_dim=cfg.embed_dim, proprio_dim=cfg.proprio_dim,
+                action_dim=cfg.action_dim, horizon=policy.horizon))
+        return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed)
+
+    # ----------------------------------------------------------------------------- guidance
+    def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None, *,
+                            scale: float | None = None, sigma: float | None = None,
+                            stochastic_steps: int | None = None) -> GuidanceSet:
+        """Raw embedder tokens ``(K, N, D)`` of goal images → the guidance in force.
+
+        ``None``/NaN/<= 0 overrides keep the defaults.  Raises ``ValueError`` (and keeps the previous
+        guidance) if the tokens do not fit the dynamics model.
+        """
+        def keep(value, default):
+            return default if value is None or not math.isfinite(value) or value <= 0 else value
+
+        d = self.guidance_defaults
+        cfg = GuidanceConfig(**{**d.__dict__, "scale": float(keep(scale, d.scale)), "sigma": float(keep(sigma, d.sigma)),
+                                "stochastic_steps": int(keep(stochastic_steps, d.stochastic_steps))})
+        expected = (self.dynamics.cfg.embed_tokens, self.dynamics.cfg.embed_dim)
+
+        def outcome(name, tokens):
+            if tokens is None or len(tokens) == 0:
+                return None
+            tokens = torch.as_tensor(np.asarray(tokens, dtype=np.float32))
+            if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
+                raise ValueError(f"{name} goal tokens must be (K, {expected[0]}, {expected[1]}), got {tuple(tokens.shape)}")
+            with torch.no_grad():
+                return self.dynamics.outcome_latent(tokens)
+
+        new = GuidanceSet(outcome("positive", positive), outcome("negative", negative), cfg)
+        self.guidance = new
+        return new
+
+    def clear_guidance(self) -> None:
+        self.guidance = None
+
+    # ----------------------------------------------------------------------------- acting
+    def act(self, images: dict[str, np.ndarray], proprio: np.ndarray, obs_tokens: np.ndarray | None) -> ChunkResult:
+        """One chunk from the latest observation history.
+
+        Args:
+            images: camera key → ``(To, H, W, 3) uint8`` (oldest first; resized to the policy's size).
+            proprio: ``(To, P)`` raw proprioception.
+            obs_tokens: ``(N, D)`` embedder tokens of the newest policy-camera frame (needed when guided).
+        """
+        start = time.perf_counter()
+        obs = {}
+        size = self.policy.cfg.image_size
+        for key in self.policy.cfg.image_keys:
+            if key not in images:
+                raise ValueError(f"missing camera {key!r}")
+            frames = torch.as_tensor(np.asarray(images[key])).permute(0, 3, 1, 2).float() / 255.0
+            if frames.shape[-1] != size or frames.shape[-2] != size:
+                frames = torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear",
+                                                         antialias=True, align_corners=False)
+            obs[key] = frames.unsqueeze(0)
+        proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32)).unsqueeze(0)
+        obs["proprio"] = proprio_t
+        guidance = self.guidance
+        objective = None
+        if guidance is not None and guidance.scale > 0:
+            if obs_tokens is None:
+                raise ValueError("guidance is active but no observation embedding is available")
+            objective = DynaGuideObjective(
+                self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
+                proprio_t[:, -1], guidance, action_offset=self.policy.n_obs_steps - 1)
+        with torch.no_grad():
+            cond = self.policy.encode_observation(obs)
+        sample = guided_ddim_sample(
+            self.policy, cond, objective, scale=guidance.scale if objective else 0.0, ddim=self.policy.cfg.ddim,
+            stochastic_steps=guidance.stochastic_steps if objective else 1,
+            stochastic_mode=guidance.config.stochastic_mode if objective else "repeat",
+            generator=self.generator)
+        metric = float("nan")
+        if objective is not None:
+            with torch.no_grad():
+                metric = float(objective(sample.actions)[0])
+        with torch.no_grad():
+            actions = self.policy.unnormalize_actions(sample.actions)[0].cpu().numpy()
+        return ChunkResult(actions=actions.astype(np.float32), guided=objective is not None, metric=metric,
+                           compute_ms=(time.perf_counter() - start) * 1e3)

@@ -1,0 +1,194 @@
+"""``guidance_manager`` — the ``/set_guidance`` front door.
+
+* ``set_guidance`` (dynaguide_msgs/SetGuidance): validates the request (image encodings, sizes, data
+  length, counts, finite parameters), embeds the goal images through the embedding node's
+  ``embed_images`` service, then publishes ``guidance/set`` (GuidanceSet) and ``guidance/state``
+  (GuidanceState) with transient-local QoS and stores the guidance on disk.  A bad request gets
+  ``success = false`` and a message naming the problem; the guidance in force does not change.
+* ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
+* On start, restores the last accepted guidance from ``state_dir``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from std_srvs.srv import Trigger
+
+from dynaguide.guidance.store import StoredGuidance, clear_guidance, load_guidance, save_guidance
+from dynaguide_msgs.msg import GuidanceSet, GuidanceState
+from dynaguide_msgs.srv import EmbedImages, SetGuidance
+from dynaguide_ros.conversions import MessageError, embedding_from_msg, embedding_to_msg, rgb_from_image_msg
+from dynaguide_ros.params import declare_config
+from dynaguide_ros.qos import LATCHED
+
+
+@dataclass
+class GuidanceManagerConfig:
+    state_dir: str = "~/.local/state/dynaguide/guidance"
+    max_images: int = 64
+    max_image_side: int = 2048
+    min_image_side: int = 14
+    default_scale: float = 1.5
+    default_sigma: float = 30.0
+    default_stochastic_steps: int = 4
+    max_scale: float = 1000.0
+    max_stochastic_steps: int = 32
+    embed_timeout_s: float = 30.0
+
+
+def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig) -> None:
+    """Raise :class:`MessageError` naming the first problem in ``req``."""
+    n_pos, n_neg = len(req.positive), len(req.negative)
+    if n_pos + n_neg == 0:
+        raise MessageError("no goal images: give at least one positive or negative image")
+    if n_pos + n_neg > cfg.max_images:
+        raise MessageError(f"{n_pos + n_neg} goal images exceed the limit of {cfg.max_images}")
+    for name, value in (("scale", req.scale), ("sigma", req.sigma), ("stochastic_steps", req.stochastic_steps)):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise MessageError(f"{name} must be finite (0 keeps the current value), got {value}")
+        if value < 0:
+            raise MessageError(f"{name} must be >= 0 (0 keeps the current value), got {value}")
+    if req.scale > cfg.max_scale:
+        raise MessageError(f"scale {req.scale} exceeds the limit of {cfg.max_scale}")
+    if req.stochastic_steps > cfg.max_stochastic_steps:
+        raise MessageError(f"stochastic_steps {req.stochastic_steps} exceeds the limit of {cfg.max_stochastic_steps}")
+    for side, images in (("positive", req.positive), ("negative", req.negative)):
+        for i, im in enumerate(images):
+            try:
+                rgb_from_image_msg(im, max_side=cfg.max_image_side, min_side=cfg.min_image_side)
+            except MessageError as exc:
+                raise MessageError(f"{side}[{i}]: {exc}") from exc
+
+
+class GuidanceManagerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("guidance_manager")
+        self.cfg = declare_config(self, GuidanceManagerConfig)
+        self.state_dir = Path(self.cfg.state_dir).expanduser()
+        self._group = ReentrantCallbackGroup()
+        self._lock = threading.Lock()  # one request at a time changes the guidance
+        self.current: StoredGuidance | None = None
+        self._rev = 0  # increases with every accepted change, clears included
+        self.set_pub = self.create_publisher(GuidanceSet, "guidance/set", LATCHED)
+        self.state_pub = self.create_publisher(GuidanceState, "guidance/state", LATCHED)
+        self.embed_client = self.create_client(EmbedImages, "embed_images", callback_group=self._group)
+        self.create_service(SetGuidance, "set_guidance", self._on_set, callback_group=self._group)
+        self.create_service(Trigger, "clear_guidance", self._on_clear, callback_group=self._group)
+        self._restore()
+        self.get_logger().info("guidance manager ready")
+
+    # ------------------------------------------------------------------------- state
+    def _restore(self) -> None:
+        try:
+            stored = load_guidance(self.state_dir)
+        except ValueError as exc:
+            self.get_logger().error(f"{exc}; starting unguided")
+            stored = None
+        if stored is None:
+            self._publish(None, "initial")
+            return
+        self.current = stored
+        self._rev = stored.revision
+        self._publish(stored, "restored")
+        self.get_logger().info(f"restored guidance revision {stored.revision} "
+                               f"({len(stored.positive)} positive, {len(stored.negative)} negative) from {self.state_dir}")
+
+    def _publish(self, g: StoredGuidance | None, source: str) -> None:
+        now = self.get_clock().now().to_msg()
+        msg, state = GuidanceSet(), GuidanceState()
+        msg.header.stamp = state.header.stamp = now
+        state.source = source
+        if g is not None:
+            msg.active = state.active = True
+            msg.positive = [embedding_to_msg(t, g.grid_hw, g.embedder_id) for t in g.positive]
+            msg.negative = [embedding_to_msg(t, g.grid_hw, g.embedder_id) for t in g.negative]
+            msg.scale = state.scale = float(g.scale)
+            msg.sigma = state.sigma = float(g.sigma)
+            msg.stochastic_steps = state.stochastic_steps = int(g.stochastic_steps)
+            msg.revision = state.revision = int(g.revision)
+            state.num_positive, state.num_negative = len(g.positive), len(g.negative)
+        else:
+            msg.revision = state.revision = self._revision()
+        self.set_pub.publish(msg)
+        self.state_pub.publish(state)
+
+    def _revision(self) -> int:
+        return self._rev
+
+    # ------------------------------------------------------------------------- services
+    def _embed(self, images) -> tuple[np.ndarray, tuple[int, int], str]:
+        if not self.embed_client.wait_for_service(timeout_sec=5.0):
+            raise MessageError("the embedding service 'embed_images' is not available")
+        done = threading.Event()
+        future = self.embed_client.call_async(EmbedImages.Request(images=list(images)))
+        future.add_done_callback(lambda _f: done.set())
+        if not done.wait(self.cfg.embed_timeout_s):
+            future.cancel()
+            raise MessageError(f"embedding timed out after {self.cfg.embed_timeout_s} s")
+        res = future.result()
+        if not res.success:
+            raise MessageError(f"embedding failed: {res.message}")
+        tokens = np.stack([embedding_from_msg(e) for e in res.embeddings])
+        first = res.embeddings[0]
+        return tokens, (int(first.grid_h), int(first.grid_w)), first.embedder_id
+
+    def _on_set(self, req: SetGuidance.Request, res: SetGuidance.Response) -> SetGuidance.Response:
+        with self._lock:
+            res.revision = self._revision()
+            try:
+                validate_request(req, self.cfg)
+                tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
+                n_pos = len(req.positive)
+                prev = self.current
+
+                def pick(value, current, default):
+                    return value if value > 0 else (current if prev is not None else default)
+
+                new = StoredGuidance(
+                    positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
+                    scale=float(pick(req.scale, prev.scale if prev else 0, self.cfg.default_scale)),
+                    sigma=float(pick(req.sigma, prev.sigma if prev else 0, self.cfg.default_sigma)),
+                    stochastic_steps=int(pick(req.stochastic_steps, prev.stochastic_steps if prev else 0,
+                                              self.cfg.default_stochastic_steps)),
+                    revision=self._revision() + 1)
+            except MessageError as exc:
+                res.success, res.message = False, f"rejected: {exc} (guidance revision {res.revision} stays in force)"
+                self.get_logger().warn(res.message)
+                return res
+            try:
+                save_guidance(self.state_dir, new)
+            except OSError as exc:
+                self.get_logger().error(f"could not store guidance in {self.state_dir}: {exc}")
+            self.current = new
+            self._rev = new.revision
+            self._publish(new, "service")
+            res.success = True
+            res.num_positive, res.num_negative = len(new.positive), len(new.negative)
+            res.revision = new.revision
+            res.message = (f"guidance revision {new.revision}: {res.num_positive} positive, {res.num_negative} negative, "
+                           f"scale {new.scale:g}, sigma {new.sigma:g}, M {new.stochastic_steps}")
+            self.get_logger().info(res.message)
+            return res
+
+    def _on_clear(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
+        with self._lock:
+            rev = self._revision()
+            self.current = None
+            self._rev += 1
+            clear_guidance(self.state_dir)
+            self._publish(None, "cleared")
+            res.success, res.message = True, f"guidance cleared (was revision {rev}); running the base policy"
+            return res
+
+
+def main(argv=None) -> int:
+    from dynaguide_ros.node_main import spin_node
+
+    return spin_node(GuidanceManagerNode, argv, threads=4)

@@ -1,0 +1,182 @@
+"""``dynaguide launch GRAPH`` — the pip user's ``ros2 launch``.
+
+Starts the nodes of :data:`dynaguide_ros.graphs.GRAPHS` as separate processes with the parameters of
+the same YAML file the ROS launch files use, prefixes their output with the node name, restarts a
+node that crashes (bounded), and shuts everything down cleanly on Ctrl-C / SIGTERM (SIGINT to each
+node, then SIGKILL after a grace period).  Localhost-only DDS discovery is set for every child unless
+the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+from dynaguide_ros.graphs import GRAPHS, GraphSpec, NodeSpec
+from dynaguide_ros.paths import config_path
+from dynaguide_ros.ros_env import localhost_env
+
+
+def node_command(spec: NodeSpec, params_files: list[Path]) -> list[str]:
+    cmd = [sys.executable, "-m", "dynaguide.cli", "node", spec.executable, "--ros-args", "-r", f"__node:={spec.name}"]
+    for f in params_files:
+        cmd += ["--params-file", str(f)]
+    for src, dst in spec.remappings:
+        cmd += ["-r", f"{src}:={dst}"]
+    return cmd
+
+
+@dataclass
+class _Managed:
+    spec: NodeSpec
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    gave_up: bool = False
+
+
+class GraphLauncher:
+    """Run a graph; ``overrides`` = ``{node_name: {param: value}}`` layered over the YAML file."""
+
+    def __init__(self, graph: str | GraphSpec, params_file: str | Path | None = None,
+                 overrides: dict[str, dict[str, Any]] | None = None, max_restarts: int = 3,
+                 env: dict[str, str] | None = None, out: TextIO | None = None, only: list[str] | None = None) -> None:
+        self.spec = GRAPHS[graph] if isinstance(graph, str) else graph
+        self.params_files = [Path(params_file) if params_file else config_path(self.spec.params_file)]
+        self._tmp = None
+        if overrides:
+            self._tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="dynaguide-overrides-", delete=False)
+            yaml.safe_dump({n: {"ros__parameters": p} for n, p in overrides.items()}, self._tmp)
+            self._tmp.close()
+            self.params_files.append(Path(self._tmp.name))
+        self.env = env if env is not None else localhost_env()
+        self.max_restarts = max_restarts
+        self.out = out or sys.stdout
+        self._print_lock = threading.Lock()
+        nodes = [n for n in self.spec.nodes if only is None or n.name in only]
+        self.nodes = {n.name: _Managed(n) for n in nodes}
+        self._stopping = threading.Event()
+
+    # ----------------------------------------------------------------------------- processes
+    def _pump(self, name: str, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            with self._print_lock:
+                self.out.write(f"[{name}] {raw.decode(errors='replace')}")
+                self.out.flush()
+
+    def _spawn(self, m: _Managed) -> None:
+        m.proc = subprocess.Popen(node_command(m.spec, self.params_files), env=self.env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._pump, args=(m.spec.name, m.proc.stdout), daemon=True).start()
+
+    def log(self, text: str) -> None:
+        with self._print_lock:
+            self.out.write(f"[launch] {text}\n")
+            self.out.flush()
+
+    def start(self) -> "GraphLauncher":
+        for m in self.nodes.values():
+            self._spawn(m)
+            self.log(f"started {m.spec.name} (pid {m.proc.pid})")
+        return self
+
+    def poll(self) -> None:
+        """Restart crashed nodes (at most ``max_restarts`` each)."""
+        for m in self.nodes.values():
+            if self._stopping.is_set() or m.gave_up or m.proc is None or m.proc.poll() is None:
+                continue
+            code = m.proc.returncode
+            if m.restarts >= self.max_restarts:
+                m.gave_up = True
+                self.log(f"{m.spec.name} exited with {code}; restarted {m.restarts} times already, giving up")
+                continue
+            m.restarts += 1
+            self.log(f"{m.spec.name} exited with {code}; restarting ({m.restarts}/{self.max_restarts})")
+            time.sleep(min(0.5 * m.restarts, 2.0))
+            self._spawn(m)
+
+    def restart(self, name: str) -> None:
+        """Stop one node cleanly and start it again (not counted as a crash)."""
+        m = self.nodes[name]
+        self._stop_one(m)
+        self._spawn(m)
+        self.log(f"restarted {name} (pid {m.proc.pid})")
+
+    def _stop_one(self, m: _Managed, grace: float = 10.0) -> None:
+        if m.proc is None or m.proc.poll() is not None:
+            return
+        try:
+            os.killpg(m.proc.pid, signal.SIGINT)
+            m.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.log(f"{m.spec.name} did not stop in {grace} s: killing")
+            os.killpg(m.proc.pid, signal.SIGKILL)
+            m.proc.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+
+    def stop(self) -> None:
+        self._stopping.set()
+        threads = [threading.Thread(target=self._stop_one, args=(m,)) for m in self.nodes.values()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self._tmp is not None:
+            Path(self._tmp.name).unlink(missing_ok=True)
+        self.log("all nodes stopped")
+
+    def running(self) -> dict[str, bool]:
+        return {n: (m.proc is not None and m.proc.poll() is None) for n, m in self.nodes.items()}
+
+    def run(self, duration: float | None = None) -> int:
+        """Start, supervise until Ctrl-C/SIGTERM (or ``duration`` seconds), stop.  Returns 0 on a clean run."""
+        previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        self.start()
+        deadline = None if duration is None else time.monotonic() + duration
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                self.poll()
+                if all(m.gave_up for m in self.nodes.values()):
+                    self.log("every node has given up")
+                    return 1
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            self.log("shutting down")
+        finally:
+            self.stop()
+            signal.signal(signal.SIGTERM, previous)
+        return 0 if not any(m.gave_up for m in self.nodes.values()) else 1
+
+
+def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+        out.setdefault(node, {})[param] = yaml.safe_load(value)
+    return out
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("launch", help="start a node graph (pip equivalent of ros2 launch)")
+    p.add_argument("graph", choices=sorted(GRAPHS))
+    p.add_argument("--params-file", help="YAML parameters (default: the graph's file in config/)")
+    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                   help="override one parameter, e.g. --set policy_node.replan_period_s=1.0")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--max-restarts", type=int, default=3)
+    p.set_defaults(func=lambda a: GraphLauncher(a.graph, a.params_file, _parse_overrides(a.set),
+                                                max_restarts=a.max_restarts).run(a.duration))

@@ -1,0 +1,216 @@
+"""``policy_node`` — the (guided) diffusion policy as a ROS node.
+
+Inputs: camera images (one topic per policy camera: ``camera/<key>``), proprioception
+(``calvin/state`` robot_obs, or ``joint_states``), the policy-camera embedding (``embedding``) and the
+guidance in force (``guidance/set``, transient-local).  Every ``replan_period_s`` it builds the
+observation (staleness-checked), runs :class:`dynaguide.runtime.GuidedPolicyRunner` and publishes
+``action_chunk`` stamped with the observation time, ``policy/diagnostics`` and
+``policy/predicted_path`` (rviz markers of the chunk's integrated end-effector path).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from visualization_msgs.msg import Marker, MarkerArray
+from geometry_msgs.msg import Point
+
+from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+from dynaguide_msgs.msg import CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
+from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
+                                       time_to_seconds)
+from dynaguide_ros.params import declare_config
+from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
+
+
+@dataclass
+class PolicyNodeConfig:
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    action_space: str = "calvin_rel_ee"
+    action_dt: float = 1.0 / 30.0
+    replan_period_s: float = 0.5
+    proprio_source: str = "calvin_state"      # or "joint_states"
+    max_observation_age_s: float = 1.0
+    max_embedding_age_s: float = 2.0
+    frame_id: str = "world"
+    path_scale_m: float = 0.02                # calvin_rel_ee: metres per action unit (for markers)
+
+
+def integrate_path(start_xyz: np.ndarray, actions: np.ndarray, action_space: str, scale: float) -> np.ndarray:
+    """End-effector path ``(T + 1, 3)`` implied by a chunk of relative actions (for visualisation)."""
+    if action_space == "calvin_rel_ee":
+        steps = np.clip(actions[:, :3], -1, 1) * scale
+    elif action_space == "ee_delta":
+        steps = actions[:, :3]
+    else:
+        return np.asarray(start_xyz, dtype=np.float64)[None]
+    return np.vstack([start_xyz, start_xyz + np.cumsum(steps, axis=0)])
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy_node")
+        self.cfg = declare_config(self, PolicyNodeConfig)
+        if self.cfg.proprio_source not in ("calvin_state", "joint_states"):
+            raise ValueError(f"proprio_source must be calvin_state or joint_states, got {self.cfg.proprio_source!r}")
+        self.runner = GuidedPolicyRunner.from_config(self.cfg.runner)
+        if not self.runner.trained:
+            self.get_logger().warn("no checkpoints configured: running an UNTRAINED, randomly initialised policy")
+        self.n_obs = self.runner.policy.n_obs_steps
+        self._lock = threading.Lock()
+        self.frames: dict[str, deque] = {k: deque(maxlen=self.n_obs) for k in self.runner.policy.cfg.image_keys}
+        self.proprio: deque = deque(maxlen=self.n_obs)
+        self.tcp_xyz = np.zeros(3)
+        self.embedding: tuple[float, np.ndarray, str] | None = None
+        self.guidance_revision = 0
+        self.sequence = 0
+        data = MutuallyExclusiveCallbackGroup()
+        for key in self.frames:
+            self.create_subscription(Image, f"camera/{key}", lambda m, k=key: self._on_image(k, m), SENSOR,
+                                     callback_group=data)
+        if self.cfg.proprio_source == "calvin_state":
+            self.create_subscription(CalvinState, "calvin/state", self._on_calvin_state, RELIABLE, callback_group=data)
+        else:
+            self.create_subscription(JointState, "joint_states", self._on_joint_state, RELIABLE, callback_group=data)
+        self.create_subscription(PatchEmbedding, "embedding", self._on_embedding, RELIABLE, callback_group=data)
+        self.create_subscription(GuidanceSet, "guidance/set", self._on_guidance, LATCHED, callback_group=data)
+        from dynaguide_msgs.msg import ActionChunk
+
+        self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
+        self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
+        self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
+        self.create_timer(self.cfg.replan_period_s, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        self.get_logger().info(f"policy node ready (cameras {list(self.frames)}, To={self.n_obs}, "
+                               f"T={self.runner.policy.horizon}, trained={self.runner.trained})")
+
+    # ------------------------------------------------------------------------- inputs
+    def _on_image(self, key: str, msg: Image) -> None:
+        try:
+            rgb = rgb_from_image_msg(msg)
+        except MessageError as exc:
+            self.get_logger().warn(f"camera/{key}: {exc}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.frames[key].append((time_to_seconds(msg.header.stamp), rgb))
+
+    def _on_calvin_state(self, msg: CalvinState) -> None:
+        if len(msg.robot_obs) != self.cfg.runner.proprio_dim:
+            self.get_logger().warn(f"calvin/state robot_obs has {len(msg.robot_obs)} values, "
+                                   f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.proprio.append(np.asarray(msg.robot_obs, dtype=np.float32))
+            self.tcp_xyz = np.asarray(msg.robot_obs[:3], dtype=np.float64)
+
+    def _on_joint_state(self, msg: JointState) -> None:
+        pos = np.asarray(msg.position, dtype=np.float32)
+        if len(pos) != self.cfg.runner.proprio_dim:
+            self.get_logger().warn(f"joint_states has {len(pos)} positions, expected {self.cfg.runner.proprio_dim}",
+                                   throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.proprio.append(pos)
+
+    def _on_embedding(self, msg: PatchEmbedding) -> None:
+        try:
+            tokens = embedding_from_msg(msg)
+        except MessageError as exc:
+            self.get_logger().warn(f"embedding: {exc}", throttle_duration_sec=5.0)
+            return
+        with self._lock:
+            self.embedding = (time_to_seconds(msg.header.stamp), tokens, msg.embedder_id)
+
+    def _on_guidance(self, msg: GuidanceSet) -> None:
+        if not msg.active:
+            self.runner.clear_guidance()
+            self.guidance_revision = msg.revision
+            self.get_logger().info(f"guidance revision {msg.revision}: inactive, running the base policy")
+            return
+        try:
+            pos = np.stack([embedding_from_msg(e) for e in msg.positive]) if msg.positive else None
+            neg = np.stack([embedding_from_msg(e) for e in msg.negative]) if msg.negative else None
+            self.runner.set_guidance_tokens(pos, neg, scale=msg.scale, sigma=msg.sigma,
+                                            stochastic_steps=msg.stochastic_steps)
+        except (MessageError, ValueError) as exc:
+            self.get_logger().error(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")
+            return
+        self.guidance_revision = msg.revision
+        self.get_logger().info(f"guidance revision {msg.revision} in force: {len(msg.positive)} positive, "
+                               f"{len(msg.negative)} negative, scale {msg.scale:g}, sigma {msg.sigma:g}")
+
+    # ------------------------------------------------------------------------- acting
+    def _tick(self) -> None:
+        now = self.get_clock().now().nanoseconds * 1e-9
+        with self._lock:
+            if any(len(f) == 0 for f in self.frames.values()) or not self.proprio:
+                self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
+                return
+            obs_stamp = min(f[-1][0] for f in self.frames.values())
+            images = {k: np.stack([fr[1] for fr in self._padded(f)]) for k, f in self.frames.items()}
+            proprio = np.stack(self._padded(self.proprio))
+            embedding = self.embedding
+            tcp = self.tcp_xyz.copy()
+        age = now - obs_stamp
+        if age > self.cfg.max_observation_age_s:
+            self.get_logger().warn(f"observation is {age:.2f} s old (limit {self.cfg.max_observation_age_s} s): "
+                                   "not acting", throttle_duration_sec=2.0)
+            return
+        tokens = None
+        if self.runner.guidance is not None:
+            if embedding is None or now - embedding[0] > self.cfg.max_embedding_age_s:
+                self.get_logger().warn("guidance active but the observation embedding is missing or stale: "
+                                       "not acting", throttle_duration_sec=2.0)
+                return
+            tokens = embedding[1]
+        try:
+            result = self.runner.act(images, proprio, tokens)
+        except ValueError as exc:
+            self.get_logger().error(f"policy step failed: {exc}", throttle_duration_sec=2.0)
+            return
+        stamp_msg = self._stamp(obs_stamp)
+        self.sequence += 1
+        chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
+                             start_index=self.n_obs - 1, sequence=self.sequence, guided=result.guided,
+                             frame_id=self.cfg.frame_id)
+        self.chunk_pub.publish(chunk)
+        latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
+        diag = PolicyDiagnostics(sequence=self.sequence, guided=result.guided, latency_ms=float(latency_ms),
+                                 compute_ms=float(result.compute_ms), metric=float(result.metric),
+                                 observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision))
+        diag.header.stamp = stamp_msg
+        self.diag_pub.publish(diag)
+        self._publish_markers(tcp, result.actions[self.n_obs - 1:], stamp_msg, result.guided)
+
+    def _padded(self, frames: deque) -> list:
+        items = list(frames)
+        return [items[0]] * (self.n_obs - len(items)) + items
+
+    def _stamp(self, seconds: float):
+        from dynaguide_ros.conversions import seconds_to_time
+
+        return seconds_to_time(seconds)
+
+    def _publish_markers(self, start: np.ndarray, actions: np.ndarray, stamp, guided: bool) -> None:
+        path = integrate_path(start, actions, self.cfg.action_space, self.cfg.path_scale_m)
+        m = Marker()
+        m.header.stamp, m.header.frame_id = stamp, self.cfg.frame_id
+        m.ns, m.id, m.type, m.action = "predicted_path", 0, Marker.LINE_STRIP, Marker.ADD
+        m.scale.x = 0.005
+        m.color.a, m.color.r, m.color.g, m.color.b = 1.0, (0.1 if guided else 0.9), (0.8 if guided else 0.6), 0.2
+        m.pose.orientation.w = 1.0
+        m.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
+        self.marker_pub.publish(MarkerArray(markers=[m]))
+
+
+def main(argv=None) -> int:
+    from dynaguide_ros.node_main import spin_node
+
+    return spin_node(PolicyNode, argv, threads=3)
