@@ -13,6 +13,7 @@ from __future__ import annotations
 import abc
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -129,10 +130,13 @@ class SdkBackend(ArmBackend):
 
     ``model`` is required (X5 or L5); ``can_interface`` names the SocketCAN interface (``can0``…) or
     EtherCAT adapter (``en…``/``eth…``).  ``controller_factory`` builds the controller from the real
-    config objects; tests pass a CAN-less stand-in with the same methods.
+    config objects; tests pass a CAN-less stand-in with the same methods.  ``stiffen_wait_s`` is how long
+    :meth:`hold` lets the SDK's control thread take the new command before raising the gains
+    (default: two control periods).
     """
 
-    def __init__(self, model: str, can_interface: str, controller_factory: ControllerFactory | None = None):
+    def __init__(self, model: str, can_interface: str, controller_factory: ControllerFactory | None = None,
+                 stiffen_wait_s: float | None = None):
         if not isinstance(can_interface, str) or not can_interface:
             raise ValueError("can_interface is required (e.g. 'can0')")
         import arx5_interface as arx5
@@ -141,6 +145,7 @@ class SdkBackend(ArmBackend):
         self.model = model
         self.can_interface = can_interface
         self.robot_config, self.controller_config = load_sdk_configs(model)
+        self.stiffen_wait_s = 2 * self.control_dt if stiffen_wait_s is None else float(stiffen_wait_s)
         factory = controller_factory or default_controller_factory
         try:
             self._controller = factory(self.robot_config, self.controller_config, can_interface)
@@ -176,8 +181,14 @@ class SdkBackend(ArmBackend):
 
     def hold(self) -> None:
         state = self.read_state()
-        # Command first, then raise the gains: the SDK refuses stiffness when the command is far away.
+        # Command first, then raise the gains: the SDK refuses stiffness when its output command is more
+        # than 0.2 rad from the measured joints.  Give its control thread two periods to take the command.
         self._controller.set_joint_cmd(self._joint_state(state.joint_pos, state.gripper_width))
+        if bool(self.controller_config.background_send_recv):
+            time.sleep(self.stiffen_wait_s)
+        else:
+            self._controller.send_recv_once()
+            self._controller.send_recv_once()
         cc = self.controller_config
         gain = self._arx5.Gain(np.asarray(cc.default_kp, dtype=float), np.asarray(cc.default_kd, dtype=float),
                                float(cc.default_gripper_kp), float(cc.default_gripper_kd))

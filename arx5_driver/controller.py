@@ -42,6 +42,7 @@ class ArmController:
         self.accepted_chunks = 0
         self.rejected_chunks = 0
         self._closed = False
+        self._last_tick: float | None = None
 
     @property
     def closed(self) -> bool:
@@ -69,11 +70,17 @@ class ArmController:
                     if refusal is not None:
                         raise ChunkRejected(f"refusing to start: {refusal}")
                     if self.backend.is_damped:
-                        self.backend.hold()
+                        try:
+                            self.backend.hold()
+                        except RuntimeError as exc:  # e.g. the SDK refusing to raise stiffness
+                            self.backend.damp()
+                            raise ChunkRejected(f"refusing to start: the arm could not be made stiff ({exc})") from exc
                     self.safety.activate(measured, now)
                 else:
                     self.safety.note_fresh_chunk(now)
-                self.executor.accept(chunk.stamp, waypoints, now, self.safety.last_joint_pos, self.safety.last_gripper)
+                # the trajectory continues from the last command at the time it was issued (the last tick)
+                start = now if self._last_tick is None else min(now, self._last_tick)
+                self.executor.accept(chunk.stamp, waypoints, start, self.safety.last_joint_pos, self.safety.last_gripper)
             except ChunkRejected as exc:
                 self.rejected_chunks += 1
                 return ChunkResult(False, str(exc))
@@ -99,6 +106,7 @@ class ArmController:
                     self.executor.clear()
                 self.backend.command_joints(command.joint_pos, command.gripper_width)
             self.last_command = command
+            self._last_tick = now
             self.backend.tick()
             return command
 

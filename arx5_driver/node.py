@@ -4,7 +4,8 @@ Publishes ``joint_states`` (``sensor_msgs/JointState``: joint1..joint6 in rad an
 m as joint ``gripper``) and ``ee_pose`` (``geometry_msgs/PoseStamped`` of the SDK's end-effector link in
 its base frame) at ``joint_state_rate_hz``; ``~/status`` (``std_msgs/String``, mode and reason) at 10 Hz.
 Subscribes to ``action_chunk`` (``dynaguide_msgs/ActionChunk``; ``ee_delta`` or ``joint_position``).
-Services ``~/estop`` and ``~/reset_estop`` (``std_srvs/Trigger``).  The arm is damped on shutdown.
+Services ``~/estop``, ``~/reset_estop`` and ``~/deactivate`` (``std_srvs/Trigger``; deactivate damps
+without latching).  The arm is damped on shutdown.
 
 Parameters: the fields of :class:`arx5_driver.config.DriverConfig`, nested sections as dotted names
 (``safety.table_z_m``, ``executor.max_chunk_age_s``…); see ``config/arx5.yaml``.  ``model`` is
@@ -99,6 +100,7 @@ class Arx5DriverNode(Node):
         self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, 10)
         self.create_service(Trigger, "~/estop", self._on_estop)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
+        self.create_service(Trigger, "~/deactivate", self._on_deactivate)
         self.create_timer(1.0 / self.config.joint_state_rate_hz, self._publish_state)
         self.create_timer(0.1, self._publish_status)
 
@@ -216,6 +218,12 @@ class Arx5DriverNode(Node):
         response.success = was
         response.message = ("e-stop reset; arm stays damped until a chunk passes the start check" if was
                             else "e-stop was not latched")
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_deactivate(self, request: Any, response: Any) -> Any:
+        self.controller.deactivate("deactivated by ~/deactivate")
+        response.success, response.message = True, "arm damped; the next chunk must pass the start check"
         self.get_logger().info(response.message)
         return response
 

@@ -2,7 +2,7 @@
 
 Both the ROS 2 launch files (``launch/*.launch.py``, for full ROS installs) and the pip launcher
 (``dynaguide launch NAME``) build their processes from :data:`GRAPHS`, with the parameters of each
-node read from the same YAML file in ``config/``.
+node read from the same YAML files in ``config/``.
 """
 
 from __future__ import annotations
@@ -25,33 +25,32 @@ class NodeSpec:
     executable: str                   # key of NODE_ENTRY_POINTS
     name: str                         # ROS node name (= the section of the YAML parameters file)
     remappings: tuple[tuple[str, str], ...] = ()
-    package: str = "dynaguide_ros"
 
 
 @dataclass(frozen=True)
 class GraphSpec:
-    params_file: str                  # file in config/
+    params_files: tuple[str, ...]     # files in config/, layered in order (one section per node name)
     nodes: tuple[NodeSpec, ...] = field(default_factory=tuple)
 
 
 GRAPHS: dict[str, GraphSpec] = {
     "calvin_sim": GraphSpec(
-        params_file="calvin_sim.yaml",
+        params_files=("calvin_sim.yaml",),
         nodes=(
-            NodeSpec("calvin_bridge", "calvin_bridge", package="calvin_bridge"),
+            NodeSpec("calvin_bridge", "calvin_bridge"),
             NodeSpec("embedding_node", "embedding_node", remappings=(("image", "camera/rgb_static"),)),
             NodeSpec("guidance_manager", "guidance_manager"),
             NodeSpec("policy_node", "policy_node"),
         ),
     ),
     "real_arx5": GraphSpec(
-        params_file="real_arx5.yaml",
+        params_files=("real_arx5.yaml", "arx5.yaml"),
         nodes=(
             NodeSpec("camera_node", "camera_node", remappings=(("image_raw", "camera/rgb"),)),
             NodeSpec("embedding_node", "embedding_node", remappings=(("image", "camera/rgb"),)),
             NodeSpec("guidance_manager", "guidance_manager"),
             NodeSpec("policy_node", "policy_node"),
-            NodeSpec("arx5_driver", "arx5_driver", package="arx5_driver"),
+            NodeSpec("arx5_driver", "arx5_driver"),
         ),
     ),
 }

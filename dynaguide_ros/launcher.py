@@ -52,7 +52,8 @@ class GraphLauncher:
                  overrides: dict[str, dict[str, Any]] | None = None, max_restarts: int = 3,
                  env: dict[str, str] | None = None, out: TextIO | None = None, only: list[str] | None = None) -> None:
         self.spec = GRAPHS[graph] if isinstance(graph, str) else graph
-        self.params_files = [Path(params_file) if params_file else config_path(self.spec.params_file)]
+        self.params_files = ([Path(params_file)] if params_file else
+                             [config_path(name) for name in self.spec.params_files])
         self._tmp = None
         if overrides:
             self._tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="dynaguide-overrides-", delete=False)
@@ -173,7 +174,7 @@ def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
 def register(subparsers) -> None:
     p = subparsers.add_parser("launch", help="start a node graph (pip equivalent of ros2 launch)")
     p.add_argument("graph", choices=sorted(GRAPHS))
-    p.add_argument("--params-file", help="YAML parameters (default: the graph's file in config/)")
+    p.add_argument("--params-file", help="YAML parameters replacing the graph's files in config/")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                    help="override one parameter, e.g. --set policy_node.replan_period_s=1.0")
     p.add_argument("--duration", type=float, help="stop after this many seconds")

@@ -74,6 +74,7 @@ def test_chunks_in_smooth_motion_out_joint_states_at_rate(ros_env, start_process
     pub = node.create_publisher(ActionChunk, "action_chunk", 10)
     estop = node.create_client(Trigger, "arx5_driver/estop")
     reset = node.create_client(Trigger, "arx5_driver/reset_estop")
+    deactivate = node.create_client(Trigger, "arx5_driver/deactivate")
 
     def spin_for(seconds):
         end = time.monotonic() + seconds
@@ -174,6 +175,7 @@ def test_chunks_in_smooth_motion_out_joint_states_at_rate(ros_env, start_process
         assert call(reset).success
         spin_for(0.3)
         assert status[-1].startswith("damped"), status[-1]
+        assert call(deactivate).success
     finally:
         returncode = proc.stop(timeout=20)
         executor.shutdown()

@@ -21,14 +21,14 @@ from arx5_driver.standin import StandInJointController
 Q_START = np.array([0.0, 0.8, 0.8, 0.0, 0.0, 0.0])
 
 
-def make_controller(safety: SafetyConfig | None = None, alpha: float = 1.0, q0=Q_START):
+def make_controller(safety: SafetyConfig | None = None, alpha: float = 1.0, q0=Q_START, stiffen_wait_s=None):
     holder = {}
 
     def factory(rc, cc, iface):
         holder["ctrl"] = StandInJointController(rc, cc, iface, initial_joint_pos=q0, tracking_alpha=alpha)
         return holder["ctrl"]
 
-    backend = SdkBackend("X5", "can0", controller_factory=factory)
+    backend = SdkBackend("X5", "can0", controller_factory=factory, stiffen_wait_s=stiffen_wait_s)
     return ArmController(backend, safety or SafetyConfig(), ExecutorConfig()), holder["ctrl"]
 
 
@@ -49,7 +49,8 @@ def run_ticks(ctrl, now, seconds):
 
 def test_property_adversarial_chunks_never_leave_limits_or_workspace():
     rng = np.random.default_rng(12345)
-    ctrl, hw = make_controller(SafetyConfig(watchdog_hold_s=0.05, watchdog_damp_s=0.15))
+    # (no real-time wait when stiffening: the stand-in takes commands synchronously)
+    ctrl, hw = make_controller(SafetyConfig(watchdog_hold_s=0.05, watchdog_damp_s=0.15), stiffen_wait_s=0.0)
     rc = ctrl.backend.robot_config
     sdk_min, sdk_max = np.asarray(rc.joint_pos_min), np.asarray(rc.joint_pos_max)
     safety = ctrl.safety
@@ -304,3 +305,33 @@ def test_infeasible_chunks_are_refused_not_slewed():
     far = ctrl.submit_chunk(joint_chunk(now, q + np.array([0, 0, 0, 0, 0, 0.5]), dt=0.02), now)
     assert not far.accepted and "from the current command on joint6" in far.reason
     assert ctrl.mode is Mode.TRACKING
+
+
+def test_backend_refusing_stiffness_keeps_arm_damped():
+    """If the SDK refuses to raise the gains (its 0.2 rad check), the chunk is refused and the arm stays damped."""
+    ctrl, hw = make_controller()
+    now, _ = run_ticks(ctrl, 0.0, 0.01)
+
+    def refuse(gain):
+        raise RuntimeError("max_pos_error too large")
+
+    hw.set_gain = refuse
+    result = ctrl.submit_chunk(joint_chunk(now, ctrl.latest_state.joint_pos + 0.01), now)
+    assert not result.accepted and "could not be made stiff" in result.reason
+    assert hw.damped and ctrl.mode is Mode.DAMPED
+    now, log = run_ticks(ctrl, now, 0.02)
+    assert all(c.action is Action.DAMP for _, c in log)
+
+
+def test_deactivate_damps_without_latching():
+    ctrl, hw = make_controller()
+    now, _ = run_ticks(ctrl, 0.0, 0.01)
+    assert ctrl.submit_chunk(joint_chunk(now, ctrl.latest_state.joint_pos + 0.02), now).accepted
+    now, _ = run_ticks(ctrl, now, 0.02)
+    ctrl.deactivate()
+    assert hw.damped and ctrl.mode is Mode.DAMPED
+    now, log = run_ticks(ctrl, now, 0.02)
+    assert all(c.action is Action.DAMP for _, c in log)
+    assert ctrl.submit_chunk(joint_chunk(now, ctrl.latest_state.joint_pos + 0.01), now).accepted
+    now, log = run_ticks(ctrl, now, 0.02)
+    assert log[-1][1].action is Action.TRACK

@@ -56,6 +56,9 @@ class EvalConfig:
     other_weight: float = -0.33
     sampling_num: int = 10
     latent_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(sigma=1.0, scale=0.5, stochastic_steps=4))
+    latent_scale_match: bool = True
+    """Replace ``latent_guidance.scale`` by the value matching (a)'s gradient strength (see
+    ``pipeline.calibrate_latent_scale``; computed on training frames, never on evaluation scenes)."""
     latent_negatives: bool = True
     goals_per_class: int = 16
     """Goal images per colour and layout: final frames of scripted episodes in that layout that touched it."""
@@ -82,7 +85,8 @@ class BlockTouchConfig:
 
     work_dir: str = "runs/blocktouch"
     results_dir: str = "results/blocktouch"
-    threads: int = 2
+    threads: int = 1
+    """torch intra-op threads; 1 is much faster than 2 on a shared, oversubscribed 2-core machine."""
     val_fraction: float = 0.05
     env: BlockTouchEnvConfig = field(default_factory=BlockTouchEnvConfig)
     collect: CollectorConfig = field(default_factory=CollectorConfig)

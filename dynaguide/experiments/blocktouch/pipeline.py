@@ -335,14 +335,75 @@ def evaluate_cell(layout: str, method: str, cfg: BlockTouchConfig, models: _Mode
     return summary
 
 
+def calibrate_latent_scale(cfg: BlockTouchConfig, models: "_Models", num_frames: int = 64) -> dict:
+    """Scale s for DynaGuide (b) giving it the same guidance strength as (a) at ``classifier_scale``.
+
+    On ``num_frames`` training frames (fixed seed; no evaluation scene is used) the demonstrated chunk is
+    noised to a random inference timestep and the gradient norms ``‖∇_a d‖`` of both objectives (target
+    blue; (b) with the ``random`` layout's goal set) are compared:
+    ``s_b = classifier_scale · median‖∇ d_a‖ / median‖∇ d_b‖``.
+    """
+    from dynaguide.diffusion import make_ddim_scheduler
+    from dynaguide.guidance import DynaGuideObjective, objective_value_and_grad
+
+    from .methods import classifier_objective
+
+    demos = ds.load_demos(Paths(cfg).demos, max_demos=200)
+    rng = np.random.default_rng(cfg.eval.seed + 5)
+    idx = torch.from_numpy(rng.choice(demos.num_frames, size=min(num_frames, demos.num_frames), replace=False))
+    batch = ds.classifier_batch(demos, idx, cfg.classifier.horizon)
+    policy = models.policy
+    clean = policy.normalize_actions(batch["actions"])
+    scheduler = make_ddim_scheduler(cfg.policy.ddim)
+    gen = torch.Generator().manual_seed(cfg.eval.seed + 6)
+    steps = scheduler.timesteps[torch.randint(0, len(scheduler.timesteps), (len(idx),), generator=gen)]
+    noisy = scheduler.add_noise(clean, torch.randn(clean.shape, generator=gen), steps)
+    clf_obj = classifier_objective(models.classifier, batch["image"], batch["proprio"], 0, cfg.eval.other_weight)
+    _, g_a = objective_value_and_grad(clf_obj, noisy)
+    goals = layout_goal_frames("random", cfg)
+    sampler = _build_sampler("dynaguide_latent", models, replace(cfg, eval=replace(cfg.eval, latent_scale_match=False)),
+                             goals)
+    with torch.no_grad():
+        tokens = models.embedder(batch["image"])
+    lat_obj = DynaGuideObjective(models.dynamics, tokens, batch["proprio"], sampler.goal_sets[0], action_offset=0)
+    _, g_b = objective_value_and_grad(lat_obj, noisy)
+    norm_a = float(g_a.flatten(1).norm(dim=1).median())
+    norm_b = float(g_b.flatten(1).norm(dim=1).median())
+    if norm_b <= 0:
+        raise ValueError("latent guidance gradient is zero on the calibration frames; cannot match scales")
+    return {"latent_scale": cfg.eval.classifier_scale * norm_a / norm_b, "median_grad_norm_classifier": norm_a,
+            "median_grad_norm_latent": norm_b, "frames": len(idx)}
+
+
+def _effective_cfg(cfg: BlockTouchConfig, models: "_Models") -> tuple[BlockTouchConfig, dict | None]:
+    """Apply the latent scale calibration (cached in ``<work_dir>/eval/calibration.json``) when enabled."""
+    if not cfg.eval.latent_scale_match or "dynaguide_latent" not in cfg.eval.methods:
+        return cfg, None
+    path = Paths(cfg).eval / "calibration.json"
+    if path.exists():
+        calib = json.loads(path.read_text())
+    else:
+        t0 = time.perf_counter()
+        calib = calibrate_latent_scale(cfg, models)
+        record_stage(Paths(cfg), "calibrate", time.perf_counter() - t0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(calib, indent=2) + "\n")
+    _log(f"latent guidance scale matched to the classifier's: {calib}")
+    lg = replace(cfg.eval.latent_guidance, scale=float(calib["latent_scale"]))
+    return replace(cfg, eval=replace(cfg.eval, latent_guidance=lg)), calib
+
+
 def stage_eval(cfg: BlockTouchConfig, force: bool = False, command: str = "") -> dict:
     paths = Paths(cfg)
+    if force and paths.eval.exists():
+        shutil.rmtree(paths.eval)
     models = _Models(cfg)
+    cfg, _ = _effective_cfg(cfg, models)
     for layout in cfg.eval.layouts:
         goals = None
         for method in cfg.eval.methods:
             cell = paths.cell(layout, method)
-            if cell.exists() and not force:
+            if cell.exists():
                 _log(f"eval {layout}/{method}: done, skipping")
                 continue
             if goals is None and method in ("dynaguide_latent", "goal_conditioned"):
@@ -370,8 +431,11 @@ def write_results(cfg: BlockTouchConfig, command: str = "") -> dict:
         if len(rates) == len(cfg.eval.layouts):
             mean[method] = float(np.mean(rates))
     stages = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}
+    calib_path = paths.eval / "calibration.json"
     results = {"layouts": layouts, "mean_over_layouts": mean, "stages_s": stages,
-               "total_s": round(sum(stages.values()), 1), "command": command, "config": to_dict(cfg)}
+               "total_s": round(sum(stages.values()), 1), "command": command,
+               "latent_scale_calibration": json.loads(calib_path.read_text()) if calib_path.exists() else None,
+               "config": to_dict(cfg)}
     paths.results.mkdir(parents=True, exist_ok=True)
     (paths.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
