@@ -185,7 +185,8 @@ class SdkBackend(ArmBackend):
         # than 0.2 rad from the measured joints.  Give its control thread two periods to take the command.
         self._controller.set_joint_cmd(self._joint_state(state.joint_pos, state.gripper_width))
         if bool(self.controller_config.background_send_recv):
-            time.sleep(self.stiffen_wait_s)
+            if self.stiffen_wait_s > 0:
+                time.sleep(self.stiffen_wait_s)
         else:
             self._controller.send_recv_once()
             self._controller.send_recv_once()

@@ -68,6 +68,10 @@ class GuidedPolicyRunner:
         self.guidance_defaults = guidance_defaults or GuidanceConfig()
         self.guidance: GuidanceSet | None = None
         self.generator = torch.Generator().manual_seed(seed)
+        # index of the current step in the policy's chunk (0 for DiffusionPolicy: the chunk starts now)
+        self.action_offset = int(getattr(policy, "action_offset", 0))
+        if trained:
+            dynamics.check_compatible_with(policy)  # same action normalisation, or a clear ValueError
 
     @classmethod
     def from_config(cls, cfg: RunnerConfig) -> "GuidedPolicyRunner":
@@ -153,7 +157,7 @@ class GuidedPolicyRunner:
                 raise ValueError("guidance is active but no observation embedding is available")
             objective = DynaGuideObjective(
                 self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
-                proprio_t[:, -1], guidance, action_offset=self.policy.n_obs_steps - 1)
+                proprio_t[:, -1], guidance, action_offset=self.action_offset)
         with torch.no_grad():
             cond = self.policy.encode_observation(obs)
         sample = guided_ddim_sample(

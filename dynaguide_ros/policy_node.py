@@ -178,7 +178,7 @@ class PolicyNode(Node):
         stamp_msg = self._stamp(obs_stamp)
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
-                             start_index=self.n_obs - 1, sequence=self.sequence, guided=result.guided,
+                             start_index=self.runner.action_offset, sequence=self.sequence, guided=result.guided,
                              frame_id=self.cfg.frame_id)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
@@ -187,7 +187,7 @@ class PolicyNode(Node):
                                  observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision))
         diag.header.stamp = stamp_msg
         self.diag_pub.publish(diag)
-        self._publish_markers(tcp, result.actions[self.n_obs - 1:], stamp_msg, result.guided)
+        self._publish_markers(tcp, result.actions[self.runner.action_offset:], stamp_msg, result.guided)
 
     def _padded(self, frames: deque) -> list:
         items = list(frames)

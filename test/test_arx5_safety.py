@@ -50,7 +50,7 @@ def run_ticks(ctrl, now, seconds):
 def test_property_adversarial_chunks_never_leave_limits_or_workspace():
     rng = np.random.default_rng(12345)
     # (no real-time wait when stiffening: the stand-in takes commands synchronously)
-    ctrl, hw = make_controller(SafetyConfig(watchdog_hold_s=0.05, watchdog_damp_s=0.15), stiffen_wait_s=0.0)
+    ctrl, hw = make_controller(SafetyConfig(watchdog_hold_s=0.02, watchdog_damp_s=0.06), stiffen_wait_s=0.0)
     rc = ctrl.backend.robot_config
     sdk_min, sdk_max = np.asarray(rc.joint_pos_min), np.asarray(rc.joint_pos_max)
     safety = ctrl.safety
@@ -139,10 +139,10 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
             else:
                 chunk = ActionChunk(stamp, "calvin_rel_ee", np.zeros((horizon, 7)), 0, 0.02)
         elif kind == "silence":
-            # long enough for the watchdog to hold (0.05 s) or to damp (0.15 s)
+            # long enough for the watchdog to hold (0.02 s) or to damp (0.06 s)
             start = now
-            now, log = run_ticks(ctrl, now, float(rng.choice([0.08, 0.2])))
-            assert all(c.action is not Action.TRACK for t, c in log if t >= start + 0.05 + 2 * dt)
+            now, log = run_ticks(ctrl, now, float(rng.choice([0.03, 0.08])))
+            assert all(c.action is not Action.TRACK for t, c in log if t >= start + 0.02 + 2 * dt)
         elif kind == "estop":
             ctrl.estop()
             assert hw.damped

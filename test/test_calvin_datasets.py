@@ -94,3 +94,25 @@ def test_cli_experts_json(tmp_path):
     assert main(["calvin", "experts", "--episodes", "1", "--behaviours", "button_off", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result == {"button_off": {"success": 1.0, "n": 1, "labels": {"button_off": 1}}}
+
+
+def test_collect_resume_appends(tmp_path):
+    path = tmp_path / "demos.hdf5"
+    cfg = small_config()
+    collect(cfg, CollectConfig(num_demos=1, seed=3, mixture={"drawer_close": 1}), path, progress=False)
+    stats = collect(cfg, CollectConfig(num_demos=2, seed=3, mixture={"drawer_close": 1}), path, resume=True,
+                    progress=False)
+    assert stats["demos"] == 1
+    with h5py.File(path, "r") as f:
+        seeds = [int(f["data"][k].attrs["seed"]) for k in ("demo_0", "demo_1")]
+        assert seeds[0] != seeds[1]                 # the resumed demo does not repeat the first episode
+        assert all(f["data"][k].attrs["behavior"] == "drawer_close" for k in f["data"])
+
+
+def test_cli_bench(tmp_path):
+    from dynaguide.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["calvin", "bench", "--sizes", "32", "--steps", "3", "--json", str(out)]) == 0
+    sps = json.loads(out.read_text())["steps_per_second"]
+    assert set(sps) == {"no_render", "render_32"} and sps["no_render"] > sps["render_32"] > 0

@@ -10,6 +10,8 @@ N=${N:-28}
 OUT=${OUT:-/tmp/calvin_collect_timing}
 mkdir -p "$OUT"
 for SIZE in 200 96; do
+  RESUME=""
+  [ -f "$OUT/demos_$SIZE.hdf5" ] && RESUME="--resume"   # JSON "seconds" and "demos" then cover this run only
   $PY -m dynaguide.cli calvin collect --out "$OUT/demos_$SIZE.hdf5" --demos "$N" --static-size "$SIZE" \
-      --json results/calvin/collect_$SIZE.json
+      $RESUME --json results/calvin/collect_$SIZE.json
 done

@@ -76,6 +76,15 @@ def record_stage(paths: Paths, name: str, seconds: float) -> None:
     paths.stages.write_text(json.dumps(stages, indent=2) + "\n")
 
 
+def reset_stages(paths: Paths, names: tuple[str, ...]) -> None:
+    """Forget the recorded times of ``names`` (a forced stage is timed afresh)."""
+    if paths.stages.exists():
+        stages = json.loads(paths.stages.read_text())
+        for name in names:
+            stages.pop(name, None)
+        paths.stages.write_text(json.dumps(stages, indent=2) + "\n")
+
+
 def _timed(paths: Paths, name: str, fn: Callable[[], object]) -> object:
     t0 = time.perf_counter()
     out = fn()
@@ -123,6 +132,7 @@ def stage_collect(cfg: BlockTouchConfig, force: bool = False) -> None:
     if paths.demos.exists() and not force:
         _log(f"collect: {paths.demos} exists, skipping (use --force to redo)")
         return
+    reset_stages(paths, ("collect",))
     _log(f"collect: {cfg.collect.num_demos} demos -> {paths.demos}")
     stats = _timed(paths, "collect", lambda: collect_demos(paths.demos, cfg.collect, cfg.env))
     _log(f"collect: {stats}")
@@ -144,6 +154,8 @@ def stage_train_policy(cfg: BlockTouchConfig, force: bool = False) -> None:
     demos = None
     for name, directory, pcfg, tcfg, with_goal in jobs:
         _prepare(directory, force)
+        if force:
+            reset_stages(paths, (name,))
         if _checkpoint_done(directory, tcfg.steps):
             _log(f"{name}: {directory} complete, skipping")
             continue
@@ -167,6 +179,8 @@ def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
     """(a) the outcome classifier and (b) the latent dynamics model (embeddings of all frames cached in memory)."""
     paths = Paths(cfg)
     demos = None
+    if force:
+        reset_stages(paths, ("train_classifier", "embed_frames", "train_dynamics"))
     _prepare(paths.classifier, force)
     if _checkpoint_done(paths.classifier, cfg.classifier_train.steps):
         _log(f"train_classifier: {paths.classifier} complete, skipping")
@@ -395,8 +409,10 @@ def _effective_cfg(cfg: BlockTouchConfig, models: "_Models") -> tuple[BlockTouch
 
 def stage_eval(cfg: BlockTouchConfig, force: bool = False, command: str = "") -> dict:
     paths = Paths(cfg)
-    if force and paths.eval.exists():
-        shutil.rmtree(paths.eval)
+    if force:
+        reset_stages(paths, ("eval", "goal_frames", "calibrate"))
+        if paths.eval.exists():
+            shutil.rmtree(paths.eval)
     models = _Models(cfg)
     cfg, _ = _effective_cfg(cfg, models)
     for layout in cfg.eval.layouts:

@@ -52,7 +52,8 @@ def markdown_table(results: dict) -> str:
     lay = results["layouts"]
     methods = list(dict.fromkeys(m for cells in lay.values() for m in cells))
     out = [f"Command: `{results.get('command', '')}`", "",
-           "Target-touch rate, 95 % Wilson interval, n rollouts per cell (horizon 400 steps).", "",
+           f"Target-touch rate, 95 % Wilson interval, n rollouts per cell (horizon "
+           f"{results.get('config', {}).get('eval', {}).get('horizon', '?')} steps).", "",
            "| layout | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for layout, cells in lay.items():
         row = []

@@ -1,0 +1,91 @@
+"""ROS-free pieces the nodes wrap: action schedule, guidance store, runner, typed parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dynaguide.execution import ActionSchedule
+
+
+def test_schedule_times_late_drop_replacement_and_hold():
+    s = ActionSchedule(action_dim=2, control_dt=0.1)
+    chunk = np.arange(10, dtype=float).reshape(5, 2)          # actions 0..4, start_index 1
+    s.add_chunk(chunk, stamp=10.0, dt=0.1, start_index=1)     # action i at 10.0 + i*0.1
+    assert s.next_action(9.9) is None                         # nothing due yet: hold
+    assert np.array_equal(s.next_action(10.1), chunk[1])
+    # at 10.33 the action for 10.2 is late (> half a period) and dropped; the one for 10.3 is due
+    assert np.array_equal(s.next_action(10.33), chunk[3])
+    assert s.stats.dropped_late == 1
+    newer = np.full((3, 2), 7.0)
+    s.add_chunk(newer, stamp=10.35, dt=0.1, start_index=0)    # replaces everything from 10.45 on
+    assert np.array_equal(s.next_action(10.47), newer[0])       # 10.4 (old chunk) dropped as late
+    assert s.stats.dropped_late == 2 and len(s) == 2
+
+
+@pytest.mark.parametrize("bad, stamp, dt, start, match", [
+    (np.full((3, 2), np.nan), 20.0, 0.1, 0, "NaN"),
+    (np.zeros((3, 3)), 20.0, 0.1, 0, "chunk must be"),
+    (np.zeros((3, 2)), 20.0, 0.0, 0, "dt"),
+    (np.zeros((3, 2)), 20.0, 0.1, 3, "start_index"),
+    (np.zeros((3, 2)), 5.0, 0.1, 0, "not newer"),
+])
+def test_schedule_rejects_bad_chunks_and_keeps_the_plan(bad, stamp, dt, start, match):
+    s = ActionSchedule(2, 0.1)
+    s.add_chunk(np.ones((4, 2)), stamp=10.0, dt=0.1)
+    with pytest.raises(ValueError, match=match):
+        s.add_chunk(bad, stamp=stamp, dt=dt, start_index=start)
+    assert len(s) == 4 and s.stats.rejected == 1
+
+
+def test_guidance_store_round_trip(tmp_path):
+    from dynaguide.guidance.store import StoredGuidance, clear_guidance, load_guidance, save_guidance
+
+    rng = np.random.default_rng(0)
+    g = StoredGuidance(rng.standard_normal((2, 4, 3)).astype(np.float32), np.zeros((0, 4, 3), np.float32),
+                       (2, 2), "random:abc", 1.5, 30.0, 4, 7)
+    assert load_guidance(tmp_path) is None
+    save_guidance(tmp_path, g)
+    back = load_guidance(tmp_path)
+    assert np.array_equal(back.positive, g.positive) and back.negative.shape == (0, 4, 3)
+    assert (back.grid_hw, back.embedder_id, back.scale, back.sigma, back.stochastic_steps, back.revision) == \
+        ((2, 2), "random:abc", 1.5, 30.0, 4, 7)
+    (tmp_path / "guidance.json").write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        load_guidance(tmp_path)
+    clear_guidance(tmp_path)
+    assert load_guidance(tmp_path) is None
+
+
+def test_runner_guidance_keeps_previous_on_bad_tokens_and_scale_zero_equals_unguided():
+    import torch
+
+    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+
+    runner = GuidedPolicyRunner.from_config(RunnerConfig(embed_tokens=16, embed_dim=8))
+    assert not runner.trained
+    rng = np.random.default_rng(0)
+    images = {"rgb_static": rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)}
+    proprio = rng.standard_normal((2, 15)).astype(np.float32)
+    tokens = rng.standard_normal((16, 8)).astype(np.float32)
+    g = runner.set_guidance_tokens(rng.standard_normal((2, 16, 8)), None, scale=2.0, stochastic_steps=1)
+    assert g.scale == 2.0 and g.stochastic_steps == 1 and g.sigma == runner.guidance_defaults.sigma
+    with pytest.raises(ValueError, match="goal tokens must be"):
+        runner.set_guidance_tokens(rng.standard_normal((2, 9, 8)), None)
+    assert runner.guidance is g                                   # previous guidance still in force
+    runner.generator.manual_seed(3)
+    guided = runner.act(images, proprio, tokens)
+    assert guided.guided and np.isfinite(guided.metric) and guided.actions.shape == (16, 7)
+    runner.clear_guidance()
+    runner.generator.manual_seed(3)
+    plain = runner.act(images, proprio, None)
+    assert not plain.guided and np.isnan(plain.metric)
+    assert not np.allclose(plain.actions, guided.actions)        # guidance changed the chunk
+    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, stochastic_steps=1)
+    runner.guidance.config.scale = 0.0                            # s = 0: the unguided sampler, bit for bit
+    runner.generator.manual_seed(3)
+    zero = runner.act(images, proprio, tokens)
+    assert np.array_equal(zero.actions, plain.actions)
+    with pytest.raises(ValueError, match="missing camera"):
+        runner.act({}, proprio, None)
+    del torch
