@@ -1,13 +1,12 @@
 """The ``arx5_driver`` node with the PyBullet backend, over real DDS between two processes.
 
-Every rclpy process here runs with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random domain id in
-100..200 and rmw_fastrtps_cpp.
+Every rclpy process here runs with the project's localhost DDS defaults (``localhost_env``: LOCALHOST
+discovery, the loopback Fast DDS profile, rmw_fastrtps_cpp) in the test run's own domain.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -22,10 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def ros_env():
-    """This test's own domain (100..200, apart from the suite's 1..100) on localhost-only discovery."""
-    return dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", RMW_IMPLEMENTATION="rmw_fastrtps_cpp",
-                ROS_DOMAIN_ID=str(random.randint(100, 200)),
-                PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    """The test run's domain (set in conftest) with the localhost-only defaults."""
+    from dynaguide_ros.ros_env import localhost_env
+
+    env = localhost_env()
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"
+    return env
 
 
 def node_argv(*params):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from dataclasses import replace
 
@@ -35,11 +34,17 @@ def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
     return replace(cfg, eval=ev)
 
 
-def _command_line() -> str:
-    argv = sys.argv[1:]
-    if argv and argv[0] == "blocktouch":
-        return "dynaguide " + shlex.join(argv)
-    return "dynaguide blocktouch " + shlex.join(argv)
+def command_line(args: argparse.Namespace) -> str:
+    """The ``dynaguide blocktouch ...`` command equivalent to ``args`` (recorded in results.json)."""
+    parts = ["dynaguide", "blocktouch", args.stage]
+    for flag in ("quick", "force"):
+        if getattr(args, flag):
+            parts.append(f"--{flag}")
+    for name in ("config", "work_dir", "results_dir", "rollouts", "layouts", "methods"):
+        value = getattr(args, name)
+        if value is not None:
+            parts += [f"--{name.replace('_', '-')}", str(value)]
+    return shlex.join(parts)
 
 
 def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: str = "") -> None:
@@ -62,7 +67,7 @@ def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: s
 def _main(args: argparse.Namespace) -> int:
     cfg = load_blocktouch_config(args)
     t0 = time.perf_counter()
-    run_stage(args.stage, cfg, args.force, _command_line())
+    run_stage(args.stage, cfg, args.force, command_line(args))
     print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "
           f"(results in {cfg.results_dir}, data/checkpoints in {cfg.work_dir})")
     return 0
