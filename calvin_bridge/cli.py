@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -104,8 +105,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     sizes = tuple(int(s) for s in args.sizes.split(","))
     result = bench(_env_config(args), sizes=sizes, steps=args.steps)
+    cfg = _env_config(args)
     result = {k: round(v, 2) for k, v in result.items()}
-    _write_json(args.json, {"steps_per_second": result, "gripper_camera": "84x84", "renderer": "TINY (p.DIRECT)"})
+    _write_json(args.json, {"steps_per_second": result, "steps": args.steps, "scene": cfg.calvin_data_dir or "procedural",
+                            "gripper_camera": f"{cfg.gripper_camera.width}x{cfg.gripper_camera.height}",
+                            "robot_visual": cfg.robot_visual, "renderer": "TINY (p.DIRECT)",
+                            "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)})
     return 0
 
 

@@ -42,7 +42,9 @@ class CalvinEnvConfig:
             ``plane/``); ``None`` builds the project's procedural play table instead.
         table: table name inside ``calvin_data_dir`` (``calvin_table_D`` → ``calvin_table_D/urdf/calvin_table_D.urdf``).
         global_scaling: PyBullet ``globalScaling`` of table and blocks (CALVIN: 0.8).
-        cache_dir: where the procedural URDFs are written (``None``: a fresh temporary directory).
+        cache_dir: where generated URDFs are written (``None``: a temporary directory removed on ``close``).
+        robot_visual: ``"collision"`` (coarse Panda visuals, ~2.4x faster rendering) or ``"mesh"``
+            (``pybullet_data``'s detailed visual meshes).
         robot_base_position / robot_initial_joints: CALVIN's Franka Panda base (m) and home joints (rad).
         control_hz / physics_hz: control and physics rates (CALVIN: 30 Hz over 240 Hz).
         max_rel_pos / max_rel_orn: one relative action unit (m, rad) (CALVIN: 0.02 m, 0.05 rad).
@@ -60,6 +62,7 @@ class CalvinEnvConfig:
     table: str = "calvin_table_D"
     global_scaling: float = 0.8
     cache_dir: str | None = None
+    robot_visual: str = "collision"
     robot_base_position: tuple[float, float, float] = (-0.34, -0.46, 0.24)
     robot_initial_joints: tuple[float, ...] = (
         -1.21779206, 1.03987646, 2.11978261, -2.34205014, -0.87015947, 1.64119353, 0.55344866)
@@ -82,6 +85,8 @@ class CalvinEnvConfig:
     max_episode_steps: int | None = None
 
     def __post_init__(self) -> None:
+        if self.robot_visual not in ("collision", "mesh"):
+            raise ValueError(f"robot_visual must be 'collision' or 'mesh', got {self.robot_visual!r}")
         if self.action_mode not in ("relative", "absolute"):
             raise ValueError(f"action_mode must be 'relative' or 'absolute', got {self.action_mode!r}")
         if self.physics_hz % self.control_hz != 0:

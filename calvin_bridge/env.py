@@ -14,6 +14,8 @@ Actions:
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -38,8 +40,15 @@ class CalvinEnv:
         self.client = p.connect(p.DIRECT)
         p.setTimeStep(1.0 / self.config.physics_hz, physicsClientId=self.client)
         p.setGravity(0, 0, -9.81, physicsClientId=self.client)
-        self.scene = PlayTableScene(self.config, self.client)
-        self.robot = PandaRobot(self.client, self.config.robot_base_position, self.config.robot_initial_joints)
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if self.config.cache_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="calvin_assets_")
+            asset_dir = Path(self._tmp.name)
+        else:
+            asset_dir = Path(self.config.cache_dir)
+        self.scene = PlayTableScene(self.config, self.client, asset_dir)
+        self.robot = PandaRobot(self.client, self.config.robot_base_position, self.config.robot_initial_joints,
+                                visual=self.config.robot_visual, asset_dir=asset_dir)
         self.first_scene_obs: np.ndarray | None = None
         self.steps = 0
         self._closed = False
@@ -177,7 +186,9 @@ class CalvinEnv:
     def close(self) -> None:
         if not self._closed:
             p.disconnect(self.client)
-            self.scene.close()
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
             self._closed = True
 
     def __enter__(self) -> "CalvinEnv":

@@ -20,13 +20,38 @@ VELOCITY_GAIN = 1.0
 FINGER_OPEN = 0.04     # m per finger (opening width 0.08 m)
 
 
+ROBOT_VISUALS = ("collision", "mesh")
+
+
+def panda_urdf(visual: str, asset_dir: str | Path) -> Path:
+    """Path of the Panda URDF to load: ``"mesh"`` is ``pybullet_data``'s file with its detailed visual
+    meshes; ``"collision"`` writes a copy into ``asset_dir`` whose visuals are the coarse collision meshes
+    (same shapes, about 2.4x faster TINY rendering)."""
+    if visual not in ROBOT_VISUALS:
+        raise ValueError(f"robot_visual must be one of {ROBOT_VISUALS}, got {visual!r}")
+    source = Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
+    if visual == "mesh":
+        return source
+    meshes = source.parent / "meshes"
+    text = source.read_text()
+    text = text.replace("package://meshes/visual/", f"{meshes}/collision/")
+    text = text.replace("package://meshes/collision/", f"{meshes}/collision/")
+    out = Path(asset_dir) / "panda_collision_visuals.urdf"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out
+
+
 class PandaRobot:
     """The arm: reset to joint positions, read the TCP, follow TCP pose targets with IK + position control."""
 
-    def __init__(self, client: int, base_position, initial_joints):
+    def __init__(self, client: int, base_position, initial_joints, visual: str = "collision",
+                 asset_dir: str | Path | None = None):
         self.client = client
-        self.uid = p.loadURDF(str(Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"),
-                              list(base_position), [0, 0, 0, 1], useFixedBase=True, physicsClientId=client)
+        if visual != "mesh" and asset_dir is None:
+            raise ValueError("asset_dir is needed to write the Panda URDF with collision visuals")
+        self.uid = p.loadURDF(str(panda_urdf(visual, asset_dir or ".")), list(base_position), [0, 0, 0, 1],
+                              useFixedBase=True, physicsClientId=client)
         self.initial_joints = np.asarray(initial_joints, dtype=np.float64)
         infos = [p.getJointInfo(self.uid, j, physicsClientId=client) for j in ARM_JOINTS + FINGER_JOINTS]
         self.joint_names = [i[1].decode() for i in infos]

@@ -5,7 +5,6 @@ All positions are world metres, joint states metres (prismatic), lights 0/1.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -51,17 +50,12 @@ class PartFrame:
 class PlayTableScene:
     """The table, its four articulations, two lights and three blocks inside one PyBullet client."""
 
-    def __init__(self, config: CalvinEnvConfig, client: int):
+    def __init__(self, config: CalvinEnvConfig, client: int, asset_dir: str | Path):
+        """``asset_dir``: where the procedural URDFs are written (unused for the real CALVIN assets)."""
         self.config = config
         self.client = client
         self.scale = config.global_scaling
-        self._tmp: tempfile.TemporaryDirectory | None = None
         if config.calvin_data_dir is None:
-            if config.cache_dir is None:
-                self._tmp = tempfile.TemporaryDirectory(prefix="calvin_procedural_")
-                asset_dir = Path(self._tmp.name)
-            else:
-                asset_dir = Path(config.cache_dir)
             paths = write_procedural_assets(asset_dir)
             table_file, block_files = paths["table"], {n: paths[n] for n in BLOCK_NAMES}
             self.plane = p.loadURDF(str(Path(pybullet_data.getDataPath()) / "plane.urdf"), physicsClientId=client)
@@ -224,7 +218,3 @@ class PlayTableScene:
             placed[n] = [*pos.tolist(), 0.0, 0.0, float(rng.uniform(-np.pi, np.pi))]
         return placed
 
-    def close(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None

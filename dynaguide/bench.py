@@ -16,7 +16,9 @@ this measures, per action chunk (T = 16, K = 10 positive goals, M = 4, 10 DDIM s
 
 Conditioning (``encode_observation``) and the current frame's tokens are computed once per chunk
 *outside* the timed loop for all three variants, so the figures are the denoising loop's cost.
-Every number is the median over ``--repeats`` timed runs after one warm-up run; the three variants
+Every number is the median over ``--repeats`` timed runs after one warm-up run (one chunk for the
+naive loop; the warm-up also measures the peak memory autograd holds in saved tensors —
+``guided_peak_saved_mb`` for the batched call, ``naive_peak_saved_mb_per_chunk`` for one naive chunk); the three variants
 are interleaved run by run so drifting machine load hits them alike.
 """
 
@@ -27,6 +29,7 @@ import json
 import os
 import statistics
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -127,13 +130,73 @@ def build_setup(name: str, batch: int, num_goals: int, guidance: GuidanceConfig,
     return BenchSetup(name, policy, dynamics, cond, obs_tokens, proprio, guidance_set, noise)
 
 
-def _interleaved_median_ms(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, float], dict[str, Any]]:
-    """Median wall-clock ms of each function over ``repeats`` rounds, after one warm-up round.
+class SavedTensorMeter:
+    """Tracks the memory autograd holds in tensors saved for backward (unique storages), live and peak.
+
+    Used as ``with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack)``; a storage is
+    counted while any graph node still holds a tensor on it, so a graph kept across denoising steps
+    shows up as a peak that grows with the number of steps.
+    """
+
+    def __init__(self) -> None:
+        self.live: dict[int, list[int]] = {}  # storage ptr -> [holders, nbytes]
+        self.current = 0
+        self.peak = 0
+
+    def _release(self, ptr: int) -> None:
+        entry = self.live.get(ptr)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.live[ptr]
+
+    def pack(self, tensor: torch.Tensor) -> Any:
+        storage = tensor.untyped_storage()
+        ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        entry = self.live.setdefault(ptr, [0, nbytes])
+        if entry[0] == 0:
+            self.current += nbytes
+            self.peak = max(self.peak, self.current)
+        entry[0] += 1
+        holder = _SavedHolder(tensor)
+        weakref.finalize(holder, self._release, ptr)
+        return holder
+
+    @staticmethod
+    def unpack(holder: Any) -> torch.Tensor:
+        return holder.tensor
+
+
+class _SavedHolder:
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+
+
+def peak_saved_mb(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Run ``fn`` once; return (peak MB held in autograd-saved tensors during it, its result)."""
+    meter = SavedTensorMeter()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        result = fn()
+    return meter.peak / 2**20, result
+
+
+def _interleaved_median_ms(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmups: dict[str, Callable[[], Any]] | None = None
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """Median wall-clock ms of each function over ``repeats`` rounds (warm-ups, if given, run first).
 
     Rounds interleave the functions (a, b, c, a, b, c, ...) so a change of machine load during the
     run affects all of them alike rather than whichever happened to run then.
     """
-    results = {name: fn() for name, fn in fns.items()}  # warm-up
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    for warm in (warmups or {}).values():
+        warm()
+    results: dict[str, Any] = {}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
@@ -157,18 +220,25 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
     def unguided():
         return guided_ddim_sample(setup.policy, setup.cond, None, scale=0.0, ddim=ddim, initial_noise=setup.noise).actions
 
-    def naive():
-        return torch.cat([
-            naive_official_guided_sample(
-                setup.policy, setup.cond[b : b + 1], setup.dynamics, setup.obs_tokens[b : b + 1],
-                setup.proprio[b : b + 1], setup.guidance_set, scale=cfg.scale,
-                stochastic_steps=cfg.stochastic_steps, initial_noise=setup.noise[b : b + 1], ddim=ddim)
-            for b in range(batch)
-        ])
+    def naive_one(b: int = 0):
+        return naive_official_guided_sample(
+            setup.policy, setup.cond[b : b + 1], setup.dynamics, setup.obs_tokens[b : b + 1],
+            setup.proprio[b : b + 1], setup.guidance_set, scale=cfg.scale,
+            stochastic_steps=cfg.stochastic_steps, initial_noise=setup.noise[b : b + 1], ddim=ddim)
 
-    ms, out = _interleaved_median_ms({"guided": guided, "unguided": unguided, "naive": naive}, repeats)
+    def naive():
+        return torch.cat([naive_one(b) for b in range(batch)])
+
+    # warm-up (untimed): one full chunk of each, also measuring the memory autograd keeps alive
+    memory: dict[str, float] = {}
+    memory["guided"], _ = peak_saved_mb(guided)
+    memory["naive"], _ = peak_saved_mb(naive_one)
+    ms, out = _interleaved_median_ms({"guided": guided, "unguided": unguided, "naive": naive}, repeats,
+                                     warmups={"unguided": unguided})
     return {
         "batch": batch,
+        "guided_peak_saved_mb": memory["guided"],
+        "naive_peak_saved_mb_per_chunk": memory["naive"],
         "torch_threads": torch.get_num_threads(),
         "load_avg_1min_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
         "guided_ms": ms["guided"] / batch,
@@ -189,6 +259,13 @@ def _int_list(text: str) -> list[int]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
+
+
+def _int_list_one(text: str) -> int:
+    values = _int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
+    return values[0]
 
 
 def _config_list(text: str) -> list[str]:
@@ -216,14 +293,17 @@ def run_guidance_bench(args: argparse.Namespace) -> int:
             setup = build_setup(name, batch, args.goals, guidance, seed=args.seed)
             row = bench_config(setup, args.repeats, ddim)
             results[key] = row
+            if args.json:  # written after every configuration, so a long run keeps what it measured
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
             print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, unguided {row['unguided_ms']:.1f} ms/chunk, "
                   f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk -> speedup x{row['speedup_vs_naive']:.2f}; "
                   f"max |guided - naive| = {row['max_abs_diff_vs_naive']:.2e} "
                   f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f}); "
-                  f"1-min load average {row['load_avg_1min_after']:.1f}", flush=True)
+                  f"1-min load average {row['load_avg_1min_after']:.1f}; autograd-saved memory peak: guided "
+                  f"{row['guided_peak_saved_mb']:.1f} MB for B={batch}, naive {row['naive_peak_saved_mb_per_chunk']:.1f} MB "
+                  "for one chunk", flush=True)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}")
     return 0
 
@@ -237,7 +317,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--configs", type=_config_list, default=list(CONFIG_NAMES), help="comma list of cpu,paper")
     parser.add_argument("--batch", type=_int_list, default=[1],
                         help="batch size(s), comma list, e.g. 1,8 (B chunks at once vs B sequential naive runs)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=_int_list_one, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--goals", type=int, default=10, help="K positive goals")
     parser.add_argument("--stochastic-steps", type=int, default=4, help="M")
     parser.add_argument("--steps", type=int, default=10, help="DDIM inference steps")

@@ -122,6 +122,11 @@ def test_deterministic_reset(env):
     d, _ = env.reset(seed=7, options={"robot_joints": joints, "scene": {"door": 0.1, "drawer": 0.05, "led": 1}})
     assert d["robot_obs"][7:14] == pytest.approx(joints, abs=2e-3)
     assert d["scene_obs"][[0, 1, 5]] == pytest.approx([0.1, 0.05, 1.0], abs=2e-3)
+    # a full scene_obs vector (as a ROS message would carry it) restores the scene
+    e, _ = env.reset(seed=99, options={"scene": a["scene_obs"].tolist()})
+    assert e["scene_obs"] == pytest.approx(a["scene_obs"], abs=3e-3)
+    with pytest.raises(ValueError, match=r"shape \(24,\)"):
+        env.reset(options={"scene": [0.0] * 23})
 
 
 def test_relative_action_scale_and_bad_input(env):
@@ -142,7 +147,7 @@ def test_relative_action_scale_and_bad_input(env):
 
 
 def test_absolute_mode_and_small_cameras():
-    cfg = scene_config("procedural", action_mode="absolute")
+    cfg = scene_config("procedural", action_mode="absolute", robot_visual="mesh")
     cfg = dataclasses.replace(cfg, static_camera=dataclasses.replace(cfg.static_camera, width=64, height=64),
                               render_every_step=True)
     with CalvinEnv(cfg) as env:

@@ -51,13 +51,13 @@ def train(data: str, out: str, policy_steps: int, dynamics_steps: int, image_siz
     mk = lambda names: RenameCamera(PolicyDataset(data, (DATASET_CAMERA,), 2, 16, demos=names, preload_images=True),
                                     DATASET_CAMERA, POLICY_CAMERA)
     res = train_policy(policy, mk(train_names), TrainConfig(steps=policy_steps, batch_size=64, lr=3e-4, val_every=500,
-                                                      checkpoint_every=500, ema_decay=0.99), out_dir / "policy_run",
+                                                      checkpoint_every=500, ema_decay=0.99, num_threads=1), out_dir / "policy_run",
                  val_data=mk(val_names))
     embedder = make_embedder(EmbedderConfig())
     dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(proprio_dim=15, action_dim=7, horizon=16))
     dyn = lambda names: DynamicsDataset(data, DATASET_CAMERA, 16, demos=names, preload_images=True)
     res_dyn = train_dynamics(dynamics, dyn(train_names), TrainConfig(steps=dynamics_steps, batch_size=64, lr=3e-4, val_every=500,
-                                                           checkpoint_every=500, ema_decay=0.99),
+                                                           checkpoint_every=500, ema_decay=0.99, num_threads=1),
                    out_dir / "dynamics_run", val_data=dyn(val_names), embedder=embedder)
     for name, result in (("policy", res), ("dynamics", res_dyn)):  # inference-only export: EMA weights, no optimizer
         model, config = load_checkpoint(result.checkpoint)

@@ -15,3 +15,10 @@ for SIZE in 200 96; do
   $PY -m dynaguide.cli calvin collect --out "$OUT/demos_$SIZE.hdf5" --demos "$N" --static-size "$SIZE" \
       $RESUME --json results/calvin/collect_$SIZE.json
 done
+# The full 1,000-demonstration timing at the CPU training resolution (N1000=0 skips it):
+if [ "${N1000:-1000}" -gt 0 ]; then
+  RESUME=""
+  [ -f "$OUT/demos_1000_96.hdf5" ] && RESUME="--resume"
+  $PY -m dynaguide.cli calvin collect --out "$OUT/demos_1000_96.hdf5" --demos "${N1000:-1000}" --static-size 96 \
+      $RESUME --json results/calvin/collect_1000_96.json
+fi

@@ -13,7 +13,7 @@ from dynaguide.config import load_config
 
 from .config import BlockTouchConfig, quick_config
 
-STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run")
+STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run", "sweep")
 
 
 def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
@@ -40,7 +40,8 @@ def command_line(args: argparse.Namespace) -> str:
     for flag in ("quick", "force"):
         if getattr(args, flag):
             parts.append(f"--{flag}")
-    for name in ("config", "work_dir", "results_dir", "rollouts", "layouts", "methods"):
+    names = ("config", "work_dir", "results_dir", "rollouts", "layouts", "methods")
+    for name in names + (("scales",) if args.stage == "sweep" else ()):
         value = getattr(args, name)
         if value is not None:
             parts += [f"--{name.replace('_', '-')}", str(value)]
@@ -67,6 +68,14 @@ def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: s
 def _main(args: argparse.Namespace) -> int:
     cfg = load_blocktouch_config(args)
     t0 = time.perf_counter()
+    if args.stage == "sweep":
+        from . import pipeline
+
+        torch.set_num_threads(max(1, cfg.threads))
+        scales = [float(x) for x in args.scales.split(",")]
+        methods = tuple(args.methods.split(",")) if args.methods else ("dynaguide_classifier",)
+        pipeline.stage_sweep(cfg, scales, methods, cfg.eval.layouts, cfg.eval.rollouts, command=command_line(args))
+        return 0
     run_stage(args.stage, cfg, args.force, command_line(args))
     print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "
           f"(results in {cfg.results_dir}, data/checkpoints in {cfg.work_dir})")
@@ -85,4 +94,6 @@ def register(subparsers) -> None:
     p.add_argument("--rollouts", type=int, help="rollouts per (layout, method)")
     p.add_argument("--layouts", help="comma-separated subset of layouts")
     p.add_argument("--methods", help="comma-separated subset of methods")
+    p.add_argument("--scales", default="0.05,0.1,0.2,0.5",
+                   help="sweep: guidance scales (dynaguide_latent: multipliers of the calibrated scale)")
     p.set_defaults(func=_main)

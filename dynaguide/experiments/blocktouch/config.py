@@ -63,7 +63,8 @@ class EvalConfig:
     goals_per_class: int = 16
     """Goal images per colour and layout: final frames of scripted episodes in that layout that touched it."""
     goal_seed: int = 777
-    trajectories_plotted: int = 25
+    trajectories_plotted: int = 16
+    """Extra rollouts from the layout's first scene per (layout, method), for the trajectory figures."""
 
     def __post_init__(self) -> None:
         self.layouts = tuple(self.layouts)

@@ -39,7 +39,7 @@ from . import dataset as ds
 from .config import BlockTouchConfig
 from .env import NUM_BLOCKS
 from .evaluation import rollout
-from .layouts import LAYOUT_NAMES, sample_layout
+from .layouts import LAYOUT_NAMES, Scenes, sample_layout
 from .methods import (BaseSampler, ClassifierGuidedSampler, GoalConditionedSampler, LatentGuidedSampler,
                       SamplingBaselineSampler)
 from .scripted import collect_demos, simulate_scripted_batch
@@ -341,10 +341,16 @@ def evaluate_cell(layout: str, method: str, cfg: BlockTouchConfig, models: _Mode
     paths = Paths(cfg)
     out = paths.cell(layout, method)
     out.parent.mkdir(parents=True, exist_ok=True)
-    p = min(e.trajectories_plotted, len(scenes))
-    np.savez_compressed(out.with_suffix(".npz"), agent=scenes.agent[:p], blocks=scenes.blocks[:p], yaw=scenes.yaw[:p],
-                        target=scenes.target[:p], touched=res.touched[:p],
-                        **{f"traj_{i}": res.trajectories[i] for i in range(p)})
+    if e.trajectories_plotted > 0 and method != "goal_conditioned":
+        # Fig.-7-style samples: several rollouts from one and the same scene (the layout's first one)
+        p = e.trajectories_plotted
+        one = Scenes(np.repeat(scenes.agent[:1], p, 0), np.repeat(scenes.blocks[:1], p, 0),
+                     np.repeat(scenes.yaw[:1], p, 0), np.repeat(scenes.target[:1], p, 0))
+        fig = rollout(sampler, one, cfg.env, n_obs_steps=cfg.policy.n_obs_steps, n_action_steps=e.n_action_steps,
+                      horizon=e.horizon, seed=e.seed + 101 * li + 8, image_key=IMAGE_KEY, max_batch=e.max_batch)
+        np.savez_compressed(out.with_suffix(".npz"), agent=one.agent, blocks=one.blocks, yaw=one.yaw, target=one.target,
+                            touched=fig.touched, **{f"traj_{i}": fig.trajectories[i] for i in range(p)})
+        summary["figure_scene_rate"] = float(np.mean(fig.success))
     out.write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -455,3 +461,40 @@ def write_results(cfg: BlockTouchConfig, command: str = "") -> dict:
     paths.results.mkdir(parents=True, exist_ok=True)
     (paths.results / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return results
+
+
+def stage_sweep(cfg: BlockTouchConfig, scales: list[float], methods: tuple[str, ...], layouts: tuple[str, ...],
+                rollouts: int, seed_offset: int = 50_000, command: str = "") -> dict:
+    """Guidance-scale sweep on *validation* scenes (seed ``eval.seed + seed_offset``, disjoint from the
+    evaluation scenes).  Writes ``<results_dir>/sweep.json``: ``{method: {scale: {layout: summary}}}``.
+    For ``dynaguide_latent`` the scale is a multiplier of the calibrated scale."""
+    paths = Paths(cfg)
+    models = _Models(cfg)
+    eff, calib = _effective_cfg(cfg, models)
+    out: dict = {"command": command, "seed": cfg.eval.seed + seed_offset, "rollouts": rollouts,
+                 "latent_scale_calibration": calib, "results": {}}
+    for method in methods:
+        for scale in scales:
+            if method == "dynaguide_classifier":
+                run_cfg = replace(eff, eval=replace(eff.eval, classifier_scale=scale))
+            elif method == "dynaguide_latent":
+                lg = replace(eff.eval.latent_guidance, scale=eff.eval.latent_guidance.scale * scale)
+                run_cfg = replace(eff, eval=replace(eff.eval, latent_guidance=lg))
+            else:
+                raise ValueError(f"sweep supports dynaguide_classifier and dynaguide_latent, not {method!r}")
+            for layout in layouts:
+                li = LAYOUT_NAMES.index(layout)
+                scenes = sample_layout(layout, np.random.default_rng(run_cfg.eval.seed + seed_offset + 7919 * li),
+                                       rollouts, cfg.env)
+                goals = layout_goal_frames(layout, cfg) if method == "dynaguide_latent" else None
+                sampler = _build_sampler(method, models, run_cfg, goals)
+                res = rollout(sampler, scenes, cfg.env, n_obs_steps=cfg.policy.n_obs_steps,
+                              n_action_steps=cfg.eval.n_action_steps, horizon=cfg.eval.horizon,
+                              seed=cfg.eval.seed + seed_offset + li, image_key=IMAGE_KEY)
+                summary = res.summary()
+                out["results"].setdefault(method, {}).setdefault(str(scale), {})[layout] = summary
+                _log(f"sweep {method} scale {scale} {layout}: rate {summary['rate']:.2f} "
+                     f"left {summary['left_arena']:.2f} touched {summary['touched_any']:.2f}")
+                paths.results.mkdir(parents=True, exist_ok=True)
+                (paths.results / "sweep.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out

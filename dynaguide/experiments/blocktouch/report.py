@@ -99,7 +99,7 @@ def plot_bars(results: dict, path: Path) -> None:
 
 
 def plot_trajectories(cfg: BlockTouchConfig, layout: str, methods: list[str], path: Path, command: str) -> bool:
-    """Fig.-7-style panels: agent paths of the first rollouts per method over the first scene of the layout."""
+    """Fig.-7-style panels: agent paths of repeated rollouts from the layout's first scene, one panel per method."""
     paths = Paths(cfg)
     methods = [m for m in methods if paths.cell(layout, m).with_suffix(".npz").exists()]
     if not methods:
@@ -119,11 +119,14 @@ def plot_trajectories(cfg: BlockTouchConfig, layout: str, methods: list[str], pa
             ax.plot(tr[:, 0], tr[:, 1], color=col, lw=0.9, alpha=0.8)
             ax.plot(tr[0, 0], tr[0, 1], "o", color="k", ms=2)
         s = summary[m]
-        ax.set_title(f"{m}\n{s['rate']:.0%} target ({COLOR_NAMES[int(data['target'][0])]}), n={s['n']}", fontsize=8)
+        ax.set_title(f"{m}\nthis scene: {np.mean(data['touched'] == data['target']):.0%} of {n}; "
+                     f"layout: {s['rate']:.0%} (n={s['n']})", fontsize=7)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"{layout}: first {n} rollouts over scene 0 (line colour = touched block)\n{command}", fontsize=7)
-    fig.tight_layout()
+    target = COLOR_NAMES[int(data["target"][0])]
+    fig.suptitle(f"{layout}: {n} rollouts from the layout's first scene, target {target} "
+                 f"(line colour = touched block, grey = none)\n{command}", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 1, 0.86))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
