@@ -17,7 +17,8 @@ this measures, per action chunk (T = 16, K = 10 positive goals, M = 4, 10 DDIM s
 Conditioning (``encode_observation``) and the current frame's tokens are computed once per chunk
 *outside* the timed loop for all three variants, so the figures are the denoising loop's cost.
 Every number is the median over ``--repeats`` timed runs after one warm-up run (one chunk for the
-naive loop; the warm-up also measures the peak memory autograd holds in saved tensors —
+naive loop; the warm-up also measures the peak memory autograd holds in saved activations, weights
+excluded —
 ``guided_peak_saved_mb`` for the batched call, ``naive_peak_saved_mb_per_chunk`` for one naive chunk); the three variants
 are interleaved run by run so drifting machine load hits them alike.
 """
@@ -138,7 +139,8 @@ class SavedTensorMeter:
     shows up as a peak that grows with the number of steps.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, exclude_storages: set[int] | None = None) -> None:
+        self.exclude = exclude_storages or set()  # e.g. model weights: they exist with or without a graph
         self.live: dict[int, list[int]] = {}  # storage ptr -> [holders, nbytes]
         self.current = 0
         self.peak = 0
@@ -155,6 +157,8 @@ class SavedTensorMeter:
     def pack(self, tensor: torch.Tensor) -> Any:
         storage = tensor.untyped_storage()
         ptr, nbytes = storage.data_ptr(), storage.nbytes()
+        if ptr in self.exclude:
+            return _SavedHolder(tensor)
         entry = self.live.setdefault(ptr, [0, nbytes])
         if entry[0] == 0:
             self.current += nbytes
@@ -176,9 +180,13 @@ class _SavedHolder:
         self.tensor = tensor
 
 
-def peak_saved_mb(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Run ``fn`` once; return (peak MB held in autograd-saved tensors during it, its result)."""
-    meter = SavedTensorMeter()
+def peak_saved_mb(fn: Callable[[], Any], modules: tuple[torch.nn.Module, ...] = ()) -> tuple[float, Any]:
+    """Run ``fn`` once; return (peak MB held in autograd-saved tensors during it, its result).
+
+    Weights and buffers of ``modules`` are not counted (they are in memory regardless of any graph).
+    """
+    exclude = {t.untyped_storage().data_ptr() for m in modules for t in (*m.parameters(), *m.buffers())}
+    meter = SavedTensorMeter(exclude)
     with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
         result = fn()
     return meter.peak / 2**20, result
@@ -231,8 +239,9 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
 
     # warm-up (untimed): one full chunk of each, also measuring the memory autograd keeps alive
     memory: dict[str, float] = {}
-    memory["guided"], _ = peak_saved_mb(guided)
-    memory["naive"], _ = peak_saved_mb(naive_one)
+    models = tuple(m for m in (setup.policy, setup.dynamics) if isinstance(m, torch.nn.Module))
+    memory["guided"], _ = peak_saved_mb(guided, models)
+    memory["naive"], _ = peak_saved_mb(naive_one, models)
     ms, out = _interleaved_median_ms({"guided": guided, "unguided": unguided, "naive": naive}, repeats,
                                      warmups={"unguided": unguided})
     return {

@@ -92,7 +92,8 @@ def _run(args) -> int:
     summary: dict = {"behaviour_target": args.behaviour, "trained_models": trained, "duration_s": args.duration}
     try:
         print("[demo] waiting for the graph (first start imports torch in four processes)...")
-        res = call_set_guidance(goals, [], scale=args.scale, node=node, timeout=180)
+        res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma, stochastic_steps=args.stochastic_steps,
+                                node=node, timeout=180)
         print(f"[demo] /set_guidance: {'ok' if res.success else 'rejected'}: {res.message}")
         if not res.success:
             return 1
@@ -131,6 +132,9 @@ def register(subparsers) -> None:
     p.add_argument("--goals", type=int, default=3, help="number of goal images")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of guided execution")
     p.add_argument("--scale", type=float, default=1.5)
+    p.add_argument("--sigma", type=float, default=5.0,
+                   help="distance temperature; ~half the typical goal distance of the CPU config's pooled latents")
+    p.add_argument("--stochastic-steps", type=int, default=2, help="M (latency grows with M on a CPU)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))
     p.add_argument("--out", default="outputs/demo")

@@ -60,6 +60,12 @@ def test_run_quick_end_to_end(tmp_path):
     for sub in ("policy", "goal_policy", "classifier", "dynamics"):
         assert (work / sub / "latest" / "model.safetensors").exists()
     assert not list(work.rglob("*.pt")) and not list(work.rglob("*.pkl"))
+    # validation-scene guidance sweep (both M-step modes selectable)
+    assert main(["blocktouch", "sweep", "--quick", "--work-dir", str(work), "--results-dir", str(res), "--rollouts", "2",
+                 "--layouts", "random", "--scales", "0,0.5", "--stochastic-mode", "repeat"]) == 0
+    sweep = json.loads((res / "sweep_repeat.json").read_text())
+    assert set(sweep["results"]["dynaguide_classifier"]) == {"repeat:0.0", "repeat:0.5"}
+    assert sweep["results"]["dynaguide_classifier"]["repeat:0.5"]["random"]["n"] == 2
     # resumable: a second run skips every stage (no new stage time recorded)
     before = json.loads((work / "stages.json").read_text())
     assert main(["blocktouch", "run", "--quick", "--work-dir", str(work), "--results-dir", str(res)]) == 0

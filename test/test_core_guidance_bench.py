@@ -74,6 +74,8 @@ def test_bench_config_reports_the_promised_fields(tiny_setup):
     assert row["batch"] == 2 and row["max_abs_diff_vs_naive"] < 1e-4
     assert row["speedup_vs_naive"] == pytest.approx(row["naive_guided_ms"] / row["guided_ms"])
     assert all(row[k] > 0 for k in ("guided_ms", "unguided_ms", "naive_guided_ms"))
+    # the naive loop keeps every step's activations; the guided sampler only one objective graph
+    assert row["naive_peak_saved_mb_per_chunk"] > row["guided_peak_saved_mb"] / row["batch"] > 0
 
 
 def test_cli_parses_bench_options():

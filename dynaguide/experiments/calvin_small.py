@@ -18,7 +18,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from dynaguide.checkpoint import load_checkpoint, save_checkpoint
-from dynaguide.data import DynamicsDataset, PolicyDataset, split_demos
+from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders import EmbedderConfig, make_embedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
@@ -55,10 +55,11 @@ def train(data: str, out: str, policy_steps: int, dynamics_steps: int, image_siz
                  val_data=mk(val_names))
     embedder = make_embedder(EmbedderConfig())
     dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(proprio_dim=15, action_dim=7, horizon=16))
-    dyn = lambda names: DynamicsDataset(data, DATASET_CAMERA, 16, demos=names, preload_images=True)
+    cache = build_embedding_cache(data, embedder, DATASET_CAMERA)  # every frame embedded once
+    dyn = lambda names: DynamicsDataset(data, DATASET_CAMERA, 16, demos=names, tokens=cache)
     res_dyn = train_dynamics(dynamics, dyn(train_names), TrainConfig(steps=dynamics_steps, batch_size=64, lr=3e-4, val_every=500,
                                                            checkpoint_every=500, ema_decay=0.99, num_threads=1),
-                   out_dir / "dynamics_run", val_data=dyn(val_names), embedder=embedder)
+                   out_dir / "dynamics_run", val_data=dyn(val_names))
     for name, result in (("policy", res), ("dynamics", res_dyn)):  # inference-only export: EMA weights, no optimizer
         model, config = load_checkpoint(result.checkpoint)
         save_checkpoint(out_dir / name, model, config, {"source": str(result.checkpoint), "step": result.step,

@@ -31,6 +31,9 @@ def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
         ev = replace(ev, layouts=tuple(args.layouts.split(",")))
     if args.methods:
         ev = replace(ev, methods=tuple(args.methods.split(",")))
+    if args.stochastic_mode:
+        ev = replace(ev, stochastic_mode=args.stochastic_mode,
+                     latent_guidance=replace(ev.latent_guidance, stochastic_mode=args.stochastic_mode))
     return replace(cfg, eval=ev)
 
 
@@ -40,7 +43,7 @@ def command_line(args: argparse.Namespace) -> str:
     for flag in ("quick", "force"):
         if getattr(args, flag):
             parts.append(f"--{flag}")
-    names = ("config", "work_dir", "results_dir", "rollouts", "layouts", "methods")
+    names = ("config", "work_dir", "results_dir", "rollouts", "layouts", "methods", "stochastic_mode")
     for name in names + (("scales",) if args.stage == "sweep" else ()):
         value = getattr(args, name)
         if value is not None:
@@ -94,6 +97,8 @@ def register(subparsers) -> None:
     p.add_argument("--rollouts", type=int, help="rollouts per (layout, method)")
     p.add_argument("--layouts", help="comma-separated subset of layouts")
     p.add_argument("--methods", help="comma-separated subset of methods")
+    p.add_argument("--stochastic-mode", choices=("repeat", "renoise"),
+                   help="override the M-step mode of both DynaGuide variants")
     p.add_argument("--scales", default="0.05,0.1,0.2,0.5",
                    help="sweep: guidance scales (dynaguide_latent: multipliers of the calibrated scale)")
     p.set_defaults(func=_main)

@@ -52,10 +52,12 @@ class EvalConfig:
     max_batch: int | None = None
     classifier_scale: float = 0.5
     stochastic_steps: int = 4
-    stochastic_mode: str = "repeat"
+    stochastic_mode: str = "renoise"
+    """"repeat" (official code) drives unguided chunks to the clip boundary here; see config/blocktouch.yaml."""
     other_weight: float = -0.33
     sampling_num: int = 10
-    latent_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(sigma=1.0, scale=0.5, stochastic_steps=4))
+    latent_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(sigma=1.0, scale=0.5, stochastic_steps=4,
+                                                                                           stochastic_mode="renoise"))
     latent_scale_match: bool = True
     """Replace ``latent_guidance.scale`` by the value matching (a)'s gradient strength (see
     ``pipeline.calibrate_latent_scale``; computed on training frames, never on evaluation scenes)."""

@@ -492,9 +492,10 @@ def stage_sweep(cfg: BlockTouchConfig, scales: list[float], methods: tuple[str, 
                               n_action_steps=cfg.eval.n_action_steps, horizon=cfg.eval.horizon,
                               seed=cfg.eval.seed + seed_offset + li, image_key=IMAGE_KEY)
                 summary = res.summary()
-                out["results"].setdefault(method, {}).setdefault(str(scale), {})[layout] = summary
+                key = f"{run_cfg.eval.stochastic_mode}:{scale}"
+                out["results"].setdefault(method, {}).setdefault(key, {})[layout] = summary
                 _log(f"sweep {method} scale {scale} {layout}: rate {summary['rate']:.2f} "
                      f"left {summary['left_arena']:.2f} touched {summary['touched_any']:.2f}")
                 paths.results.mkdir(parents=True, exist_ok=True)
-                (paths.results / "sweep.json").write_text(json.dumps(out, indent=2) + "\n")
+                (paths.results / f"sweep_{cfg.eval.stochastic_mode}.json").write_text(json.dumps(out, indent=2) + "\n")
     return out
