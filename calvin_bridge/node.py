@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 
 from calvin_bridge.config import CalvinEnvConfig
@@ -38,7 +39,9 @@ class CalvinBridgeConfig:
     camera_hz: float = 10.0
     seed: int = 0
     frame_id: str = "world"
-    scene_options: str = ""            # reserved
+    lockstep: bool = False             # True: simulated time advances only while an action is due, and
+                                       # /clock is published (nodes run with use_sim_time) — a slow policy
+                                       # then pauses the world instead of missing its actions
 
 
 class CalvinBridgeNode(Node):
@@ -55,6 +58,9 @@ class CalvinBridgeNode(Node):
         self.schedule = ActionSchedule(7, self.dt)
         self.gripper = 1.0
         self.obs, _ = self.env.reset(seed=self.cfg.seed)
+        self.sim_time = self.get_clock().now().nanoseconds * 1e-9  # lockstep: simulated seconds
+        self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.cfg.lockstep else None
+        self._rendered_at = None
         self.last_behaviour = "no_behaviour"
         self.image_pubs = {k: self.create_publisher(Image, f"camera/{k}", SENSOR) for k in ("rgb_static", "rgb_gripper")}
         self.joint_pub = self.create_publisher(JointState, "joint_states", RELIABLE)
@@ -69,7 +75,12 @@ class CalvinBridgeNode(Node):
         self.get_logger().info(f"calvin bridge ready (scene: {self.env.scene.source}, {env_cfg.control_hz} Hz)")
 
     def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
+        return self.sim_time if self.cfg.lockstep else self.get_clock().now().nanoseconds * 1e-9
+
+    def _stamp(self):
+        from dynaguide_ros.conversions import seconds_to_time
+
+        return seconds_to_time(self._now())
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.action_space != "calvin_rel_ee":
@@ -84,36 +95,50 @@ class CalvinBridgeNode(Node):
             self.get_logger().warn(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
 
     def _control_tick(self) -> None:
-        now = self._now()
         with self._lock:
-            action = self.schedule.next_action(now)
-            if action is None:  # nothing due: hold the pose, keep the gripper as it is
-                action = np.array([0, 0, 0, 0, 0, 0, self.gripper])
+            if self.cfg.lockstep:
+                action = self.schedule.next_action(self.sim_time + self.dt)
+                paused = action is None  # the world waits for the policy
+            else:
+                action = self.schedule.next_action(self._now())
+                paused = False
+                if action is None:  # nothing due: hold the pose, keep the gripper as it is
+                    action = np.array([0, 0, 0, 0, 0, 0, self.gripper])
+            if paused:
+                behaviour = self.last_behaviour
             else:
                 action = np.clip(action, -1.0, 1.0)
                 action[6] = 1.0 if action[6] >= 0 else -1.0
                 self.gripper = action[6]
-            self.obs, _, _, _, info = self.env.step(action)
-        stamp = self.get_clock().now().to_msg()
+                self.obs, _, _, _, info = self.env.step(action)
+                behaviour = info["behaviour"]
+                if self.cfg.lockstep:
+                    self.sim_time += self.dt
+            stamp = self._stamp()
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=stamp))
         js = JointState(name=list(self.env.joint_names), position=[float(x) for x in self.env.joint_positions()])
         js.header.stamp = stamp
         self.joint_pub.publish(js)
         state = CalvinState(robot_obs=[float(x) for x in self.obs["robot_obs"]],
-                            scene_obs=[float(x) for x in self.obs["scene_obs"]], behaviour=info["behaviour"])
+                            scene_obs=[float(x) for x in self.obs["scene_obs"]], behaviour=behaviour)
         state.header.stamp, state.header.frame_id = stamp, self.cfg.frame_id
         self.state_pub.publish(state)
-        if info["behaviour"] != self.last_behaviour:
-            self.last_behaviour = info["behaviour"]
-            if info["behaviour"] != "no_behaviour":
-                ev = BehaviourEvent(behaviour=info["behaviour"], detail=f"{info['behaviour']} detected")
+        if behaviour != self.last_behaviour:
+            self.last_behaviour = behaviour
+            if behaviour != "no_behaviour":
+                ev = BehaviourEvent(behaviour=behaviour, detail=f"{behaviour} detected")
                 ev.header.stamp = stamp
                 self.event_pub.publish(ev)
-                self.get_logger().info(f"{info['behaviour']} detected")
+                self.get_logger().info(f"{behaviour} detected")
 
     def _camera_tick(self) -> None:
         with self._lock:
-            images = self.env.render_cameras()
-        stamp = self.get_clock().now().to_msg()
+            if not (self.cfg.lockstep and self._rendered_at == self.sim_time):
+                self._rendered_at = self.sim_time
+                self._images = self.env.render_cameras()
+            images = self._images  # world paused: the last frames are still current (no re-render)
+            stamp = self._stamp()
         for key, pub in self.image_pubs.items():
             pub.publish(rgb_to_image_msg(images[key], stamp=stamp, frame_id=f"{key}_camera"))
 

@@ -69,14 +69,17 @@ def _run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] goal images: final frames of scripted '{args.behaviour}' episodes")
-    goals = expert_goal_images(args.behaviour, args.goals, out / "goals")
+    goals = expert_goal_images(args.behaviour, args.goals, out / "goals", size=args.image_size)
     ckpt = Path(args.checkpoints)
     trained = (ckpt / "policy" / "config.json").is_file() and (ckpt / "dynamics" / "config.json").is_file()
     overrides = {"guidance_manager": {"state_dir": str(out / "guidance_state")},
-                 "calvin_bridge": {"seed": args.seed}}
+                 "calvin_bridge": {"seed": args.seed, "static_size": args.image_size, "lockstep": not args.wall_clock}}
+    if args.wall_clock:
+        overrides["embedding_node"] = {"use_sim_time": False}
+    overrides["policy_node"] = {"use_sim_time": not args.wall_clock}
     if trained:
-        overrides["policy_node"] = {"runner.policy_checkpoint": str(ckpt / "policy"),
-                                    "runner.dynamics_checkpoint": str(ckpt / "dynamics")}
+        overrides["policy_node"].update({"runner.policy_checkpoint": str(ckpt / "policy"),
+                                         "runner.dynamics_checkpoint": str(ckpt / "dynamics")})
         print(f"[demo] models: {ckpt}")
     else:
         print(f"[demo] WARNING: no trained checkpoints in {ckpt}: running UNTRAINED random models "
@@ -111,17 +114,25 @@ def _run(args) -> int:
         "first_behaviour": behaviours[0] if behaviours else "no_behaviour",
         "target_reached": args.behaviour in behaviours,
         "chunks": len(diags), "guided_chunks": len(guided),
+        "clock": "wall (late actions dropped)" if args.wall_clock else "simulated (lockstep)",
+        "median_compute_ms": float(np.median([d.compute_ms for d in guided])) if guided else None,
+        # observation stamp -> chunk published, in the graph's clock (≈ 0 in lockstep: the world waits)
         "median_latency_ms": float(np.median([d.latency_ms for d in guided])) if guided else None,
         "frames_recorded": len(frames),
     })
     if frames:
         pick = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
         strip = np.concatenate([rgb_from_image_msg(frames[i][1]) for i in pick], axis=1)
+        if strip.shape[0] < 150:  # small frames: enlarge for viewing (nearest neighbour)
+            k = int(np.ceil(150 / strip.shape[0]))
+            strip = strip.repeat(k, axis=0).repeat(k, axis=1)
         PILImage.fromarray(strip).save(out / "strip.png")
         summary["strip"] = str(out / "strip.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {args.behaviour}); "
-          f"{summary['guided_chunks']} guided chunks, median latency {summary['median_latency_ms']} ms")
+          f"{summary['guided_chunks']} guided chunks; median compute {summary['median_compute_ms']:.0f} ms, "
+          f"observation-to-chunk latency {summary['median_latency_ms']:.0f} ms ({summary['clock']} clock)"
+          if guided else f"{summary['chunks']} chunks, none guided")
     print(f"[demo] wrote {out / 'summary.json'} and {summary.get('strip', 'no strip')}")
     return 0
 
@@ -131,11 +142,16 @@ def register(subparsers) -> None:
     p.add_argument("--behaviour", default="drawer_open")
     p.add_argument("--goals", type=int, default=3, help="number of goal images")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of guided execution")
-    p.add_argument("--scale", type=float, default=1.5)
+    p.add_argument("--scale", type=float, default=0.3,
+                   help="guidance scale s (1.5 with sigma 5 throws the shipped CPU models off the table)")
     p.add_argument("--sigma", type=float, default=5.0,
                    help="distance temperature; ~half the typical goal distance of the CPU config's pooled latents")
     p.add_argument("--stochastic-steps", type=int, default=2, help="M (latency grows with M on a CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64,
+                   help="static camera size; the shipped models were trained on 64 px frames")
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--wall-clock", action="store_true",
+                   help="real-time 30 Hz sim (late actions dropped) instead of lockstep simulated time")
     p.set_defaults(func=_run)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from visualization_msgs.msg import Marker, MarkerArray
@@ -87,7 +88,11 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
         self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
-        self.create_timer(self.cfg.replan_period_s, self._tick, callback_group=MutuallyExclusiveCallbackGroup())
+        # Replanning is paced by observation stamps, polled on the steady clock: with use_sim_time and a
+        # lockstep simulator the world pauses while the policy thinks, and a sim-time timer would never fire.
+        self._last_obs_used = -float("inf")
+        self.create_timer(min(0.05, self.cfg.replan_period_s), self._tick,
+                          callback_group=MutuallyExclusiveCallbackGroup(), clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"policy node ready (cameras {list(self.frames)}, To={self.n_obs}, "
                                f"T={self.runner.policy.horizon}, trained={self.runner.trained})")
 
@@ -154,6 +159,8 @@ class PolicyNode(Node):
                 self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
                 return
             obs_stamp = min(f[-1][0] for f in self.frames.values())
+            if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 1e-6:
+                return  # the last chunk is recent enough
             images = {k: np.stack([fr[1] for fr in self._padded(f)]) for k, f in self.frames.items()}
             proprio = np.stack(self._padded(self.proprio))
             embedding = self.embedding
@@ -175,6 +182,7 @@ class PolicyNode(Node):
         except ValueError as exc:
             self.get_logger().error(f"policy step failed: {exc}", throttle_duration_sec=2.0)
             return
+        self._last_obs_used = obs_stamp
         stamp_msg = self._stamp(obs_stamp)
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
