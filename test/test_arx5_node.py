@@ -132,7 +132,8 @@ def test_chunks_in_smooth_motion_out_joint_states_at_rate(ros_env, start_process
         speed = np.abs(np.array([s[3][:6] for s in states])).max(axis=1)
         step = np.abs(np.diff(q, axis=0)).max(axis=1)
         assert speed.max() < 2.5, speed.max()
-        assert np.all(step <= 2.5 * np.diff(stamps) + 0.005), (step - 2.5 * np.diff(stamps)).max()
+        # 0.015 rad slack absorbs measurement-stamp jitter between the 500 Hz loop and the publisher; a jump is far larger
+        assert np.all(step <= 2.5 * np.diff(stamps) + 0.015), (step - 2.5 * np.diff(stamps)).max()
         # tracking: the measured joints follow the commanded sine closely
         late = stamps > t0 + 0.5
         errors = np.abs(q[late] - np.array([reference(ts) for ts in stamps[late]])).max(axis=1)
