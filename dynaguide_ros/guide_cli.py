@@ -25,54 +25,44 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise SystemExit(f"cannot read image {path}: {exc}") from exc
 
 
-def call_set_guidance(positive: list[np.ndarray], negative: list[np.ndarray], scale: float = 0.0,
-                      sigma: float = 0.0, stochastic_steps: int = 0, timeout: float = 60.0, node=None):
-    """Send one ``SetGuidance`` request; returns the response (raises ``TimeoutError``)."""
+def call_service(srv_type, name: str, request, timeout: float, node=None):
+    """Call service ``name`` once and return its response (raises ``TimeoutError``)."""
     import rclpy
 
+    own = node is None
+    if own:
+        node = rclpy.create_node("dynaguide_guide_cli")
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"/{name} is not available (is the graph running?)")
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+        if future.result() is None:
+            raise TimeoutError(f"/{name} did not answer in time")
+        return future.result()
+    finally:
+        node.destroy_client(client)
+        if own:
+            node.destroy_node()
+
+
+def call_set_guidance(positive: list[np.ndarray], negative: list[np.ndarray], scale: float = 0.0,
+                      sigma: float = 0.0, stochastic_steps: int = 0, timeout: float = 60.0, node=None):
+    """Send one ``SetGuidance`` request with ``(H, W, 3) uint8`` RGB goal images; returns the response."""
     from dynaguide_msgs.srv import SetGuidance
     from dynaguide_ros.conversions import rgb_to_image_msg
 
-    own = node is None
-    if own:
-        node = rclpy.create_node("dynaguide_guide_cli")
-    try:
-        client = node.create_client(SetGuidance, "set_guidance")
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError("/set_guidance is not available (is the graph running?)")
-        req = SetGuidance.Request(positive=[rgb_to_image_msg(x) for x in positive],
-                                  negative=[rgb_to_image_msg(x) for x in negative],
-                                  scale=float(scale), sigma=float(sigma), stochastic_steps=int(stochastic_steps))
-        future = client.call_async(req)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-        if future.result() is None:
-            raise TimeoutError("/set_guidance did not answer in time")
-        node.destroy_client(client)
-        return future.result()
-    finally:
-        if own:
-            node.destroy_node()
+    req = SetGuidance.Request(positive=[rgb_to_image_msg(x) for x in positive],
+                              negative=[rgb_to_image_msg(x) for x in negative],
+                              scale=float(scale), sigma=float(sigma), stochastic_steps=int(stochastic_steps))
+    return call_service(SetGuidance, "set_guidance", req, timeout, node)
 
 
 def call_clear_guidance(timeout: float = 30.0, node=None):
-    import rclpy
     from std_srvs.srv import Trigger
 
-    own = node is None
-    if own:
-        node = rclpy.create_node("dynaguide_guide_cli")
-    try:
-        client = node.create_client(Trigger, "clear_guidance")
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError("/clear_guidance is not available")
-        future = client.call_async(Trigger.Request())
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-        if future.result() is None:
-            raise TimeoutError("/clear_guidance did not answer in time")
-        return future.result()
-    finally:
-        if own:
-            node.destroy_node()
+    return call_service(Trigger, "clear_guidance", Trigger.Request(), timeout, node)
 
 
 def _run(args) -> int:
