@@ -172,4 +172,4 @@ class CalvinBridgeNode(Node):
 def main(argv=None) -> int:
     from dynaguide_ros.node_main import spin_node
 
-    return spin_node(CalvinBridgeNode, argv, threads=2)
+    return spin_node(CalvinBridgeNode, argv)

@@ -61,13 +61,14 @@ class GuidedPolicyRunner:
     """
 
     def __init__(self, policy: DiffusionPolicy, dynamics: LatentDynamicsModel, *, trained: bool,
-                 guidance_defaults: GuidanceConfig | None = None, seed: int = 0) -> None:
+                 guidance_defaults: GuidanceConfig | None = None, seed: int = 0, torch_threads: int = 1) -> None:
         self.policy = policy.eval()
         self.dynamics = dynamics.eval()
         self.trained = trained
         self.guidance_defaults = guidance_defaults or GuidanceConfig()
         self.guidance: GuidanceSet | None = None
         self.generator = torch.Generator().manual_seed(seed)
+        self.torch_threads = max(1, int(torch_threads))
         # index of the current step in the policy's chunk (0 for DiffusionPolicy: the chunk starts now)
         self.action_offset = int(getattr(policy, "action_offset", 0))
         if trained:
@@ -75,7 +76,6 @@ class GuidedPolicyRunner:
 
     @classmethod
     def from_config(cls, cfg: RunnerConfig) -> "GuidedPolicyRunner":
-        torch.set_num_threads(max(1, cfg.torch_threads))
         trained = bool(cfg.policy_checkpoint) and bool(cfg.dynamics_checkpoint)
         if cfg.policy_checkpoint:
             policy, _ = load_checkpoint(Path(cfg.policy_checkpoint))
@@ -93,7 +93,8 @@ class GuidedPolicyRunner:
             dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
                 embed_tokens=cfg.embed_tokens, embed_dim=cfg.embed_dim, proprio_dim=cfg.proprio_dim,
                 action_dim=cfg.action_dim, horizon=policy.horizon))
-        return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed)
+        return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed,
+                   torch_threads=cfg.torch_threads)
 
     # ----------------------------------------------------------------------------- guidance
     def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None, *,
@@ -138,6 +139,9 @@ class GuidedPolicyRunner:
             obs_tokens: ``(N, D)`` embedder tokens of the newest policy-camera frame (needed when guided).
         """
         start = time.perf_counter()
+        # OpenMP thread counts are per calling thread: a ROS executor thread would otherwise use every core,
+        # and oversubscribed spin-waiting threads made a 0.2 s chunk take 2-6 s on a 2-core machine.
+        torch.set_num_threads(self.torch_threads)
         obs = {}
         size = self.policy.cfg.image_size
         for key in self.policy.cfg.image_keys:

@@ -122,4 +122,4 @@ class CameraNode(Node):
 def main(argv=None) -> int:
     from dynaguide_ros.node_main import spin_node
 
-    return spin_node(CameraNode, argv, threads=1)
+    return spin_node(CameraNode, argv)

@@ -142,8 +142,7 @@ def register(subparsers) -> None:
     p.add_argument("--behaviour", default="drawer_open")
     p.add_argument("--goals", type=int, default=3, help="number of goal images")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of guided execution")
-    p.add_argument("--scale", type=float, default=0.3,
-                   help="guidance scale s (1.5 with sigma 5 throws the shipped CPU models off the table)")
+    p.add_argument("--scale", type=float, default=1.5, help="guidance scale s")
     p.add_argument("--sigma", type=float, default=5.0,
                    help="distance temperature; ~half the typical goal distance of the CPU config's pooled latents")
     p.add_argument("--stochastic-steps", type=int, default=2, help="M (latency grows with M on a CPU)")

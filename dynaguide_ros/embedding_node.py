@@ -8,7 +8,6 @@ observations are embedded by one and the same model.  The model is :func:`dynagu
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,6 +68,7 @@ class EmbeddingNode(Node):
             batch.append(torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
                                                          antialias=True, align_corners=False))
         with self._lock, torch.no_grad():
+            torch.set_num_threads(max(1, self.cfg.torch_threads))  # per calling (executor) thread
             return self.embedder(torch.cat(batch)).numpy().astype(np.float32)
 
     def _on_image(self, msg: Image) -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
 from visualization_msgs.msg import Marker, MarkerArray
@@ -88,11 +87,14 @@ class PolicyNode(Node):
         self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
         self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
-        # Replanning is paced by observation stamps, polled on the steady clock: with use_sim_time and a
-        # lockstep simulator the world pauses while the policy thinks, and a sim-time timer would never fire.
+        # Sampling runs on a thread of its own, not in an executor callback: a long callback keeps its timer
+        # ready, and rclpy's MultiThreadedExecutor then spins holding the GIL (chunks took 10x longer).
+        # Replanning is paced by observation stamps (sim time with a lockstep simulator, which pauses while
+        # the policy thinks — a sim-time timer would never fire), polled every 20 ms.
         self._last_obs_used = -float("inf")
-        self.create_timer(min(0.05, self.cfg.replan_period_s), self._tick,
-                          callback_group=MutuallyExclusiveCallbackGroup(), clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._loop, name="policy_sampler", daemon=True)
+        self._worker.start()
         self.get_logger().info(f"policy node ready (cameras {list(self.frames)}, To={self.n_obs}, "
                                f"T={self.runner.policy.horizon}, trained={self.runner.trained})")
 
@@ -152,6 +154,20 @@ class PolicyNode(Node):
                                f"{len(msg.negative)} negative, scale {msg.scale:g}, sigma {msg.sigma:g}")
 
     # ------------------------------------------------------------------------- acting
+    def _loop(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self._tick()
+            except Exception as exc:  # never let the sampler thread die silently
+                if not self.context.ok():
+                    break  # shutting down: the context is gone
+                self.get_logger().error(f"policy tick failed: {exc!r}", throttle_duration_sec=2.0)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
     def _tick(self) -> None:
         now = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
@@ -221,4 +237,4 @@ class PolicyNode(Node):
 def main(argv=None) -> int:
     from dynaguide_ros.node_main import spin_node
 
-    return spin_node(PolicyNode, argv, threads=3)
+    return spin_node(PolicyNode, argv)

@@ -131,5 +131,6 @@ def test_wilson_interval_known_values():
     assert abs(lo - 0.23659) < 1e-4 and abs(hi - 0.76341) < 1e-4
     lo, hi = wilson_interval(85, 100)
     assert abs(lo - 0.76716) < 1e-4 and abs(hi - 0.90695) < 1e-4  # by hand: 0.83706 -+ 0.06989
+    assert wilson_interval(0, 100)[0] == 0.0 and wilson_interval(100, 100)[1] == 1.0  # exact, no round-off
     with pytest.raises(ValueError):
         wilson_interval(3, 2)

@@ -38,7 +38,7 @@ from dynaguide.training import train_classifier, train_dynamics, train_policy
 from . import dataset as ds
 from .config import BlockTouchConfig
 from .env import NUM_BLOCKS
-from .evaluation import rollout
+from .evaluation import rollout, wilson_interval
 from .layouts import LAYOUT_NAMES, Scenes, sample_layout
 from .methods import (BaseSampler, ClassifierGuidedSampler, GoalConditionedSampler, LatentGuidedSampler,
                       SamplingBaselineSampler)
@@ -446,7 +446,9 @@ def write_results(cfg: BlockTouchConfig, command: str = "") -> dict:
         for method in cfg.eval.methods:
             cell = paths.cell(layout, method)
             if cell.exists():
-                layouts.setdefault(layout, {})[method] = json.loads(cell.read_text())
+                summary = json.loads(cell.read_text())
+                summary["ci95"] = list(wilson_interval(int(round(summary["rate"] * summary["n"])), summary["n"]))
+                layouts.setdefault(layout, {})[method] = summary
     mean = {}
     for method in cfg.eval.methods:
         rates = [layouts[l][method]["rate"] for l in cfg.eval.layouts if method in layouts.get(l, {})]

@@ -84,8 +84,8 @@ def plot_bars(results: dict, path: Path) -> None:
                 continue
             xs.append(i + (j - (len(methods) - 1) / 2) * width)
             ys.append(c["rate"])
-            lo.append(c["rate"] - c["ci95"][0])
-            hi.append(c["ci95"][1] - c["rate"])
+            lo.append(max(0.0, c["rate"] - c["ci95"][0]))
+            hi.append(max(0.0, c["ci95"][1] - c["rate"]))
         ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=m)
     ax.axhline(0.25, color="gray", lw=0.8, ls="--")
     ax.set_xticks(range(len(layouts)), layouts, rotation=15)
