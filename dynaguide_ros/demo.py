@@ -92,14 +92,20 @@ def _run(args) -> int:
     node.create_subscription(BehaviourEvent, "calvin/behaviour", events.append, RELIABLE)
     node.create_subscription(PolicyDiagnostics, "policy/diagnostics", diags.append, RELIABLE)
     launcher.start()
-    summary: dict = {"behaviour_target": args.behaviour, "trained_models": trained, "duration_s": args.duration}
+    summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed, "trained_models": trained, "duration_s": args.duration}
     try:
         print("[demo] waiting for the graph (first start imports torch in four processes)...")
-        res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma, stochastic_steps=args.stochastic_steps,
-                                node=node, timeout=180)
-        print(f"[demo] /set_guidance: {'ok' if res.success else 'rejected'}: {res.message}")
-        if not res.success:
-            return 1
+        if args.unguided:
+            from dynaguide_ros.guide_cli import call_clear_guidance
+
+            res = call_clear_guidance(node=node, timeout=180)
+            print(f"[demo] unguided base policy: {res.message}")
+        else:
+            res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
+                                    stochastic_steps=args.stochastic_steps, node=node, timeout=180)
+            print(f"[demo] /set_guidance: {'ok' if res.success else 'rejected'}: {res.message}")
+            if not res.success:
+                return 1
         start = time.monotonic()
         while time.monotonic() - start < args.duration:
             rclpy.spin_once(node, timeout_sec=0.1)
@@ -112,7 +118,7 @@ def _run(args) -> int:
     summary.update({
         "behaviours_detected": behaviours,
         "first_behaviour": behaviours[0] if behaviours else "no_behaviour",
-        "target_reached": args.behaviour in behaviours,
+        "target_reached": (args.behaviour in behaviours) if not args.unguided else None,
         "chunks": len(diags), "guided_chunks": len(guided),
         "clock": "wall (late actions dropped)" if args.wall_clock else "simulated (lockstep)",
         "median_compute_ms": float(np.median([d.compute_ms for d in guided])) if guided else None,
@@ -129,7 +135,7 @@ def _run(args) -> int:
         PILImage.fromarray(strip).save(out / "strip.png")
         summary["strip"] = str(out / "strip.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {args.behaviour}); "
+    print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {summary['behaviour_target']}); "
           f"{summary['guided_chunks']} guided chunks; median compute {summary['median_compute_ms']:.0f} ms, "
           f"observation-to-chunk latency {summary['median_latency_ms']:.0f} ms ({summary['clock']} clock)"
           if guided else f"{summary['chunks']} chunks, none guided")
@@ -151,6 +157,7 @@ def register(subparsers) -> None:
                    help="static camera size; the shipped models were trained on 64 px frames")
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--unguided", action="store_true", help="run the base policy (clear guidance) for comparison")
     p.add_argument("--wall-clock", action="store_true",
                    help="real-time 30 Hz sim (late actions dropped) instead of lockstep simulated time")
     p.set_defaults(func=_run)
