@@ -23,7 +23,7 @@ from calvin_bridge.env import CalvinEnv
 from dynaguide.execution import ActionSchedule
 from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
 from dynaguide_msgs.srv import ResetScene
-from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, time_to_seconds
+from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, seconds_to_time, time_to_seconds
 from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import RELIABLE, SENSOR
 
@@ -78,8 +78,6 @@ class CalvinBridgeNode(Node):
         return self.sim_time if self.cfg.lockstep else self.get_clock().now().nanoseconds * 1e-9
 
     def _stamp(self):
-        from dynaguide_ros.conversions import seconds_to_time
-
         return seconds_to_time(self._now())
 
     def _on_chunk(self, msg: ActionChunk) -> None:

@@ -9,7 +9,6 @@ the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess

@@ -10,9 +10,7 @@ observation (staleness-checked), runs :class:`dynaguide.runtime.GuidedPolicyRunn
 
 from __future__ import annotations
 
-import math
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,9 +22,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from geometry_msgs.msg import Point
 
 from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
-from dynaguide_msgs.msg import CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
+from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
 from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
-                                       time_to_seconds)
+                                       seconds_to_time, time_to_seconds)
 from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
 
@@ -82,8 +80,6 @@ class PolicyNode(Node):
             self.create_subscription(JointState, "joint_states", self._on_joint_state, RELIABLE, callback_group=data)
         self.create_subscription(PatchEmbedding, "embedding", self._on_embedding, RELIABLE, callback_group=data)
         self.create_subscription(GuidanceSet, "guidance/set", self._on_guidance, LATCHED, callback_group=data)
-        from dynaguide_msgs.msg import ActionChunk
-
         self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
         self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
@@ -199,7 +195,7 @@ class PolicyNode(Node):
             self.get_logger().error(f"policy step failed: {exc}", throttle_duration_sec=2.0)
             return
         self._last_obs_used = obs_stamp
-        stamp_msg = self._stamp(obs_stamp)
+        stamp_msg = seconds_to_time(obs_stamp)
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
                              start_index=self.runner.action_offset, sequence=self.sequence, guided=result.guided,
@@ -216,11 +212,6 @@ class PolicyNode(Node):
     def _padded(self, frames: deque) -> list:
         items = list(frames)
         return [items[0]] * (self.n_obs - len(items)) + items
-
-    def _stamp(self, seconds: float):
-        from dynaguide_ros.conversions import seconds_to_time
-
-        return seconds_to_time(seconds)
 
     def _publish_markers(self, start: np.ndarray, actions: np.ndarray, stamp, guided: bool) -> None:
         path = integrate_path(start, actions, self.cfg.action_space, self.cfg.path_scale_m)
