@@ -135,10 +135,10 @@ def _run(args) -> int:
         PILImage.fromarray(strip).save(out / "strip.png")
         summary["strip"] = str(out / "strip.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {summary['behaviour_target']}); "
-          f"{summary['guided_chunks']} guided chunks; median compute {summary['median_compute_ms']:.0f} ms, "
-          f"observation-to-chunk latency {summary['median_latency_ms']:.0f} ms ({summary['clock']} clock)"
-          if guided else f"{summary['chunks']} chunks, none guided")
+    timing = (f"{summary['guided_chunks']} guided chunks; median compute {summary['median_compute_ms']:.0f} ms, "
+              f"observation-to-chunk latency {summary['median_latency_ms']:.0f} ms ({summary['clock']} clock)"
+              if guided else f"{summary['chunks']} chunks, none guided")
+    print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {summary['behaviour_target']}); {timing}")
     print(f"[demo] wrote {out / 'summary.json'} and {summary.get('strip', 'no strip')}")
     return 0
 

@@ -6,8 +6,10 @@ cd "$(dirname "$0")/.."
 SEEDS=${SEEDS:-"0 1 2 3 4"}
 for seed in $SEEDS; do
   for mode in guided unguided; do
+    out="outputs/steering/${mode}_${seed}"
+    [ -f "$out/summary.json" ] && continue   # resumable
     flag=""; [ "$mode" = unguided ] && flag="--unguided"
-    .venv/bin/dynaguide demo --duration 40 --seed "$seed" $flag --out "outputs/steering/${mode}_${seed}" | grep "behaviours detected"
+    .venv/bin/dynaguide demo --duration 40 --seed "$seed" $flag --out "$out" | grep "behaviours detected" || true
   done
 done
 .venv/bin/python - <<'PY'

@@ -108,3 +108,15 @@ def calvin_assets_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"real CALVIN assets not present at {path}")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Tiny tensors on a 2-core machine that also runs the nodes under test: one intra-op thread is
+    ~10x faster than two when the cores are contended."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

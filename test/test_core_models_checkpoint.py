@@ -11,13 +11,6 @@ from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, Outcom
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import EMA
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _assert_same_state(a, b):

@@ -18,12 +18,6 @@ from dynaguide.training import TrainConfig, train_dynamics, train_policy
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _frame(row, col, size=16):

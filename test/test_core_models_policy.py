@@ -8,13 +8,6 @@ from dynaguide.interfaces import NoisePredictionPolicy
 from dynaguide.normalization import MinMaxNormalizer
 from dynaguide.policy import ConditionalUnet1D, DiffusionPolicy, DiffusionPolicyConfig, SpatialSoftmax
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _obs(cfg, b=3, to=None, seed=0):

@@ -23,13 +23,6 @@ from dynaguide.training import (
     train_policy,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny tensors: one intra-op thread is ~10x faster than two on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _demos(n=6, length=12, size=16, seed=0):
