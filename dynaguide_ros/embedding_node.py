@@ -45,7 +45,6 @@ class EmbeddingNode(Node):
     def __init__(self) -> None:
         super().__init__("embedding_node")
         self.cfg = declare_config(self, EmbeddingNodeConfig)
-        torch.set_num_threads(max(1, self.cfg.torch_threads))
         self.embedder = make_embedder(self.cfg.embedder).eval()
         self.embedder_id = embedder_id(self.cfg.embedder)
         side = self.cfg.embedder.image_size // self.cfg.embedder.patch_size

@@ -115,12 +115,9 @@ class GuidanceManagerNode(Node):
             msg.revision = state.revision = int(g.revision)
             state.num_positive, state.num_negative = len(g.positive), len(g.negative)
         else:
-            msg.revision = state.revision = self._revision()
+            msg.revision = state.revision = self._rev
         self.set_pub.publish(msg)
         self.state_pub.publish(state)
-
-    def _revision(self) -> int:
-        return self._rev
 
     # ------------------------------------------------------------------------- services
     def _embed(self, images) -> tuple[np.ndarray, tuple[int, int], str]:
@@ -141,23 +138,20 @@ class GuidanceManagerNode(Node):
 
     def _on_set(self, req: SetGuidance.Request, res: SetGuidance.Response) -> SetGuidance.Response:
         with self._lock:
-            res.revision = self._revision()
+            res.revision = self._rev
             try:
                 validate_request(req, self.cfg)
                 tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
                 n_pos = len(req.positive)
-                prev = self.current
-
-                def pick(value, current, default):
-                    return value if value > 0 else (current if prev is not None else default)
-
+                # 0 keeps the value in force (the configured default when no guidance is in force)
+                base = self.current or StoredGuidance(
+                    None, None, grid, emb_id, self.cfg.default_scale, self.cfg.default_sigma,
+                    self.cfg.default_stochastic_steps, self._rev)
                 new = StoredGuidance(
                     positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
-                    scale=float(pick(req.scale, prev.scale if prev else 0, self.cfg.default_scale)),
-                    sigma=float(pick(req.sigma, prev.sigma if prev else 0, self.cfg.default_sigma)),
-                    stochastic_steps=int(pick(req.stochastic_steps, prev.stochastic_steps if prev else 0,
-                                              self.cfg.default_stochastic_steps)),
-                    revision=self._revision() + 1)
+                    scale=float(req.scale or base.scale), sigma=float(req.sigma or base.sigma),
+                    stochastic_steps=int(req.stochastic_steps or base.stochastic_steps),
+                    revision=self._rev + 1)
             except MessageError as exc:
                 res.success, res.message = False, f"rejected: {exc} (guidance revision {res.revision} stays in force)"
                 self.get_logger().warn(res.message)
@@ -179,7 +173,7 @@ class GuidanceManagerNode(Node):
 
     def _on_clear(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            rev = self._revision()
+            rev = self._rev
             self.current = None
             self._rev += 1
             clear_guidance(self.state_dir)
