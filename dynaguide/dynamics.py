@@ -11,8 +11,13 @@ Actions given to the model are **normalised to [-1, 1]** with the same min/max a
 here as buffers); proprio is raw and normalised inside.  The chunk starts at the current step and is
 padded by repeating the last action (see :mod:`dynaguide.data`).
 
-Also: :class:`OutcomeClassifier` (categorical outcome head for the toy experiment) and
-:func:`noise_actions_for_dynamics` (the paper's noise augmentation).
+Both models split into ``encode_context`` (observation only: fixed while a chunk is denoised, so guidance
+computes it once per chunk) and ``predict_from_context`` (the action-dependent part, run at every guided
+step); ``forward`` is the two in sequence.
+
+Also: :class:`OutcomeClassifier` (categorical outcome head for the toy experiment; optionally reads image
+features along the chunk when actions are image-plane positions) and :func:`noise_actions_for_dynamics`
+(the paper's noise augmentation).
 """
 
 from __future__ import annotations
@@ -209,29 +214,43 @@ class LatentDynamicsModel(nn.Module):
         pooled = F.avg_pool2d(grid, cfg.pool)
         return pooled.reshape(b, cfg.embed_dim, -1).transpose(1, 2)
 
-    def forward(self, obs_tokens: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
-        """``obs_tokens (B, N, D)`` embedder output, ``proprio (B, P)`` raw, ``actions (B, T, A)`` normalised
-        → predicted final-frame latent ``(B, N_out, D)``."""
+    def encode_context(self, obs_tokens: torch.Tensor, proprio: torch.Tensor | None) -> torch.Tensor:
+        """The action-independent input tokens ``(B, N_out [+ 1], d)``: pooled, projected observation tokens
+        and the proprio token.  Fixed while a chunk is denoised, so guidance computes it once per chunk
+        (see :meth:`predict_from_context`); ``obs_tokens (B, N, D)``, ``proprio (B, P)`` raw units."""
         cfg = self.cfg
-        z = self.outcome_latent(obs_tokens)
-        b = z.shape[0]
-        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        if actions.shape[0] != b:
-            if actions.shape[0] != 1 and b != 1:
-                raise ValueError(f"actions batch {actions.shape[0]} does not match tokens batch {b}")
-        parts = [self.token_in(z)]
+        parts = [self.token_in(self.outcome_latent(obs_tokens))]
         if self.proprio_normalizer is not None:
             if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
                 shape = None if proprio is None else tuple(proprio.shape)
                 raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {shape}")
+            if proprio.shape[0] != parts[0].shape[0] and 1 not in (proprio.shape[0], parts[0].shape[0]):
+                raise ValueError(f"proprio batch {proprio.shape[0]} does not match tokens batch {parts[0].shape[0]}")
             parts.append(self.proprio_in(self.proprio_normalizer.normalize(proprio.float())).unsqueeze(1))
+        batch = max(p.shape[0] for p in parts)
+        return torch.cat([p.expand(batch, -1, -1) for p in parts], dim=1)
+
+    def predict_from_context(self, context: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``context`` from :meth:`encode_context` ``(B or 1, N_out [+ 1], d)``, ``actions (B, T, A)``
+        normalised → predicted final-frame latent ``(B, N_out, D)``."""
+        cfg = self.cfg
+        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        if context.ndim != 3 or context.shape[1:] != (cfg.in_tokens - 1, cfg.model_dim):
+            raise ValueError(f"context must be (B, {cfg.in_tokens - 1}, {cfg.model_dim}), got {tuple(context.shape)}")
+        b = context.shape[0]
+        if actions.shape[0] != b and 1 not in (actions.shape[0], b):
+            raise ValueError(f"actions batch {actions.shape[0]} does not match tokens batch {b}")
         action_token = self.action_step_in(actions).reshape(actions.shape[0], 1, cfg.model_dim)
         batch = max(b, actions.shape[0])
-        parts = [p.expand(batch, -1, -1) for p in parts] + [action_token.expand(batch, -1, -1)]
-        x = torch.cat(parts, dim=1) + self.pos_embedding
+        x = torch.cat([context.expand(batch, -1, -1), action_token.expand(batch, -1, -1)], dim=1) + self.pos_embedding
         x = self.final_norm(self.encoder(x))
         return self.head(x[:, : cfg.out_tokens])
+
+    def forward(self, obs_tokens: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
+        """``obs_tokens (B, N, D)`` embedder output, ``proprio (B, P)`` raw, ``actions (B, T, A)`` normalised
+        → predicted final-frame latent ``(B, N_out, D)``."""
+        return self.predict_from_context(self.encode_context(obs_tokens, proprio), actions)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                      augment: bool = True) -> torch.Tensor:
@@ -268,9 +287,18 @@ class OutcomeClassifierConfig:
     horizon: int = 16
     noised_fraction: float = 0.5
     geometric_p: float = 0.05
+    path_features: int = 0
+    """When > 0: the actions are image-plane positions ``(x, y)`` in [-1, 1] (raw units, as in BlockTouch),
+    and this many image-feature channels are sampled (bilinearly, differentiably in the actions) at every
+    point of the chunk and fed to the head besides the flattened actions — "what lies along this path".
+    0: the generic head (image keypoints + flattened actions), for actions in any space."""
     ddim: DDIMConfig = field(default_factory=DDIMConfig)
 
     def __post_init__(self) -> None:
+        if self.path_features < 0:
+            raise ValueError(f"path_features must be >= 0, got {self.path_features}")
+        if self.path_features and self.action_dim != 2:
+            raise ValueError("path_features needs 2-D image-plane actions (action_dim 2)")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
         for name in ("image_size", "hidden_dim", "action_dim", "horizon", "num_keypoints"):
@@ -280,8 +308,27 @@ class OutcomeClassifierConfig:
             raise ValueError("proprio_dim must be >= 0")
 
 
+def sample_along_path(feature_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of ``feature_map (B, C, h, w)`` at ``points (B, T, 2)`` → ``(B, T, C)``.
+
+    ``points`` are image-plane ``(x, y)`` in [-1, 1]: x = −1 is the left edge of the image, y = −1 the top
+    (``grid_sample`` with ``align_corners=False``; outside points read the border).  Differentiable in
+    ``points``, so a guidance gradient can move the path towards or away from what the map shows.
+    """
+    if feature_map.ndim != 4 or points.ndim != 3 or points.shape[-1] != 2 or points.shape[0] != feature_map.shape[0]:
+        raise ValueError(f"need feature_map (B, C, h, w) and points (B, T, 2), got {tuple(feature_map.shape)} "
+                         f"and {tuple(points.shape)}")
+    sampled = F.grid_sample(feature_map, points.unsqueeze(1), mode="bilinear", padding_mode="border",
+                            align_corners=False)  # (B, C, 1, T)
+    return sampled.squeeze(2).transpose(1, 2)
+
+
 class OutcomeClassifier(nn.Module):
-    """``forward(image (B, 3, H, W) in [0, 1], proprio (B, P) raw, actions (B, T, A) normalised) → logits (B, C)``."""
+    """``forward(image (B, 3, H, W) in [0, 1], proprio (B, P) raw, actions (B, T, A) normalised) → logits (B, C)``.
+
+    Split like :class:`LatentDynamicsModel`: :meth:`encode_context` (image and proprio, fixed while a chunk
+    is denoised) and :meth:`predict_from_context` (the part that depends on the actions).
+    """
 
     checkpoint_kind = "outcome_classifier"
 
@@ -292,6 +339,10 @@ class OutcomeClassifier(nn.Module):
         self.action_dim = cfg.action_dim
         self.image_encoder = ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width)
         in_dim = self.image_encoder.out_dim + cfg.proprio_dim + cfg.horizon * cfg.action_dim
+        self.path_head: nn.Module | None = None
+        if cfg.path_features:
+            self.path_head = nn.Conv2d(self.image_encoder.backbone.out_channels, cfg.path_features, 1)
+            in_dim += cfg.horizon * cfg.path_features
         self.mlp = nn.Sequential(
             nn.Linear(in_dim, cfg.hidden_dim), nn.Mish(),
             nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.Mish(),
@@ -305,20 +356,50 @@ class OutcomeClassifier(nn.Module):
     normalizers_fitted = LatentDynamicsModel.normalizers_fitted
     check_compatible_with = LatentDynamicsModel.check_compatible_with
 
-    def forward(self, image: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
+    def encode_context(self, image: torch.Tensor, proprio: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """``{"features": (B, F)}`` (image keypoints [+ normalised proprio]) and, with ``path_features``,
+        ``"path_map": (B, C_p, h, w)``; ``image (B, 3, H, W)`` in [0, 1], ``proprio (B, P)`` raw."""
         cfg = self.cfg
-        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        feats = self.image_encoder(image.float())
-        b = max(feats.shape[0], actions.shape[0])
-        parts = [feats.expand(b, -1)]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
+        encoder = self.image_encoder
+        x = image.float()
+        if x.shape[-2:] != (encoder.image_size, encoder.image_size):
+            x = F.interpolate(x, size=(encoder.image_size, encoder.image_size), mode="bilinear", align_corners=False)
+        fmap = encoder.backbone((x - encoder.mean) / encoder.std)
+        parts = [encoder.keypoints(fmap)]
         if self.proprio_normalizer is not None:
             if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
                 shape = None if proprio is None else tuple(proprio.shape)
                 raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {shape}")
-            parts.append(self.proprio_normalizer.normalize(proprio.float()).expand(b, -1))
-        parts.append(actions.reshape(actions.shape[0], -1).expand(b, -1))
+            if proprio.shape[0] != image.shape[0] and 1 not in (proprio.shape[0], image.shape[0]):
+                raise ValueError(f"proprio batch {proprio.shape[0]} does not match image batch {image.shape[0]}")
+            proprio_n = self.proprio_normalizer.normalize(proprio.float())
+            b = max(parts[0].shape[0], proprio_n.shape[0])
+            parts = [parts[0].expand(b, -1), proprio_n.expand(b, -1)]
+        context = {"features": torch.cat(parts, dim=-1)}
+        if self.path_head is not None:
+            context["path_map"] = self.path_head(fmap)
+        return context
+
+    def predict_from_context(self, context: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B, C)`` from :meth:`encode_context`'s output (batch B or 1) and ``actions (B, T, A)``
+        normalised."""
+        cfg = self.cfg
+        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
+            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
+        feats = context["features"]
+        b = max(feats.shape[0], actions.shape[0])
+        if feats.shape[0] != actions.shape[0] and 1 not in (feats.shape[0], actions.shape[0]):
+            raise ValueError(f"actions batch {actions.shape[0]} does not match context batch {feats.shape[0]}")
+        parts = [feats.expand(b, -1), actions.reshape(actions.shape[0], -1).expand(b, -1)]
+        if self.path_head is not None:
+            points = self.action_normalizer.unnormalize(actions).expand(b, -1, -1)
+            parts.append(sample_along_path(context["path_map"].expand(b, -1, -1, -1), points).reshape(b, -1))
         return self.mlp(torch.cat(parts, dim=-1))
+
+    def forward(self, image: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
+        return self.predict_from_context(self.encode_context(image, proprio), actions)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
                      augment: bool = True) -> torch.Tensor:

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from dynaguide.experiments.blocktouch.dataset import chunk_indices, load_demos, obs_indices, policy_batch
+from dynaguide.experiments.blocktouch.dataset import (chunk_indices, classifier_batch, load_demos, obs_indices,
+                                                      outcome_chunk, policy_batch)
 from dynaguide.experiments.blocktouch.env import COLOR_NAMES, BlockTouchEnv, BlockTouchEnvConfig
 from dynaguide.experiments.blocktouch.evaluation import rollout, wilson_interval
 from dynaguide.experiments.blocktouch.layouts import Scenes
@@ -29,9 +30,29 @@ def test_bezier_targets_equal_arc_length():
 @pytest.fixture(scope="module")
 def demo_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("bt") / "demos.hdf5"
-    cfg = CollectorConfig(num_demos=24, seed=3, batch_size=64)
-    stats = collect_demos(path, cfg, ENV, progress=False)
+    cfg = CollectorConfig(num_demos=24, seed=3, batch_size=64, num_failures=10)
+    stats = collect_demos(path, cfg, ENV, progress=False, failures_path=path.with_name("failures.hdf5"))
     return path, cfg, stats
+
+
+def test_failures_touched_another_block_and_leave_the_demos_unchanged(demo_file, tmp_path):
+    path, cfg, stats = demo_file
+    assert stats["failures"] == 10
+    with h5py.File(path.with_name("failures.hdf5")) as f:
+        assert len(f["data"]) == 10
+        for name in f["data"]:
+            g = f["data"][name]
+            assert 0 <= g.attrs["touched"] != g.attrs["target"] and g.attrs["num_samples"] >= cfg.min_steps
+            assert g["plan_tail"].shape == (cfg.plan_tail_steps, 2)
+    alone = tmp_path / "alone.hdf5"  # the same demonstrations without asking for failures
+    collect_demos(alone, cfg, ENV, progress=False)
+    with h5py.File(path) as a, h5py.File(alone) as b:
+        assert sorted(a["data"]) == sorted(b["data"])
+        for name in a["data"]:
+            assert np.array_equal(a["data"][name]["actions"][()], b["data"][name]["actions"][()])
+    both = load_demos([path, path.with_name("failures.hdf5")])
+    assert both.num_episodes == 34 and both.start[24] == int(both.length[:24].sum())
+    assert (both.touched[24:] >= 0).all()
 
 
 def test_collector_keeps_only_intended_touches_with_equal_colours(demo_file):
@@ -84,6 +105,12 @@ def test_training_windows_follow_the_time_convention(demo_file):
     assert chunk[1].tolist() == [first_len - 1] * 16  # past the end: the last action repeated
     batch = policy_batch(demos, idx, 2, 16)
     assert batch["rgb"].shape == (2, 2, 3, 32, 32) and batch["actions"].shape == (2, 16, 2)
+    # the outcome models' chunk continues with the scripted plan instead of repeating the last action
+    out = outcome_chunk(demos, idx, 16)
+    assert torch.equal(out[0, :first_len], demos.actions[:first_len])
+    assert torch.equal(out[0, first_len:], demos.plan_tail[0, : 16 - first_len])
+    assert torch.equal(out[1, 0], demos.actions[first_len - 1]) and torch.equal(out[1, 1:], demos.plan_tail[0, :15])
+    assert torch.equal(classifier_batch(demos, idx, 16)["actions"], out)
 
 
 def _fixed_scenes(n):

@@ -160,6 +160,32 @@ def test_dynaguide_objective_is_eq2_on_the_real_dynamics_and_per_sample(small_dy
     assert grad.abs().sum() > 0
 
 
+def test_dynaguide_objective_encodes_the_observation_once_per_chunk(small_dynamics, embedder):
+    """The action-independent context (pooled tokens, proprio token) is built once, not per guided step,
+    and the split model gives the same prediction and gradient as the full forward."""
+    calls = []
+    handle = small_dynamics.token_in.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        tokens, proprio = embedder(torch.rand(1, 3, 28, 28)), torch.randn(1, 2)
+        objective = DynaGuideObjective(small_dynamics, tokens, proprio, GuidanceSet.from_latents(torch.randn(2, 4, 24)))
+        assert len(calls) == 1
+        actions = torch.rand(3, T, A) * 2 - 1
+        for _ in range(4):
+            _, grad = objective_value_and_grad(objective, actions)
+        assert len(calls) == 1
+        full = lambda a: latent_guidance_metric(  # noqa: E731
+            small_dynamics(tokens.expand(3, -1, -1), proprio.expand(3, -1), a),
+            objective.guidance_set.positives, objective.guidance_set.negatives, objective.guidance_set.config.sigma)
+        _, grad_full = objective_value_and_grad(full, actions)
+        torch.testing.assert_close(grad, grad_full, rtol=1e-5, atol=1e-7)
+    finally:
+        handle.remove()
+    with pytest.raises(ValueError, match="proprio batch"):
+        small_dynamics.encode_context(embedder(torch.rand(2, 3, 28, 28)), torch.zeros(3, 2))
+    with pytest.raises(ValueError, match="context must be"):
+        small_dynamics.predict_from_context(torch.zeros(1, 3, 16), torch.zeros(1, T, A))
+
+
 def test_dynaguide_objective_from_observation_embeds_once(small_dynamics, embedder):
     image, proprio = torch.rand(2, 3, 28, 28), torch.randn(2, 2)
     gset = GuidanceSet.from_latents(torch.randn(3, 4, 24))

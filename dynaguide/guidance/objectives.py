@@ -95,6 +95,12 @@ class DynaGuideObjective:
         self.action_offset = action_offset
         self.dynamics_horizon = dynamics_horizon
         self.action_transform = action_transform
+        # A LatentDynamicsModel splits off the action-independent part: computed once here, not at every
+        # guided step (it is fixed while the chunk is denoised).
+        self.context: torch.Tensor | None = None
+        if hasattr(dynamics, "encode_context") and hasattr(dynamics, "predict_from_context"):
+            with torch.no_grad():
+                self.context = dynamics.encode_context(self.obs_tokens, self.proprio).detach()
 
     @classmethod
     def from_observation(
@@ -122,6 +128,8 @@ class DynaGuideObjective:
         actions = noisy_actions if self.action_transform is None else self.action_transform(noisy_actions)
         length = self.dynamics_horizon or actions.shape[1]
         actions = chunk_for_dynamics(actions, self.action_offset, length)
+        if self.context is not None:
+            return self.dynamics.predict_from_context(broadcast_batch("context", self.context, batch), actions)
         tokens = broadcast_batch("obs_tokens", self.obs_tokens, batch)
         proprio = broadcast_batch("proprio", self.proprio, batch)
         return self.dynamics(tokens, proprio, actions)
@@ -164,12 +172,20 @@ class ClassifierObjective:
         self.image = image.detach()
         self.proprio = proprio.detach()
         self.class_weights = weights
+        # An OutcomeClassifier encodes the image once per chunk, not at every guided step.
+        self.context: dict[str, torch.Tensor] | None = None
+        if hasattr(classifier, "encode_context") and hasattr(classifier, "predict_from_context"):
+            with torch.no_grad():
+                self.context = {k: v.detach() for k, v in classifier.encode_context(self.image, self.proprio).items()}
 
     def __call__(self, noisy_actions: torch.Tensor) -> torch.Tensor:
         batch = noisy_actions.shape[0]
-        logits = self.classifier(
-            broadcast_batch("image", self.image, batch), broadcast_batch("proprio", self.proprio, batch), noisy_actions
-        )
+        if self.context is not None:
+            context = {k: broadcast_batch(f"context[{k!r}]", v, batch) for k, v in self.context.items()}
+            logits = self.classifier.predict_from_context(context, noisy_actions)
+        else:
+            logits = self.classifier(broadcast_batch("image", self.image, batch),
+                                     broadcast_batch("proprio", self.proprio, batch), noisy_actions)
         if logits.dim() != 2 or logits.shape[1] != self.class_weights.numel():
             raise ValueError(
                 f"classifier returned logits {tuple(logits.shape)}, expected (B, {self.class_weights.numel()})"

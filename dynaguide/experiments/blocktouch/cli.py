@@ -1,4 +1,4 @@
-"""``dynaguide blocktouch collect | train-policy | train-dynamics | eval | report | run [--quick]``."""
+"""``dynaguide blocktouch collect | train-policy | train-dynamics | eval | report | run [--quick] | sweep | diagnose``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dynaguide.config import load_config
 
 from .config import BlockTouchConfig, quick_config
 
-STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run", "sweep")
+STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run", "sweep", "diagnose")
 
 
 def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
@@ -78,6 +78,13 @@ def _main(args: argparse.Namespace) -> int:
         scales = [float(x) for x in args.scales.split(",")]
         methods = tuple(args.methods.split(",")) if args.methods else ("dynaguide_classifier",)
         pipeline.stage_sweep(cfg, scales, methods, cfg.eval.layouts, cfg.eval.rollouts, command=command_line(args))
+        return 0
+    if args.stage == "diagnose":
+        from . import pipeline
+
+        torch.set_num_threads(max(1, cfg.threads))
+        methods = tuple(args.methods.split(",")) if args.methods else ("base", "dynaguide_classifier", "sampling")
+        pipeline.stage_diagnose(cfg, methods, cfg.eval.layouts, cfg.eval.rollouts, command=command_line(args))
         return 0
     run_stage(args.stage, cfg, args.force, command_line(args))
     print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "

@@ -2,14 +2,16 @@
 
 Time convention (the policy's, see :mod:`dynaguide.policy.model`): at step ``t`` the observation
 window is frames ``t - To + 1 … t`` (clamped to the episode's first frame) and the action chunk is
-``a_t … a_{t+T-1}``, padded past the episode end by repeating its last action.  The same chunk rule
-serves the outcome classifier and the latent dynamics model (the chunk starts at the current step).
+``a_t … a_{t+T-1}``, padded past the episode end by repeating its last action.  The outcome classifier
+and the latent dynamics model use the same start (the current step) but continue past the episode end
+with the scripted plan (:func:`outcome_chunk`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
@@ -22,7 +24,8 @@ class DemoArrays:
 
     ``images (F, 3, S, S)`` uint8, ``proprio (F, 2)``, ``actions (F, 2)`` float32 in [-1, 1],
     ``episode (F,)`` episode id of each frame; per episode ``start (E,)``, ``length (E,)``,
-    ``touched (E,)`` class id, ``final_images (E, 3, S, S)`` uint8, ``final_proprio (E, 2)``.
+    ``touched (E,)`` class id, ``final_images (E, 3, S, S)`` uint8, ``final_proprio (E, 2)``,
+    ``plan_tail (E, L, 2)`` the scripted targets after each episode's last step (see :mod:`.scripted`).
     """
 
     images: torch.Tensor
@@ -34,6 +37,7 @@ class DemoArrays:
     touched: torch.Tensor
     final_images: torch.Tensor
     final_proprio: torch.Tensor
+    plan_tail: torch.Tensor
 
     @property
     def num_frames(self) -> int:
@@ -54,40 +58,47 @@ class DemoArrays:
         return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def load_demos(path: str | Path, max_demos: int | None = None) -> DemoArrays:
-    """Read the collector's HDF5 (see :mod:`.scripted`) into :class:`DemoArrays`."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"demonstration file {path} does not exist (run `dynaguide blocktouch collect`)")
+def load_demos(path: str | Path | Sequence[str | Path], max_demos: int | None = None) -> DemoArrays:
+    """Read the collector's HDF5 file(s) (see :mod:`.scripted`) into one :class:`DemoArrays`.
+
+    Several paths (e.g. demonstrations + failures) are concatenated in order; ``max_demos`` caps each file.
+    """
+    paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
     images, proprio, actions, episode, start, length, touched, finals, final_p = [], [], [], [], [], [], [], [], []
-    with h5py.File(path, "r") as f:
-        if "data" not in f:
-            raise ValueError(f"{path} has no 'data' group; not a demonstration file")
-        names = sorted(f["data"].keys(), key=lambda n: int(n.split("_")[-1]))
-        if max_demos is not None:
-            names = names[:max_demos]
-        offset = 0
-        for e, name in enumerate(names):
-            g = f["data"][name]
-            n = int(g["actions"].shape[0])
-            images.append(g["obs/image"][()])
-            proprio.append(g["obs/proprio"][()])
-            actions.append(g["actions"][()])
-            episode.append(np.full(n, e))
-            start.append(offset)
-            length.append(n)
-            touched.append(int(g.attrs["touched"]))
-            finals.append(g["final_obs/image"][0])
-            final_p.append(g["final_obs/proprio"][0])
-            offset += n
-    if not names:
-        raise ValueError(f"{path} contains no demonstrations")
+    tails = []
+    offset = 0
+    for path in paths:
+        if not path.exists():
+            raise ValueError(f"demonstration file {path} does not exist (run `dynaguide blocktouch collect`)")
+        with h5py.File(path, "r") as f:
+            if "data" not in f:
+                raise ValueError(f"{path} has no 'data' group; not a demonstration file")
+            names = sorted(f["data"].keys(), key=lambda n: int(n.split("_")[-1]))
+            if max_demos is not None:
+                names = names[:max_demos]
+            for name in names:
+                g = f["data"][name]
+                n = int(g["actions"].shape[0])
+                images.append(g["obs/image"][()])
+                proprio.append(g["obs/proprio"][()])
+                actions.append(g["actions"][()])
+                episode.append(np.full(n, len(start)))
+                start.append(offset)
+                length.append(n)
+                touched.append(int(g.attrs["touched"]))
+                finals.append(g["final_obs/image"][0])
+                final_p.append(g["final_obs/proprio"][0])
+                tails.append(g["plan_tail"][()])
+                offset += n
+    if not start:
+        raise ValueError(f"{', '.join(map(str, paths))} contain(s) no demonstrations")
     to_chw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, -3)))  # noqa: E731
     return DemoArrays(
         images=to_chw(np.concatenate(images)), proprio=torch.from_numpy(np.concatenate(proprio)).float(),
         actions=torch.from_numpy(np.concatenate(actions)).float(), episode=torch.from_numpy(np.concatenate(episode)),
         start=torch.tensor(start), length=torch.tensor(length), touched=torch.tensor(touched),
-        final_images=to_chw(np.stack(finals)), final_proprio=torch.from_numpy(np.stack(final_p)).float())
+        final_images=to_chw(np.stack(finals)), final_proprio=torch.from_numpy(np.stack(final_p)).float(),
+        plan_tail=torch.from_numpy(np.stack(tails)).float())
 
 
 def chunk_indices(demos: DemoArrays, idx: torch.Tensor, horizon: int) -> torch.Tensor:
@@ -95,6 +106,26 @@ def chunk_indices(demos: DemoArrays, idx: torch.Tensor, horizon: int) -> torch.T
     ep = demos.episode[idx]
     last = demos.start[ep] + demos.length[ep] - 1
     return torch.minimum(idx[:, None] + torch.arange(horizon)[None], last[:, None])
+
+
+def outcome_chunk(demos: DemoArrays, idx: torch.Tensor, horizon: int, plan_tail: bool = True) -> torch.Tensor:
+    """The outcome models' chunk ``(B, horizon, 2)`` at frames ``idx``: executed actions, then (``plan_tail``)
+    the scripted plan past the episode's last step, where the policy's chunk repeats the last action
+    (``plan_tail=False`` gives exactly the policy's chunk).
+
+    Executing such a chunk from frame ``t`` reaches the episode's outcome first, so the label stays right,
+    and the models learn that a chunk running *through* a block ends at that block.
+    """
+    ep = demos.episode[idx]
+    last = demos.start[ep] + demos.length[ep] - 1
+    steps = idx[:, None] + torch.arange(horizon)[None]  # (B, H) frame index each step would have
+    actions = demos.actions[torch.minimum(steps, last[:, None])]
+    beyond = steps - last[:, None] - 1  # 0 = first step after the episode
+    tail_len = demos.plan_tail.shape[1]
+    if plan_tail and tail_len:
+        tail = demos.plan_tail[ep[:, None], beyond.clamp(0, tail_len - 1)]
+        actions = torch.where((beyond >= 0)[..., None], tail, actions)
+    return actions
 
 
 def obs_indices(demos: DemoArrays, idx: torch.Tensor, n_obs_steps: int) -> torch.Tensor:
@@ -110,15 +141,15 @@ def policy_batch(demos: DemoArrays, idx: torch.Tensor, n_obs_steps: int, horizon
             "actions": demos.actions[chunk_indices(demos, idx, horizon)]}
 
 
-def classifier_batch(demos: DemoArrays, idx: torch.Tensor, horizon: int) -> dict:
-    """``{"image": (B, 3, S, S), "proprio": (B, 2), "actions": (B, T, 2) raw, "label": (B,) touched class}``."""
+def classifier_batch(demos: DemoArrays, idx: torch.Tensor, horizon: int, plan_tail: bool = True) -> dict:
+    """Chunks from :func:`outcome_chunk`.  ``{"image": (B, 3, S, S), "proprio": (B, 2), "actions": (B, T, 2) raw, "label": (B,) touched class}``."""
     return {"image": demos.images[idx].float() / 255.0, "proprio": demos.proprio[idx],
-            "actions": demos.actions[chunk_indices(demos, idx, horizon)], "label": demos.touched[demos.episode[idx]]}
+            "actions": outcome_chunk(demos, idx, horizon, plan_tail), "label": demos.touched[demos.episode[idx]]}
 
 
 def dynamics_batch(demos: DemoArrays, tokens: torch.Tensor, final_tokens: torch.Tensor, idx: torch.Tensor,
-                   horizon: int) -> dict:
+                   horizon: int, plan_tail: bool = True) -> dict:
     """Latent dynamics batch: current-frame ``obs_tokens``, the episode's final-frame ``target_tokens``,
     ``proprio (B, 2)`` and raw ``actions (B, T, 2)``; ``tokens (F, N, D)`` / ``final_tokens (E, N, D)`` cached."""
     return {"obs_tokens": tokens[idx], "target_tokens": final_tokens[demos.episode[idx]],
-            "proprio": demos.proprio[idx], "actions": demos.actions[chunk_indices(demos, idx, horizon)]}
+            "proprio": demos.proprio[idx], "actions": outcome_chunk(demos, idx, horizon, plan_tail)}

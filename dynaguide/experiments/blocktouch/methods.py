@@ -65,38 +65,10 @@ def current_frame(obs: dict[str, torch.Tensor], image_key: str) -> tuple[torch.T
     return obs[image_key][:, -1], obs["proprio"][:, -1]
 
 
-class CachedImageClassifier(torch.nn.Module):
-    """An ``OutcomeClassifier`` with the current image's features computed once per chunk.
-
-    The image (and proprio) are fixed while a chunk is denoised, so only the MLP over
-    ``[image features, proprio, flattened actions]`` must run at each guided step.  Same call signature
-    and output as ``OutcomeClassifier.forward`` (checked in the tests); ``image``/``proprio`` passed to
-    ``forward`` are ignored in favour of the cached ones, whose batch must match or be 1.
-    """
-
-    def __init__(self, classifier: torch.nn.Module, image: torch.Tensor, proprio: torch.Tensor) -> None:
-        super().__init__()
-        self.classifier = classifier
-        with torch.no_grad():
-            parts = [classifier.image_encoder(image.float())]
-            if classifier.proprio_normalizer is not None:
-                parts.append(classifier.proprio_normalizer.normalize(proprio.float()))
-        self.context = torch.cat(parts, dim=-1).detach()
-
-    def forward(self, image: torch.Tensor, proprio: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        cfg = self.classifier.cfg
-        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        b = actions.shape[0]
-        context = self.context if self.context.shape[0] == b else self.context.expand(b, -1)
-        return self.classifier.mlp(torch.cat([context, actions.reshape(b, -1)], dim=-1))
-
-
 def classifier_objective(classifier: torch.nn.Module, image: torch.Tensor, proprio: torch.Tensor, target: int,
                          other_weight: float) -> ClassifierObjective:
-    """The toy metric for one target colour, with the image features cached for the whole chunk."""
-    return ClassifierObjective(CachedImageClassifier(classifier, image, proprio), image, proprio,
-                               class_weights(target, other_weight=other_weight))
+    """The toy metric for one target colour (the objective encodes the image once for the whole chunk)."""
+    return ClassifierObjective(classifier, image, proprio, class_weights(target, other_weight=other_weight))
 
 
 @dataclass

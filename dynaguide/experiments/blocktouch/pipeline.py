@@ -7,7 +7,9 @@ into ``results.json``.
 
 Outputs (``work_dir`` = data + checkpoints, not committed; ``results_dir`` = committed results)::
 
-    <work_dir>/demos.hdf5                    scripted demonstrations
+    <work_dir>/demos.hdf5                    scripted demonstrations (the policy's data)
+    <work_dir>/failures.hdf5                 rejected scripted episodes that touched another block
+                                             (outcome models only, when ``outcome_failures``)
     <work_dir>/{policy,goal_policy,classifier,dynamics}/latest/   safetensors checkpoints
     <work_dir>/eval/<layout>/<method>.json   one evaluation cell (+ .npz trajectories)
     <results_dir>/results.json, results.md, bars.png, trajectories_<layout>.png
@@ -53,6 +55,7 @@ class Paths:
         self.work = Path(cfg.work_dir)
         self.results = Path(cfg.results_dir)
         self.demos = self.work / "demos.hdf5"
+        self.failures = self.work / "failures.hdf5"
         self.policy = self.work / "policy"
         self.goal_policy = self.work / "goal_policy"
         self.classifier = self.work / "classifier"
@@ -129,17 +132,20 @@ def _unit_stats(model: torch.nn.Module) -> None:
 # ---------------------------------------------------------------------------- stages
 def stage_collect(cfg: BlockTouchConfig, force: bool = False) -> None:
     paths = Paths(cfg)
-    if paths.demos.exists() and not force:
+    if paths.demos.exists() and (paths.failures.exists() or not cfg.outcome_failures) and not force:
         _log(f"collect: {paths.demos} exists, skipping (use --force to redo)")
         return
     reset_stages(paths, ("collect",))
-    _log(f"collect: {cfg.collect.num_demos} demos -> {paths.demos}")
-    stats = _timed(paths, "collect", lambda: collect_demos(paths.demos, cfg.collect, cfg.env))
+    failures = paths.failures if cfg.outcome_failures else None
+    _log(f"collect: {cfg.collect.num_demos} demos -> {paths.demos}" + (f", failures -> {failures}" if failures else ""))
+    stats = _timed(paths, "collect", lambda: collect_demos(paths.demos, cfg.collect, cfg.env, failures_path=failures))
     _log(f"collect: {stats}")
 
 
-def _load_split(cfg: BlockTouchConfig) -> tuple[ds.DemoArrays, np.ndarray, np.ndarray]:
-    demos = ds.load_demos(Paths(cfg).demos)
+def _load_split(cfg: BlockTouchConfig, with_failures: bool = False) -> tuple[ds.DemoArrays, np.ndarray, np.ndarray]:
+    """Frames and a by-episode train/validation split; ``with_failures`` appends the failure episodes."""
+    paths = Paths(cfg)
+    demos = ds.load_demos([paths.demos, paths.failures] if with_failures else paths.demos)
     train_idx, val_idx = demos.split(cfg.val_fraction, seed=cfg.collect.seed)
     return demos, train_idx, val_idx
 
@@ -176,7 +182,8 @@ def stage_train_policy(cfg: BlockTouchConfig, force: bool = False) -> None:
 
 
 def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
-    """(a) the outcome classifier and (b) the latent dynamics model (embeddings of all frames cached in memory)."""
+    """(a) the outcome classifier and (b) the latent dynamics model (embeddings of all frames cached in memory),
+    both on the demonstrations plus, when ``cfg.outcome_failures``, the failure episodes."""
     paths = Paths(cfg)
     demos = None
     if force:
@@ -185,10 +192,10 @@ def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
     if _checkpoint_done(paths.classifier, cfg.classifier_train.steps):
         _log(f"train_classifier: {paths.classifier} complete, skipping")
     else:
-        demos, train_idx, val_idx = _load_split(cfg)
+        demos, train_idx, val_idx = _load_split(cfg, cfg.outcome_failures)
         clf = OutcomeClassifier(cfg.classifier)
         _unit_stats(clf)
-        make_batch = lambda idx: ds.classifier_batch(demos, idx, cfg.classifier.horizon)  # noqa: E731
+        make_batch = lambda idx: ds.classifier_batch(demos, idx, cfg.classifier.horizon, cfg.outcome_plan_tail)  # noqa: E731
         _log(f"train_classifier: {cfg.classifier_train.steps} steps")
         _timed(paths, "train_classifier", lambda: train_classifier(
             clf, FrameItems(make_batch, train_idx), cfg.classifier_train, paths.classifier,
@@ -198,7 +205,7 @@ def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
         _log(f"train_dynamics: {paths.dynamics} complete, skipping")
         return
     if demos is None:
-        demos, train_idx, val_idx = _load_split(cfg)
+        demos, train_idx, val_idx = _load_split(cfg, cfg.outcome_failures)
     embedder = make_embedder(cfg.embedder).eval()
 
     def embed_all() -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,7 +222,7 @@ def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
     _unit_stats(model)
 
     def make_batch(idx):
-        batch = ds.dynamics_batch(demos, tokens, final_tokens, idx, cfg.dynamics.horizon)
+        batch = ds.dynamics_batch(demos, tokens, final_tokens, idx, cfg.dynamics.horizon, cfg.outcome_plan_tail)
         batch["obs_tokens"] = batch["obs_tokens"].float()
         batch["target_tokens"] = batch["target_tokens"].float()
         return batch
@@ -371,7 +378,7 @@ def calibrate_latent_scale(cfg: BlockTouchConfig, models: "_Models", num_frames:
     demos = ds.load_demos(Paths(cfg).demos, max_demos=200)
     rng = np.random.default_rng(cfg.eval.seed + 5)
     idx = torch.from_numpy(rng.choice(demos.num_frames, size=min(num_frames, demos.num_frames), replace=False))
-    batch = ds.classifier_batch(demos, idx, cfg.classifier.horizon)
+    batch = ds.classifier_batch(demos, idx, cfg.classifier.horizon, cfg.outcome_plan_tail)
     policy = models.policy
     clean = policy.normalize_actions(batch["actions"])
     scheduler = make_ddim_scheduler(cfg.policy.ddim)
@@ -500,4 +507,67 @@ def stage_sweep(cfg: BlockTouchConfig, scales: list[float], methods: tuple[str, 
                      f"left {summary['left_arena']:.2f} touched {summary['touched_any']:.2f}")
                 paths.results.mkdir(parents=True, exist_ok=True)
                 (paths.results / f"sweep_{cfg.eval.stochastic_mode}.json").write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def first_chunk_outcomes(sampler, scenes: Scenes, cfg: BlockTouchConfig, classifier: torch.nn.Module,
+                         seed: int) -> dict[str, np.ndarray]:
+    """Sample one chunk per scene from its initial observation, execute all ``T`` actions open loop, and
+    score the same chunk with the outcome classifier.
+
+    Returns ``touched (N,)`` (block the executed chunk touched first, −1 none) and ``probs (N, C)`` (the
+    classifier's outcome probabilities for that chunk).  Tells apart "the outcome model is wrong" from
+    "the sampler produced a chunk its own outcome model scores badly".
+    """
+    from .env import BlockTouchEnv
+
+    n, to = len(scenes), cfg.policy.n_obs_steps
+    env = BlockTouchEnv(cfg.env)
+    obs = env.reset_to(scenes.agent, scenes.blocks, scenes.yaw)
+    image = _chw(obs["image"])
+    proprio = torch.from_numpy(obs["proprio"]).float()
+    batch = {IMAGE_KEY: image[:, None].repeat(1, to, 1, 1, 1), "proprio": proprio[:, None].repeat(1, to, 1)}
+    with torch.no_grad():
+        actions = sampler(batch, scenes.target, torch.Generator().manual_seed(seed)).float()
+        probs = torch.softmax(classifier(image, proprio, classifier.action_normalizer.normalize(actions)), dim=-1)
+    for t in range(actions.shape[1]):
+        if env.done.all():
+            break
+        env.step(actions[:, t].numpy().astype(np.float64))
+    return {"touched": env.touched.copy(), "probs": probs.numpy()}
+
+
+def stage_diagnose(cfg: BlockTouchConfig, methods: tuple[str, ...], layouts: tuple[str, ...], scenes_per_layout: int,
+                   seed_offset: int = 50_000, command: str = "") -> dict:
+    """Open-loop first-chunk diagnosis on *validation* scenes (as :func:`stage_sweep`): per (layout, method)
+    the rate at which the executed chunk touches the target first (``chunk_target_rate``), the classifier's
+    mean probability of the target for those chunks (``classifier_p_target``) and its accuracy on the
+    chunks that touched a block (``classifier_accuracy``).  Writes ``<results_dir>/diagnose.json``."""
+    paths = Paths(cfg)
+    models = _Models(cfg)
+    out: dict = {"command": command, "seed": cfg.eval.seed + seed_offset, "scenes": scenes_per_layout,
+                 "classifier_scale": cfg.eval.classifier_scale, "results": {}}
+    for layout in layouts:
+        li = LAYOUT_NAMES.index(layout)
+        scenes = sample_layout(layout, np.random.default_rng(cfg.eval.seed + seed_offset + 7919 * li),
+                               scenes_per_layout, cfg.env)
+        for method in methods:
+            if method not in ("base", "dynaguide_classifier", "sampling"):
+                raise ValueError(f"diagnose supports base, dynaguide_classifier and sampling, not {method!r}")
+            res = first_chunk_outcomes(_build_sampler(method, models, cfg, None), scenes, cfg, models.classifier,
+                                       seed=cfg.eval.seed + seed_offset + li)
+            touched, probs, target = res["touched"], res["probs"], scenes.target
+            hit = touched >= 0
+            summary = {
+                "chunk_target_rate": float(np.mean(touched == target)),
+                "chunk_touched_any": float(np.mean(hit)),
+                "classifier_p_target": float(np.mean(probs[np.arange(len(target)), target])),
+                "classifier_accuracy": float(np.mean(probs[hit].argmax(-1) == touched[hit])) if hit.any() else None,
+                "n": int(len(target)),
+            }
+            out["results"].setdefault(layout, {})[method] = summary
+            _log(f"diagnose {layout}/{method}: " + ", ".join(f"{k} {v:.2f}" for k, v in summary.items()
+                                                             if isinstance(v, float)))
+    paths.results.mkdir(parents=True, exist_ok=True)
+    (paths.results / "diagnose.json").write_text(json.dumps(out, indent=2) + "\n")
     return out

@@ -6,7 +6,12 @@ intermediate control waypoints placed uniformly anywhere in the arena (inside th
 is resampled at equal arc length (``step_px`` per control step, drawn per episode), and the targets
 are fed to the PD controller with small Gaussian action noise; after the path ends the last point is
 held.  An episode is kept only if it touches the *intended* block after at least ``min_steps`` control
-steps (paths that clip another block or a wall are discarded).
+steps (paths that clip another block or a wall are discarded from the demonstrations).
+
+The outcome models (classifier, latent dynamics) should also learn what happens when a path clips the
+wrong block, which the demonstrations never show: :func:`collect_demos` can write the rejected episodes
+that touched *another* block after ``min_steps`` to a second file (same layout, ``touched != target``),
+the "failures".  The policy never trains on them.
 
 HDF5 layout (robomimic / official DynaGuide compatible)::
 
@@ -16,6 +21,7 @@ HDF5 layout (robomimic / official DynaGuide compatible)::
     data/demo_<i>/obs/states        (T, 16)       float32, see env.STATE_DIM
     data/demo_<i>/final_obs/image   (1, S, S, 3)  uint8, the frame at the touch (episode outcome)
     data/demo_<i>/final_obs/proprio (1, 2), final_obs/states (1, 16)
+    data/demo_<i>/plan_tail         (L, 2)        float32, the scripted targets after the last step
     attrs: behavior = colour name of the touched block, touched = its class id, target = intended id,
     num_samples = T.  ``data`` attrs: total, env_config (JSON), collector_config (JSON).
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +59,11 @@ class CollectorConfig:
     """Std of Gaussian noise on the targets, in [-1, 1] action units (0.02 ≈ 5 px)."""
     min_steps: int = 8
     max_steps: int = 120
+    plan_tail_steps: int = 16
+    """Planned targets stored after the episode's last executed step (noise-free), so outcome models see
+    chunks that run on past a touch — executing them touches the same block first."""
+    num_failures: int = 2000
+    """Failure episodes (touched another block) to collect when a failures file is asked for."""
     batch_size: int = 256
     """Episodes simulated in lockstep per batch."""
 
@@ -96,6 +108,8 @@ class Episode:
     final_image: np.ndarray
     final_proprio: np.ndarray
     final_state: np.ndarray
+    plan_tail: np.ndarray
+    """``(plan_tail_steps, 2)`` the targets the script would have sent next (the plan's end is held)."""
     target: int
     touched: int
 
@@ -145,13 +159,23 @@ def simulate_scripted_batch(rng: np.random.Generator, targets: np.ndarray, cfg: 
             proprio=np.stack([p[i] for p in proprio[:n]]),
             states=np.stack([s[i] for s in states[:n]]),
             final_image=final["image"][i:i + 1], final_proprio=final["proprio"][i:i + 1],
-            final_state=final_states[i:i + 1], target=int(targets[i]), touched=int(env.touched[i])))
+            final_state=final_states[i:i + 1],
+            plan_tail=np.stack([plans[i][min(t, len(plans[i]) - 1)] for t in range(n, n + cfg.plan_tail_steps)]
+                               ).astype(np.float32).reshape(cfg.plan_tail_steps, 2),
+            target=int(targets[i]), touched=int(env.touched[i])))
     return episodes
 
 
 def keep_episode(ep: Episode, cfg: CollectorConfig) -> bool:
     """The collector's acceptance rule: touched the intended block after ≥ ``min_steps`` steps."""
     return ep.touched == ep.target and len(ep.actions) >= cfg.min_steps
+
+
+def is_failure(ep: Episode, cfg: CollectorConfig) -> bool:
+    """A rejected episode still useful to the outcome models: it touched a block other than the intended
+    one after ≥ ``min_steps`` steps (its label is the block actually touched; an earlier touch says more
+    about the start position than about the actions)."""
+    return ep.touched >= 0 and ep.touched != ep.target and len(ep.actions) >= cfg.min_steps
 
 
 def write_episode(group: h5py.Group, ep: Episode) -> None:
@@ -163,15 +187,27 @@ def write_episode(group: h5py.Group, ep: Episode) -> None:
     group.create_dataset("final_obs/image", data=ep.final_image, **comp)
     group.create_dataset("final_obs/proprio", data=ep.final_proprio.astype(np.float32))
     group.create_dataset("final_obs/states", data=ep.final_state.astype(np.float32))
+    group.create_dataset("plan_tail", data=ep.plan_tail.astype(np.float32))
     group.attrs["behavior"] = COLOR_NAMES[ep.touched]
     group.attrs["touched"] = ep.touched
     group.attrs["target"] = ep.target
     group.attrs["num_samples"] = len(ep.actions)
 
 
+def _finish_attrs(data: h5py.Group, lengths: list[int], cfg: CollectorConfig, env_cfg: BlockTouchEnvConfig) -> None:
+    data.attrs["total"] = int(sum(lengths))
+    data.attrs["env_config"] = json.dumps(to_dict(env_cfg))
+    data.attrs["collector_config"] = json.dumps(to_dict(cfg))
+
+
 def collect_demos(path: str | Path, cfg: CollectorConfig, env_cfg: BlockTouchEnvConfig,
-                  progress: bool = True) -> dict[str, float]:
-    """Collect ``cfg.num_demos`` kept episodes (equal per colour) into HDF5 ``path``; returns statistics."""
+                  progress: bool = True, failures_path: str | Path | None = None) -> dict[str, float]:
+    """Collect ``cfg.num_demos`` kept episodes (equal per colour) into HDF5 ``path``; returns statistics.
+
+    With ``failures_path``, the first ``cfg.num_failures`` episodes that :func:`is_failure` accepts are written
+    there in the same layout; collection then goes on until both quotas are met.  The demonstrations are
+    identical with or without failures (the same random stream; extra batches only add failures).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(cfg.seed)
@@ -179,17 +215,25 @@ def collect_demos(path: str | Path, cfg: CollectorConfig, env_cfg: BlockTouchEnv
     kept = np.zeros(NUM_BLOCKS, dtype=np.int64)
     tried = 0
     lengths: list[int] = []
+    fail_lengths: list[int] = []
     t0 = time.perf_counter()
     tmp = path.with_suffix(path.suffix + ".partial")
-    with h5py.File(tmp, "w") as f:
+    fail_tmp = Path(failures_path).with_suffix(Path(failures_path).suffix + ".partial") if failures_path else None
+    with h5py.File(tmp, "w") as f, (h5py.File(fail_tmp, "w") if fail_tmp else nullcontext()) as ff:
         data = f.create_group("data")
+        fail_data = ff.create_group("data") if ff is not None else None
         bar = tqdm(total=cfg.num_demos, desc="collect", disable=not progress)
-        while kept.sum() < cfg.num_demos:
+        while kept.sum() < cfg.num_demos or (fail_data is not None and len(fail_lengths) < cfg.num_failures):
             missing = np.repeat(np.arange(NUM_BLOCKS), per_color - kept)
+            if len(missing) == 0:  # demonstrations complete, more failures wanted: every colour alike
+                missing = np.arange(NUM_BLOCKS)
             # Oversample the colours still missing; the acceptance rate is well above 1/3.
             targets = rng.permutation(np.resize(missing, max(cfg.batch_size, 1)))
             for ep in simulate_scripted_batch(rng, targets, cfg, env_cfg):
-                tried += 1
+                tried += int(kept.sum() < cfg.num_demos)
+                if fail_data is not None and is_failure(ep, cfg) and len(fail_lengths) < cfg.num_failures:
+                    write_episode(fail_data.create_group(f"demo_{len(fail_lengths)}"), ep)
+                    fail_lengths.append(len(ep.actions))
                 if not keep_episode(ep, cfg) or kept[ep.target] >= per_color:
                     continue
                 write_episode(data.create_group(f"demo_{int(kept.sum())}"), ep)
@@ -197,10 +241,14 @@ def collect_demos(path: str | Path, cfg: CollectorConfig, env_cfg: BlockTouchEnv
                 lengths.append(len(ep.actions))
                 bar.update(1)
         bar.close()
-        data.attrs["total"] = int(sum(lengths))
-        data.attrs["env_config"] = json.dumps(to_dict(env_cfg))
-        data.attrs["collector_config"] = json.dumps(to_dict(cfg))
+        _finish_attrs(data, lengths, cfg, env_cfg)
+        if fail_data is not None:
+            _finish_attrs(fail_data, fail_lengths, cfg, env_cfg)
+    if fail_tmp is not None:
+        fail_tmp.replace(Path(failures_path))
     tmp.replace(path)
     return {"demos": float(cfg.num_demos), "tried": float(tried), "acceptance": cfg.num_demos / max(tried, 1),
+            "failures": float(len(fail_lengths)),
             "mean_length": float(np.mean(lengths)), "min_length": float(np.min(lengths)),
             "max_length": float(np.max(lengths)), "seconds": time.perf_counter() - t0}
+
