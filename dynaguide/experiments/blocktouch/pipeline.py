@@ -521,7 +521,7 @@ def first_chunk_outcomes(sampler, scenes: Scenes, cfg: BlockTouchConfig, classif
     """
     from .env import BlockTouchEnv
 
-    n, to = len(scenes), cfg.policy.n_obs_steps
+    to = cfg.policy.n_obs_steps
     env = BlockTouchEnv(cfg.env)
     obs = env.reset_to(scenes.agent, scenes.blocks, scenes.yaw)
     image = _chw(obs["image"])
