@@ -360,14 +360,8 @@ class OutcomeClassifier(nn.Module):
         """``{"features": (B, F)}`` (image keypoints [+ normalised proprio]) and, with ``path_features``,
         ``"path_map": (B, C_p, h, w)``; ``image (B, 3, H, W)`` in [0, 1], ``proprio (B, P)`` raw."""
         cfg = self.cfg
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image must be (B, 3, H, W), got {tuple(image.shape)}")
-        encoder = self.image_encoder
-        x = image.float()
-        if x.shape[-2:] != (encoder.image_size, encoder.image_size):
-            x = F.interpolate(x, size=(encoder.image_size, encoder.image_size), mode="bilinear", align_corners=False)
-        fmap = encoder.backbone((x - encoder.mean) / encoder.std)
-        parts = [encoder.keypoints(fmap)]
+        fmap = self.image_encoder.feature_map(image.float())
+        parts = [self.image_encoder.keypoints(fmap)]
         if self.proprio_normalizer is not None:
             if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
                 shape = None if proprio is None else tuple(proprio.shape)

@@ -119,11 +119,14 @@ class ImageEncoder(nn.Module):
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's map ``(B, C, h, w)`` of ``images (B, 3, H, W)`` in [0, 1] (resized, normalised)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
         if images.shape[-2:] != (self.image_size, self.image_size):
             size = (self.image_size, self.image_size)
             images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-        x = (images - self.mean) / self.std
-        return self.keypoints(self.backbone(x))
+        return self.backbone((images - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.keypoints(self.feature_map(images))
