@@ -64,9 +64,10 @@ def test_path_features_sample_the_map_at_image_plane_points():
 
 
 def test_default_config_file_loads_and_is_consistent():
-    from dynaguide.config import load_config
+    from dynaguide.config import load_config, to_dict
 
     cfg = load_config(BlockTouchConfig, "config/blocktouch.yaml")
+    assert to_dict(cfg) == to_dict(BlockTouchConfig())  # the YAML spells out the code's defaults, nothing else
     assert cfg.eval.rollouts >= 100 and cfg.eval.horizon == 400
     assert cfg.eval.classifier_scale > 0 and cfg.eval.stochastic_steps == 4 and cfg.eval.sampling_num == 10
     assert cfg.eval.other_weight == pytest.approx(-0.33)
