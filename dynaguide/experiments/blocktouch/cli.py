@@ -71,20 +71,18 @@ def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: s
 def _main(args: argparse.Namespace) -> int:
     cfg = load_blocktouch_config(args)
     t0 = time.perf_counter()
-    if args.stage == "sweep":
+    if args.stage in ("sweep", "diagnose"):  # validation-scene studies on trained checkpoints
         from . import pipeline
 
         torch.set_num_threads(max(1, cfg.threads))
-        scales = [float(x) for x in args.scales.split(",")]
-        methods = tuple(args.methods.split(",")) if args.methods else ("dynaguide_classifier",)
-        pipeline.stage_sweep(cfg, scales, methods, cfg.eval.layouts, cfg.eval.rollouts, command=command_line(args))
-        return 0
-    if args.stage == "diagnose":
-        from . import pipeline
-
-        torch.set_num_threads(max(1, cfg.threads))
-        methods = tuple(args.methods.split(",")) if args.methods else ("base", "dynaguide_classifier", "sampling")
-        pipeline.stage_diagnose(cfg, methods, cfg.eval.layouts, cfg.eval.rollouts, command=command_line(args))
+        given = tuple(args.methods.split(",")) if args.methods else None
+        if args.stage == "sweep":
+            scales = [float(x) for x in args.scales.split(",")]
+            pipeline.stage_sweep(cfg, scales, given or ("dynaguide_classifier",), cfg.eval.layouts,
+                                 cfg.eval.rollouts, command=command_line(args))
+        else:
+            pipeline.stage_diagnose(cfg, given or ("base", "dynaguide_classifier", "sampling"), cfg.eval.layouts,
+                                    cfg.eval.rollouts, command=command_line(args))
         return 0
     run_stage(args.stage, cfg, args.force, command_line(args))
     print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "

@@ -116,11 +116,10 @@ def outcome_chunk(demos: DemoArrays, idx: torch.Tensor, horizon: int, plan_tail:
     Executing such a chunk from frame ``t`` reaches the episode's outcome first, so the label stays right,
     and the models learn that a chunk running *through* a block ends at that block.
     """
+    actions = demos.actions[chunk_indices(demos, idx, horizon)]
     ep = demos.episode[idx]
     last = demos.start[ep] + demos.length[ep] - 1
-    steps = idx[:, None] + torch.arange(horizon)[None]  # (B, H) frame index each step would have
-    actions = demos.actions[torch.minimum(steps, last[:, None])]
-    beyond = steps - last[:, None] - 1  # 0 = first step after the episode
+    beyond = idx[:, None] + torch.arange(horizon)[None] - last[:, None] - 1  # 0 = first step after the episode
     tail_len = demos.plan_tail.shape[1]
     if plan_tail and tail_len:
         tail = demos.plan_tail[ep[:, None], beyond.clamp(0, tail_len - 1)]

@@ -39,7 +39,7 @@ from dynaguide.training import train_classifier, train_dynamics, train_policy
 
 from . import dataset as ds
 from .config import BlockTouchConfig
-from .env import NUM_BLOCKS
+from .env import NUM_BLOCKS, BlockTouchEnv
 from .evaluation import rollout, wilson_interval
 from .layouts import LAYOUT_NAMES, Scenes, sample_layout
 from .methods import (BaseSampler, ClassifierGuidedSampler, GoalConditionedSampler, LatentGuidedSampler,
@@ -519,8 +519,6 @@ def first_chunk_outcomes(sampler, scenes: Scenes, cfg: BlockTouchConfig, classif
     classifier's outcome probabilities for that chunk).  Tells apart "the outcome model is wrong" from
     "the sampler produced a chunk its own outcome model scores badly".
     """
-    from .env import BlockTouchEnv
-
     to = cfg.policy.n_obs_steps
     env = BlockTouchEnv(cfg.env)
     obs = env.reset_to(scenes.agent, scenes.blocks, scenes.yaw)
