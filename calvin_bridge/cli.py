@@ -154,3 +154,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_bench)
+
+    from dynaguide.experiments.calvin.cli import register_into
+
+    register_into(sub)

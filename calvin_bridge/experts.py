@@ -302,6 +302,23 @@ def behaviour_scene(env: CalvinEnv, behaviour: str, rng: np.random.Generator) ->
     return state
 
 
+def target_point(env: CalvinEnv, behaviour: str) -> np.ndarray:
+    """World point (3,) m where ``behaviour``'s expert first contacts its object in the current scene
+    (position target of the ITPS baseline): the button top, the switch handle's lower/upper side, the
+    drawer handle, the door handle's side, or the block's centre."""
+    scene = env.scene
+    points = {"button_on": ("button", BUTTON_TOP), "button_off": ("button", BUTTON_TOP),
+              "switch_on": ("switch", SWITCH_BELOW_HANDLE), "switch_off": ("switch", SWITCH_ABOVE_HANDLE),
+              "drawer_open": ("drawer", DRAWER_HANDLE_GAP), "drawer_close": ("drawer", DRAWER_HANDLE_FRONT),
+              "door_left": ("door", DOOR_HANDLE_RIGHT_SIDE), "door_right": ("door", DOOR_HANDLE_LEFT_SIDE)}
+    if behaviour in points:
+        part, local = points[behaviour]
+        return scene.part_frame(part).point(local)
+    if behaviour.startswith(("touch_", "displace_")):
+        return block_position(scene.scene_obs(), behaviour.split("_", 1)[1]).copy()
+    raise ValueError(f"unknown behaviour {behaviour!r}; known: {list(BEHAVIOURS)} or touch_<colour>")
+
+
 def run_expert(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
                on_step: Callable[[dict, np.ndarray, dict], None] | None = None, max_steps: int = 240) -> dict:
     """Execute ``behaviour``'s expert in an already reset ``env``.

@@ -1,0 +1,115 @@
+"""``dynaguide calvin train | check-dynamics | eval``: the CALVIN experiments (registered under ``calvin``).
+
+    dynaguide calvin train --config config/calvin_experiment.yaml [--stage merge,embed,policy,dynamics,export]
+    dynaguide calvin check-dynamics --config config/calvin_experiment.yaml --json results/calvin/dynamics_check.json
+    dynaguide calvin eval --config config/calvin_experiment.yaml --experiment articulated --methods base,dynaguide
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from dynaguide.experiments.calvin.config import CalvinExperimentConfig
+
+DEFAULT_CONFIG = Path("config/calvin_experiment.yaml")
+
+
+def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
+    cfg = CalvinExperimentConfig.load(args.config if args.config.is_file() or args.config != DEFAULT_CONFIG else None)
+    ev = cfg.eval
+    overrides = {k: v for k, v in {"trials": getattr(args, "trials", None), "batch_envs": getattr(args, "batch_envs", None),
+                                   "horizon": getattr(args, "horizon", None)}.items() if v is not None}
+    if getattr(args, "quick", False):
+        overrides = {"trials": 2, "horizon": 120, **overrides}
+    guidance = {k: v for k, v in {"scale": getattr(args, "scale", None), "sigma": getattr(args, "sigma", None),
+                                  "stochastic_steps": getattr(args, "stochastic_steps", None)}.items() if v is not None}
+    if guidance:
+        overrides["guidance"] = dataclasses.replace(ev.guidance, **guidance)
+    if getattr(args, "split", None) == "validation":
+        overrides["seed"] = 3_500_000
+        overrides["split"] = "validation"
+    if getattr(args, "negatives", None):
+        overrides["negatives"] = args.negatives
+    if overrides:
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(ev, **overrides))
+    return cfg
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.pipeline import STAGES, run
+
+    stages = tuple(s for s in args.stage.split(",") if s) if args.stage else STAGES
+    print(json.dumps(run(_config(args), stages), indent=2))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.diagnostics import check_dynamics
+
+    result = check_dynamics(_config(args), noise_steps=tuple(int(s) for s in args.noise_steps.split(",")),
+                            max_segments=args.max_segments)
+    result["command"] = "dynaguide " + shlex.join(sys.argv[1:])
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.evaluate import run_experiment
+
+    cfg = _config(args)
+    out = args.out or Path("results/calvin") / (args.experiment + ("_validation" if args.split == "validation" else "")
+                                                + ("_quick" if args.quick else ""))
+    result = run_experiment(cfg, args.experiment, args.methods.split(","), out,
+                            targets=args.targets.split(",") if args.targets else None,
+                            command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=args.policy,
+                            dynamics_dir=args.dynamics, gc_dir=args.gc_policy)
+    print(json.dumps({"means": result["means"], "out": str(out)}, indent=2))
+    return 0
+
+
+def register_into(sub) -> None:
+    """Add ``train``, ``check-dynamics`` and ``eval`` to the ``dynaguide calvin`` subparsers ``sub``."""
+    def common(p):
+        p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="CalvinExperimentConfig YAML")
+
+    p = sub.add_parser("train", help="resumable data merge, embedding, policy and dynamics training, export")
+    common(p)
+    p.add_argument("--stage", default=None, help="comma-separated subset of merge,embed,policy,dynamics,export")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("check-dynamics", help="does the predicted outcome tell behaviours apart? (validation)")
+    common(p)
+    p.add_argument("--noise-steps", default="0,10,20,50,100", help="DDIM train-scale noise levels of the chunk")
+    p.add_argument("--max-segments", type=int, default=140)
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("eval", help="batched closed-loop evaluation of methods on CALVIN targets")
+    common(p)
+    p.add_argument("--experiment", default="articulated", choices=("articulated", "movable"))
+    p.add_argument("--methods", default="base,dynaguide")
+    p.add_argument("--targets", default=None, help="comma-separated subset of the experiment's targets")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--batch-envs", type=int, default=None)
+    p.add_argument("--scale", type=float, default=None)
+    p.add_argument("--sigma", type=float, default=None)
+    p.add_argument("--stochastic-steps", type=int, default=None)
+    p.add_argument("--negatives", choices=("none", "others"), default=None)
+    p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
+                   help="validation: trial seeds from the validation range (for choosing s, sigma, M)")
+    p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--policy", default=None, help="policy checkpoint dir (default: training.export_dir/policy)")
+    p.add_argument("--dynamics", default=None)
+    p.add_argument("--gc-policy", default=None, help="goal-conditioned policy checkpoint (method goal_conditioned)")
+    p.add_argument("--out", type=Path, default=None)
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,107 @@
+"""Typed configuration of the CALVIN experiments (YAML: ``config/calvin_experiment.yaml``).
+
+Seeds are partitioned so that training data, goal images, validation segments and evaluation episodes
+never share an episode seed (see :data:`SEED_RANGES`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dynaguide.config import load_config
+from dynaguide.embedders import EmbedderConfig
+from dynaguide.guidance.goals import GuidanceConfig
+
+#: episode-seed ranges of each use (``dynaguide calvin collect/goals`` seeds; evaluation trial seeds)
+SEED_RANGES = {
+    "train": (0, 1_000_000),                 # collect --seed 0 and --seed 500000
+    "goals": (1_000_000, 3_000_000),         # calvin_bridge.datasets.HELDOUT_SEED_OFFSET (held-out + underspecified)
+    "validation": (3_000_000, 4_000_000),    # collect --seed 3000000: start poses; trial seeds from 3500000: sweeps
+    "evaluation": (5_000_000, 6_000_000),    # harness trial seeds
+}
+
+ARTICULATED_TARGETS = ("switch_on", "switch_off", "drawer_open", "drawer_close", "door_left", "door_right",
+                       "button_on", "button_off")
+#: MovableObjects: the paper's block behaviours; our labeller folds touch and displace into ``touch_<colour>``
+MOVABLE_TARGETS = ("touch_red", "touch_blue", "touch_pink")
+METHODS = ("base", "dynaguide", "gpc", "itps", "goal_conditioned")
+
+
+@dataclass
+class DataConfig:
+    """Where the collected segments live (``dynaguide calvin collect``/``goals`` outputs)."""
+
+    train: tuple[str, ...] = ("runs/calvin/train_a.h5", "runs/calvin/train_b.h5")
+    merged: str = "runs/calvin/train.h5"
+    validation: str = "runs/calvin/val.h5"
+    goals: str = "runs/calvin/goals.h5"
+    camera: str = "third_person"          # dataset key of the static camera (= ``rgb_static`` of the env)
+    static_size: int = 96                 # px the data was rendered at; the harness renders the same
+
+
+@dataclass
+class ModelConfig:
+    """CPU-config models; ``policy_image_size`` is what the policy sees (frames are resized)."""
+
+    policy_image_size: int = 64
+    n_obs_steps: int = 2
+    horizon: int = 16
+    n_action_steps: int = 8
+    dynamics_pool: int = 2                # outcome latent = token grid average-pooled by this factor
+
+
+@dataclass
+class TrainingConfig:
+    policy_steps: int = 5000
+    dynamics_steps: int = 6000
+    batch_size: int = 64
+    lr: float = 3e-4
+    val_fraction: float = 0.05
+    out_dir: str = "runs/calvin/models"
+    export_dir: str = "checkpoints/calvin_effnet"
+
+
+@dataclass
+class EvalConfig:
+    """Protocol of the paper's appendix: ``trials`` per (target, method), ``horizon`` control steps, stop
+    at the first detected behaviour; start robot poses from validation segments; trial ``i`` of a cell
+    uses episode seed ``seed + 1000 * target_index + i`` (the same scenes for every method)."""
+
+    trials: int = 20
+    horizon: int = 400
+    batch_envs: int = 8
+    seed: int = 5_000_000
+    split: str = "evaluation"             # or "validation" (choosing s, sigma, M): seed must lie in its range
+    goals_per_target: int = 20
+    goal_set: str = "heldout"             # or "underspecified"
+    negatives: str = "none"               # "none" or "others": the other behaviours' goals as negatives
+    gpc_samples: int = 10
+    itps_scale: float = 1.0
+    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(stochastic_mode="renoise"))
+
+    def __post_init__(self) -> None:
+        if self.trials < 1 or self.horizon < 1 or self.batch_envs < 1:
+            raise ValueError("trials, horizon and batch_envs must be >= 1")
+        if self.negatives not in ("none", "others"):
+            raise ValueError(f"negatives must be 'none' or 'others', got {self.negatives!r}")
+        if self.goal_set not in ("heldout", "underspecified"):
+            raise ValueError(f"goal_set must be 'heldout' or 'underspecified', got {self.goal_set!r}")
+        if self.split not in ("evaluation", "validation"):
+            raise ValueError(f"split must be 'evaluation' or 'validation', got {self.split!r}")
+        lo, hi = SEED_RANGES[self.split]
+        if not lo <= self.seed < hi - 1000 * 16:
+            raise ValueError(f"{self.split} trial seed {self.seed} is outside its range {SEED_RANGES[self.split]}")
+
+
+@dataclass
+class CalvinExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> "CalvinExperimentConfig":
+        return cls() if path is None else load_config(cls, path)

@@ -1,0 +1,101 @@
+"""Is the dynamics model good enough to steer?  Retrieval of the true behaviour from predicted outcomes.
+
+For validation segments (seeds disjoint from training and goals), at chunk start ``t`` ∈ {0, ¼, ½ of the
+segment}, the model predicts the final-frame latent from the frame at ``t``, proprio and the segment's
+true action chunk — clean, or noised to DDIM train-scale step ``k`` the way guidance sees it.  Each
+behaviour label's goal set (held-out goal frames) is scored by its nearest-goal distance (Eq. 2's
+distance, pooled outcome latents); the prediction retrieves the label with the smallest.  Reported:
+top-1 accuracy per (t, k), the same for the *true* final frame (how separable the goal sets are at all)
+and for the *current* frame (what the model would score by copying its input), and the distance
+scale (median nearest-goal distance to the true set and to the others: σ lives on this scale).
+"""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import torch
+
+from dynaguide.data import action_chunk
+from dynaguide.embedders import make_embedder
+from dynaguide.experiments.calvin.config import CalvinExperimentConfig
+from dynaguide.experiments.calvin.evaluate import load_models
+from dynaguide.experiments.calvin.harness import label_of, load_goal_images
+from dynaguide.guidance.metric import goal_distances
+
+FRACTIONS = (0.0, 0.25, 0.5)
+
+
+def _images(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@torch.no_grad()
+def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (0, 10, 20, 50, 100),
+                   max_segments: int = 140, seed: int = 0) -> dict:
+    torch.set_num_threads(1)
+    policy, dynamics = load_models(cfg)
+    embedder = make_embedder(cfg.embedder)
+    horizon = dynamics.horizon
+    with h5py.File(cfg.data.goals, "r") as f:
+        behaviours = sorted({str(f["data"][n].attrs["behavior"]) for n in f["data"]})
+    labels = sorted({label_of(b) for b in behaviours})
+    goal_latents = {}
+    for label in labels:
+        frames = np.concatenate([load_goal_images(cfg.data.goals, b, cfg.eval.goal_set, cfg.eval.goals_per_target)
+                                 for b in behaviours if label_of(b) == label])
+        goal_latents[label] = dynamics.outcome_latent(embedder(_images(frames)))
+
+    def nearest(pred: torch.Tensor) -> torch.Tensor:   # (B, N, D) → (B, labels) nearest-goal distance
+        return torch.stack([goal_distances(pred, goal_latents[l]).min(dim=1).values for l in labels], dim=1)
+
+    gen = torch.Generator().manual_seed(seed)
+    sched = dynamics.noise_scheduler
+    rows = []   # (label index, {key: distances (labels,)})
+    with h5py.File(cfg.data.validation, "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))[:max_segments]
+        for name in names:
+            g = f["data"][name]
+            label = label_of(str(g.attrs["behavior"]))
+            if label not in labels:
+                continue
+            frames = g[f"obs/{cfg.data.camera}"]
+            proprio = g["obs/proprio"][:]
+            actions = g["actions"][:]
+            last = len(actions) - 1
+            final = dynamics.outcome_latent(embedder(_images(frames[last][None])))
+            entry = {"final": nearest(final)[0]}
+            for frac in FRACTIONS:
+                t = int(round(frac * last))
+                tokens = embedder(_images(frames[t][None]))
+                entry[f"current@{frac}"] = nearest(dynamics.outcome_latent(tokens))[0]
+                chunk = dynamics.action_normalizer.normalize(torch.from_numpy(action_chunk(actions, t, horizon)).float())[None]
+                pro = torch.from_numpy(proprio[t][None]).float()
+                for k in noise_steps:
+                    noisy = chunk
+                    if k > 0:
+                        noise = torch.randn(chunk.shape, generator=gen)
+                        noisy = sched.add_noise(chunk, noise, torch.tensor([k]))
+                    entry[f"pred@{frac}/k={k}"] = nearest(dynamics(tokens, pro, noisy))[0]
+            rows.append((labels.index(label), entry))
+    if not rows:
+        raise ValueError("no validation segments with a goal set to check")
+    truth = torch.tensor([r[0] for r in rows])
+    result: dict = {"segments": len(rows), "labels": labels, "chance": 1.0 / len(labels), "accuracy": {},
+                    "distance_scale": {}}
+    for key in rows[0][1]:
+        d = torch.stack([r[1][key] for r in rows])                  # (S, labels)
+        result["accuracy"][key] = float((d.argmin(dim=1) == truth).float().mean())
+        own = d[torch.arange(len(rows)), truth]
+        mask = torch.ones_like(d, dtype=torch.bool)
+        mask[torch.arange(len(rows)), truth] = False
+        result["distance_scale"][key] = {"true_set_median": float(own.median()),
+                                         "other_sets_median": float(d[mask].median())}
+    per_label = {}
+    d = torch.stack([r[1]["pred@0.0/k=0"] for r in rows])
+    for i, label in enumerate(labels):
+        sel = truth == i
+        if sel.any():
+            per_label[label] = float((d[sel].argmin(dim=1) == i).float().mean())
+    result["accuracy_per_label@0.0/k=0"] = per_label
+    return result

@@ -1,0 +1,171 @@
+"""Experiments over the harness: cells of (target, method), results JSON, Markdown table, bar plot.
+
+``results/calvin/<experiment>/`` gets ``trials/<target>__<method>.jsonl`` (one line per finished trial:
+the resume log, committed with the results), ``results.json``, ``results.md`` and ``bars.png``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from calvin_bridge.config import CalvinEnvConfig
+from dynaguide.checkpoint import load_checkpoint
+from dynaguide.config import to_dict
+from dynaguide.embedders import make_embedder
+from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
+                                                 CalvinExperimentConfig)
+from dynaguide.experiments.calvin.harness import (CellRunner, Planners, load_goal_images, load_start_poses,
+                                                  read_trials, summarise)
+
+EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS}
+#: the goal behaviour whose held-out final frames show a MovableObjects target
+MOVABLE_GOAL_BEHAVIOUR = {"touch_red": "touch_red", "touch_blue": "touch_blue", "touch_pink": "touch_pink"}
+
+
+def env_config_for(cfg: CalvinExperimentConfig) -> CalvinEnvConfig:
+    size = cfg.data.static_size
+    base = CalvinEnvConfig()
+    return dataclasses.replace(base, static_camera=dataclasses.replace(base.static_camera, width=size, height=size))
+
+
+def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dynamics_dir: str | None = None):
+    export = Path(cfg.training.export_dir)
+    policy, _ = load_checkpoint(Path(policy_dir) if policy_dir else export / "policy")
+    dynamics, _ = load_checkpoint(Path(dynamics_dir) if dynamics_dir else export / "dynamics")
+    dynamics.check_compatible_with(policy)
+    return policy.eval(), dynamics.eval()
+
+
+def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out_dir: str | Path,
+                   targets: Sequence[str] | None = None, command: str = "", policy_dir: str | None = None,
+                   dynamics_dir: str | None = None, gc_dir: str | None = None, progress: bool = True) -> dict:
+    """Run (or resume) every (target, method) cell of ``experiment`` and write the result files."""
+    if experiment not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(EXPERIMENTS)}")
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {METHODS}")
+    targets = tuple(targets or EXPERIMENTS[experiment])
+    torch.set_num_threads(1)
+    out = Path(out_dir)
+    (out / "trials").mkdir(parents=True, exist_ok=True)
+    ev = cfg.eval
+    stages: dict[str, float] = {}
+    t0 = time.perf_counter()
+    policy, dynamics = load_models(cfg, policy_dir, dynamics_dir)
+    gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
+    embedder = make_embedder(cfg.embedder)
+    goals = {}
+    for b in sorted(set(targets) | (set(EXPERIMENTS[experiment]) if ev.negatives == "others" else set())):
+        goals[b] = load_goal_images(cfg.data.goals, MOVABLE_GOAL_BEHAVIOUR.get(b, b), ev.goal_set, ev.goals_per_target)
+    start_poses = load_start_poses(cfg.data.validation)
+    env_cfg = env_config_for(cfg)
+    stages["load_s"] = round(time.perf_counter() - t0, 1)
+    planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy)
+    runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
+                        policy.unnormalize_actions)
+    all_targets = EXPERIMENTS[experiment]
+    try:
+        for target in targets:
+            for method in methods:
+                path = out / "trials" / f"{target}__{method}.jsonl"
+                done = {t["trial"] for t in read_trials(path) if t["trial"] < ev.trials}
+                if len(done) >= ev.trials:
+                    continue
+                start = time.perf_counter()
+                planner = planners.make(method, target)
+                if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+                    with path.open("a") as log:   # a line torn by a kill: end it, so the next record parses
+                        log.write("\n")
+                with path.open("a") as log:
+                    def record(result: dict, log=log, method=method) -> None:
+                        log.write(json.dumps({**result, "method": method}) + "\n")
+                        log.flush()
+                    runner.run_cell(target, all_targets.index(target), planner, done, record, progress,
+                                    desc=f"{target}/{method}")
+                stages[f"{target}/{method}_s"] = round(time.perf_counter() - start, 1)
+    finally:
+        runner.close()
+    return write_results(cfg, experiment, methods, out, targets, command, stages)
+
+
+def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out: Path,
+                  targets: Sequence[str], command: str, stages: dict | None = None) -> dict:
+    """Summarise every trials file of the experiment into ``results.json``, ``results.md``, ``bars.png``."""
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    behaviours: dict[str, dict] = {}
+    for target in EXPERIMENTS[experiment]:
+        for method in METHODS:
+            trials = [t for t in read_trials(out / "trials" / f"{target}__{method}.jsonl") if t["trial"] < cfg.eval.trials]
+            if trials:
+                behaviours.setdefault(target, {})[method] = summarise(trials, target)
+    stages_all = {**previous.get("stages_s", {}), **(stages or {})}
+    result = {"experiment": experiment, "behaviours": behaviours,
+              "settings": {"eval": to_dict(cfg.eval), "embedder": to_dict(cfg.embedder), "models": to_dict(cfg.model),
+                           "static_size": cfg.data.static_size},
+              "stages_s": stages_all, "command": command or previous.get("command", ""),
+              "machine": {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}}
+    result["means"] = {m: float(np.mean([behaviours[t][m]["rate"] for t in behaviours if m in behaviours[t]]))
+                       for m in METHODS if any(m in behaviours[t] for t in behaviours)}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "results.md").write_text(markdown_table(result))
+    plot_bars(result, out / "bars.png")
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    methods = [m for m in METHODS if m in result["means"]]
+    lines = [f"# CALVIN {result['experiment']}: target-behaviour rate (first behaviour = target)", "",
+             f"Command: `{result['command']}`", "",
+             "| target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for target, cells in result["behaviours"].items():
+        row = []
+        for m in methods:
+            c = cells.get(m)
+            row.append(f"{100 * c['rate']:.0f} % [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}] (n={c['n']})"
+                       if c else "–")
+        lines.append(f"| {target} | " + " | ".join(row) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{100 * result['means'][m]:.1f} %**" for m in methods) + " |")
+    lines += ["", "Rates with 95 % Wilson intervals; `distribution` in results.json lists every first behaviour.", ""]
+    return "\n".join(lines)
+
+
+def plot_bars(result: dict, png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in METHODS if m in result["means"]]
+    targets = list(result["behaviours"])
+    if not targets or not methods:
+        return
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(targets) + 2), 3.8))
+    for j, m in enumerate(methods):
+        xs, ys, lo, hi = [], [], [], []
+        for i, t in enumerate(targets):
+            c = result["behaviours"][t].get(m)
+            if c:
+                xs.append(i + (j - (len(methods) - 1) / 2) * width)
+                ys.append(100 * c["rate"])
+                lo.append(100 * (c["rate"] - c["ci95"][0]))
+                hi.append(100 * (c["ci95"][1] - c["rate"]))
+        ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=f"{m} (mean {100 * result['means'][m]:.0f} %)")
+    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right")
+    ax.set_ylabel("target behaviour first (%)")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=8)
+    ax.set_title(f"CALVIN {result['experiment']}", fontsize=10)
+    fig.text(0.01, 0.01, result["command"][:160], fontsize=6, family="monospace")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,303 @@
+"""Batched closed-loop evaluation on the CALVIN-like table (the paper's appendix protocol).
+
+    dynaguide calvin eval --experiment articulated --methods base,dynaguide [--trials 20] [--quick]
+
+One *cell* = (target behaviour, method), ``trials`` episodes of at most ``horizon`` control steps (30 Hz),
+each stopped at the first behaviour the labeller detects (:func:`calvin_bridge.labels.behaviour_label`);
+the cell's rate is the share of trials whose first behaviour is the target.
+
+Trial ``i`` of target ``g`` uses episode seed ``seed + 1000 * index(g) + i`` for everything random in it
+(scene, start pose, the policy's noise), the same for every method, so methods are compared on the same
+scenes; the start robot pose is the first frame of a validation segment (``validation`` file, seeds
+disjoint from training and goals), the scene a random one in which the target is possible
+(:func:`calvin_bridge.experts.behaviour_scene`: the target's part in its sub-range, everything else random).
+
+Speed: ``batch_envs`` environments run side by side and share one batched policy/guidance call per
+replanning tick (every ``n_action_steps`` steps); a finished environment takes the next trial at the next
+tick.  Only the ``n_obs_steps`` frames before each tick are rendered.  Results are appended per trial to
+``<out>/trials.jsonl``; a killed run resumes there and gives the same numbers (randomness is per trial).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from calvin_bridge.config import CalvinEnvConfig
+from calvin_bridge.env import CalvinEnv
+from calvin_bridge.experts import behaviour_scene, target_point
+from calvin_bridge.labels import LABELS
+from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
+from dynaguide.guidance.goals import GuidanceSet
+from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
+from dynaguide.guidance.sampler import guided_ddim_sample
+
+from dynaguide.experiments.calvin.config import CalvinExperimentConfig, EvalConfig
+
+#: the policy's camera name (the env's ``rgb_static``)
+POLICY_CAMERA = "rgb_static"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a rate ``k / n``."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def label_of(behaviour: str) -> str:
+    """Evaluation label of a behaviour name (``displace_red`` and ``touch_red`` are both ``touch_red``)."""
+    if behaviour.startswith("displace_"):
+        return "touch_" + behaviour.split("_", 1)[1]
+    return behaviour
+
+
+# ------------------------------------------------------------------------------------------ data
+def load_goal_images(path: str | Path, behaviour: str, goal_set: str, limit: int) -> np.ndarray:
+    """``(K, H, W, 3) uint8`` final static frames of ``behaviour``'s goals in ``goal_set`` (first ``limit``)."""
+    frames = []
+    with h5py.File(path, "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
+        for name in names:
+            g = f["data"][name]
+            if g.attrs.get("goal_set") == goal_set and g.attrs.get("behavior") == behaviour:
+                frames.append(g["obs/third_person"][-1])
+            if len(frames) >= limit:
+                break
+    if not frames:
+        raise ValueError(f"{path} has no {goal_set!r} goals for {behaviour!r}")
+    return np.stack(frames)
+
+
+def load_start_poses(path: str | Path) -> np.ndarray:
+    """``(S, 8)`` start poses (7 arm joints rad + gripper action) = first frames of the validation segments."""
+    poses = []
+    with h5py.File(path, "r") as f:
+        for name in sorted(f["data"], key=lambda n: int(n.split("_")[-1])):
+            robot_obs = f["data"][name]["obs/proprio"][0]
+            poses.append(np.concatenate([robot_obs[7:14], robot_obs[14:15]]))
+    if not poses:
+        raise ValueError(f"{path} has no segments to take start poses from")
+    return np.asarray(poses, dtype=np.float64)
+
+
+# ------------------------------------------------------------------------------------------ planners
+@dataclass
+class Observation:
+    """What a planner sees for the B active environments.
+
+    images: ``(B, To, 3, H, W)`` float [0, 1] static camera (oldest first); proprio: ``(B, To, 15)`` raw
+    ``robot_obs``; targets: ``(B, 3)`` m, the target part's contact point (ITPS only); generators: one
+    torch generator per environment (its trial's noise stream).
+    """
+
+    images: torch.Tensor
+    proprio: torch.Tensor
+    targets: torch.Tensor
+    generators: list[torch.Generator]
+
+
+Planner = Callable[[Observation], torch.Tensor]   # → normalised chunks (B, T, A)
+
+
+class Planners:
+    """The evaluated methods over one policy / dynamics model / embedder; ``make(method, target)``."""
+
+    def __init__(self, policy, dynamics, embedder, eval_cfg: EvalConfig, goals: dict[str, np.ndarray],
+                 max_rel_pos: float, gc_policy=None) -> None:
+        self.policy, self.dynamics, self.embedder = policy, dynamics, embedder
+        self.cfg = eval_cfg
+        self.goals = goals
+        self.max_rel_pos = max_rel_pos
+        self.gc_policy = gc_policy
+        self.ddim = policy.cfg.ddim
+        self.action_offset = int(getattr(policy, "action_offset", 0))
+
+    def guidance_set(self, target: str) -> GuidanceSet:
+        def images(frames: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+
+        negatives = None
+        if self.cfg.negatives == "others":
+            others = [g for b, g in self.goals.items() if label_of(b) != label_of(target)]
+            negatives = images(np.concatenate(others)) if others else None
+        return GuidanceSet.from_images(self.embedder, self.dynamics, images(self.goals[target]), negatives,
+                                       self.cfg.guidance)
+
+    def _cond(self, obs: Observation) -> torch.Tensor:
+        with torch.no_grad():
+            return self.policy.encode_observation({POLICY_CAMERA: obs.images, "proprio": obs.proprio})
+
+    def _objective(self, obs: Observation, guidance: GuidanceSet) -> DynaGuideObjective:
+        with torch.no_grad():
+            tokens = self.embedder(obs.images[:, -1])
+        return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset)
+
+    def make(self, method: str, target: str) -> Planner:
+        g = self.cfg.guidance
+        if method == "base":
+            return lambda obs: guided_ddim_sample(self.policy, self._cond(obs), None, scale=0.0, ddim=self.ddim,
+                                                  generator=obs.generators).actions
+        if method == "dynaguide":
+            guidance = self.guidance_set(target)
+            return lambda obs: guided_ddim_sample(
+                self.policy, self._cond(obs), self._objective(obs, guidance), scale=g.scale, ddim=self.ddim,
+                stochastic_steps=g.stochastic_steps, stochastic_mode=g.stochastic_mode,
+                generator=obs.generators).actions
+        if method == "gpc":
+            guidance = self.guidance_set(target)
+            return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
+                                                 num_samples=self.cfg.gpc_samples, ddim=self.ddim,
+                                                 generator=obs.generators).actions
+        if method == "itps":
+            def itps(obs: Observation) -> torch.Tensor:
+                objective = PositionGuidanceObjective(obs.targets, obs.proprio[:, -1, :3], self.policy.unnormalize_actions,
+                                                      step_scale=self.max_rel_pos, reduction="min")
+                return guided_ddim_sample(self.policy, self._cond(obs), objective, scale=self.cfg.itps_scale,
+                                          ddim=self.ddim, stochastic_steps=g.stochastic_steps,
+                                          stochastic_mode=g.stochastic_mode, generator=obs.generators).actions
+            return itps
+        if method == "goal_conditioned":
+            if self.gc_policy is None:
+                raise ValueError("method 'goal_conditioned' needs a goal-conditioned policy checkpoint")
+            goal = torch.from_numpy(self.goals[target][:1]).permute(0, 3, 1, 2).float() / 255.0
+            gc = self.gc_policy
+            return lambda obs: goal_conditioned_sample(gc, {POLICY_CAMERA: obs.images, "proprio": obs.proprio}, goal,
+                                                       ddim=gc.cfg.ddim, generator=obs.generators).actions
+        raise ValueError(f"unknown method {method!r}")
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+@dataclass
+class _Slot:
+    trial: int
+    seed: int
+    frames: list[np.ndarray]
+    proprio: list[np.ndarray]
+    target_xyz: np.ndarray
+    generator: torch.Generator
+    steps: int = 0
+    started: float = 0.0
+    label: str | None = None
+
+
+def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
+    return cfg.seed + 1000 * target_index + trial
+
+
+class CellRunner:
+    """Runs the trials of cells on ``batch_envs`` environments (created once, reused across cells)."""
+
+    def __init__(self, env_config: CalvinEnvConfig, eval_cfg: EvalConfig, start_poses: np.ndarray,
+                 n_obs_steps: int, n_action_steps: int, unnormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.env_config = dataclasses.replace(env_config, render_every_step=False, max_episode_steps=None)
+        self.cfg = eval_cfg
+        self.start_poses = start_poses
+        self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
+        self.unnormalize = unnormalize
+        self.envs: list[CalvinEnv] = []
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        self.envs = []
+
+    def _env(self, i: int) -> CalvinEnv:
+        while len(self.envs) <= i:
+            self.envs.append(CalvinEnv(self.env_config))
+        return self.envs[i]
+
+    def _start(self, env: CalvinEnv, target: str, trial: int, seed: int) -> _Slot:
+        rng = np.random.default_rng(seed)
+        pose = self.start_poses[int(rng.integers(len(self.start_poses)))]
+        scene = behaviour_scene(env, target, rng)
+        env.reset(seed=seed, options={"scene": scene, "robot_joints": pose[:7], "gripper": float(np.sign(pose[7]) or 1.0)})
+        image = env.render_cameras()["rgb_static"]
+        proprio = env.robot.robot_obs()
+        return _Slot(trial, seed, [image] * self.n_obs_steps, [proprio] * self.n_obs_steps,
+                     target_point(env, target), torch.Generator().manual_seed(seed), started=time.perf_counter())
+
+    def run_cell(self, target: str, target_index: int, planner: Planner, done: set[int],
+                 record: Callable[[dict], None], progress: bool = True, desc: str = "") -> None:
+        """Run the trials of one cell not in ``done``; ``record(result)`` is called once per finished trial."""
+        pending = [i for i in range(self.cfg.trials) if i not in done]
+        slots: list[_Slot | None] = [None] * min(self.cfg.batch_envs, max(1, len(pending)))
+        want = label_of(target)
+        bar = tqdm(total=self.cfg.trials, initial=self.cfg.trials - len(pending), desc=desc, disable=not progress,
+                   leave=False, dynamic_ncols=True)
+        while pending or any(slots):
+            for i, slot in enumerate(slots):
+                if slot is None and pending:
+                    trial = pending.pop(0)
+                    slots[i] = self._start(self._env(i), target, trial, trial_seed(self.cfg, target_index, trial))
+            active = [i for i, s in enumerate(slots) if s is not None]
+            obs = Observation(
+                images=torch.from_numpy(np.stack([np.stack(slots[i].frames) for i in active])).permute(0, 1, 4, 2, 3)
+                .float().div_(255.0),
+                proprio=torch.from_numpy(np.stack([np.stack(slots[i].proprio) for i in active])).float(),
+                targets=torch.from_numpy(np.stack([slots[i].target_xyz for i in active])).float(),
+                generators=[slots[i].generator for i in active])
+            with torch.no_grad():
+                chunk = planner(obs)
+                raw = self.unnormalize(chunk).cpu().numpy()
+            for row, i in enumerate(active):
+                slot, env = slots[i], self.envs[i]
+                for k in range(self.n_action_steps):
+                    obs_k, _, _, _, info = env.step(raw[row, k])
+                    slot.steps += 1
+                    if info["behaviour"] != "no_behaviour":
+                        slot.label = info["behaviour"]
+                        break
+                    if slot.steps >= self.cfg.horizon:
+                        slot.label = "no_behaviour"
+                        break
+                    if k >= self.n_action_steps - self.n_obs_steps:
+                        slot.frames = (slot.frames + [env.render_cameras()["rgb_static"]])[-self.n_obs_steps:]
+                        slot.proprio = (slot.proprio + [obs_k["robot_obs"]])[-self.n_obs_steps:]
+                if slot.label is not None:
+                    record({"target": target, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
+                            "success": slot.label == want, "steps": slot.steps,
+                            "seconds": round(time.perf_counter() - slot.started, 2)})
+                    slots[i] = None
+                    bar.update(1)
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------ summaries
+def summarise(trials: Sequence[dict], target: str) -> dict:
+    """``{"rate", "n", "ci95", "distribution"}`` of one cell's trial records."""
+    n = len(trials)
+    k = sum(1 for t in trials if t["label"] == label_of(target))
+    dist = Counter(t["label"] for t in trials)
+    return {"rate": k / n if n else float("nan"), "n": n, "ci95": list(wilson_interval(k, n)),
+            "distribution": {label: dist[label] for label in LABELS if dist[label]},
+            "mean_steps": float(np.mean([t["steps"] for t in trials])) if n else float("nan")}
+
+
+def read_trials(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill: that trial reruns
+    return out

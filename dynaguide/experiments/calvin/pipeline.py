@@ -1,0 +1,157 @@
+"""Resumable training stages of the CALVIN experiments.
+
+    dynaguide calvin train --config config/calvin_experiment.yaml --stage all|merge|embed|policy|dynamics|export
+
+Each stage skips work that is already done (merged file present, embedding cache matching, training
+checkpoint at its final step) and a killed training run continues from its last checkpoint
+(:func:`dynaguide.training.train_model`).  ``policy`` and ``dynamics`` are independent after ``embed``
+and can run in two processes at once (one core each).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+
+from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
+from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+from dynaguide.embedders import make_embedder
+from dynaguide.experiments.calvin.config import CalvinExperimentConfig
+from dynaguide.experiments.calvin_small import POLICY_CAMERA, RenameCamera
+from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+from dynaguide.training import TrainConfig, train_dynamics, train_policy
+
+STAGES = ("merge", "embed", "policy", "dynamics", "export")
+
+
+def merge_segments(sources: tuple[str, ...], out: str | Path) -> dict:
+    """Copy the ``data/demo_*`` groups of every source file into one file ``out`` (renumbered, attrs kept).
+
+    Skipped when ``out`` already holds as many demos as the sources together.
+    """
+    out = Path(out)
+    counts = []
+    for src in sources:
+        with h5py.File(src, "r") as f:
+            counts.append(len(f["data"]))
+    if out.is_file():
+        with h5py.File(out, "r") as f:
+            if len(f["data"]) == sum(counts):
+                return {"demos": sum(counts), "skipped": True}
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as dst:
+        data = dst.create_group("data")
+        i = 0
+        for src in sources:
+            with h5py.File(src, "r") as f:
+                for k, v in f["data"].attrs.items():
+                    if k != "next_seed_offset":
+                        data.attrs[k] = v
+                names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
+                for name in names:
+                    f.copy(f["data"][name], data, name=f"demo_{i}")
+                    data[f"demo_{i}"].attrs["source"] = f"{Path(src).name}:{name}"
+                    i += 1
+    tmp.replace(out)
+    return {"demos": i, "skipped": False}
+
+
+def _train_config(cfg: CalvinExperimentConfig, steps: int) -> TrainConfig:
+    t = cfg.training
+    return TrainConfig(steps=steps, batch_size=t.batch_size, lr=t.lr, lr_schedule="cosine", warmup_steps=200,
+                       val_every=500, checkpoint_every=250, ema_decay=0.995, num_threads=1)
+
+
+def _splits(cfg: CalvinExperimentConfig) -> tuple[list[str], list[str]]:
+    return split_demos(cfg.data.merged, cfg.training.val_fraction, seed=0)
+
+
+def embed(cfg: CalvinExperimentConfig):
+    """Embedding caches of every static frame of the training and validation files."""
+    embedder = make_embedder(cfg.embedder)
+    caches = {}
+    for path in (cfg.data.merged, cfg.data.validation):
+        caches[path] = build_embedding_cache(path, embedder, cfg.data.camera)
+    return embedder, caches
+
+
+def train_base_policy(cfg: CalvinExperimentConfig):
+    m = cfg.model
+    train_names, val_names = _splits(cfg)
+    policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=(POLICY_CAMERA,), image_size=m.policy_image_size,
+                                                       proprio_dim=15, action_dim=7, n_obs_steps=m.n_obs_steps,
+                                                       horizon=m.horizon, n_action_steps=m.n_action_steps))
+
+    def dataset(names):
+        return RenameCamera(PolicyDataset(cfg.data.merged, (cfg.data.camera,), m.n_obs_steps, m.horizon, demos=names,
+                                          preload_images=True), cfg.data.camera, POLICY_CAMERA)
+
+    return train_policy(policy, dataset(train_names), _train_config(cfg, cfg.training.policy_steps),
+                        Path(cfg.training.out_dir) / "policy_run", val_data=dataset(val_names))
+
+
+def train_latent_dynamics(cfg: CalvinExperimentConfig):
+    m = cfg.model
+    embedder, caches = embed(cfg)
+    train_names, val_names = _splits(cfg)
+    dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
+        embed_tokens=embedder.num_tokens, embed_dim=embedder.dim, pool=m.dynamics_pool, proprio_dim=15, action_dim=7,
+        horizon=m.horizon))
+    cache = caches[cfg.data.merged]
+
+    def dataset(names):
+        return DynamicsDataset(cfg.data.merged, cfg.data.camera, m.horizon, demos=names, tokens=cache)
+
+    return train_dynamics(dynamics, dataset(train_names), _train_config(cfg, cfg.training.dynamics_steps),
+                          Path(cfg.training.out_dir) / "dynamics_run", val_data=dataset(val_names))
+
+
+def export(cfg: CalvinExperimentConfig) -> dict:
+    """Inference-only checkpoints (EMA weights, no optimiser state) in ``training.export_dir``."""
+    out = Path(cfg.training.export_dir)
+    written = {}
+    for name in ("policy", "dynamics"):
+        run = Path(cfg.training.out_dir) / f"{name}_run" / "latest"
+        meta = read_checkpoint_meta(run)
+        model, config = load_checkpoint(run)
+        extra = {"source": str(run), "step": meta.get("step"), "data": cfg.data.merged}
+        if name == "dynamics":
+            extra["embedder"] = _embedder_record(cfg)
+        save_checkpoint(out / name, model, config, extra)
+        written[name] = str(out / name)
+    return written
+
+
+def _embedder_record(cfg: CalvinExperimentConfig) -> dict:
+    from dataclasses import asdict
+
+    return {"config": asdict(cfg.embedder)}
+
+
+def run(cfg: CalvinExperimentConfig, stages: tuple[str, ...] = STAGES) -> dict:
+    """Run ``stages`` in order; returns ``{stage: seconds}`` (and writes ``<out_dir>/stages.json``)."""
+    times: dict[str, float] = {}
+    for stage in stages:
+        start = time.perf_counter()
+        if stage == "merge":
+            merge_segments(cfg.data.train, cfg.data.merged)
+        elif stage == "embed":
+            embed(cfg)
+        elif stage == "policy":
+            train_base_policy(cfg)
+        elif stage == "dynamics":
+            train_latent_dynamics(cfg)
+        elif stage == "export":
+            export(cfg)
+        else:
+            raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+        times[stage] = round(time.perf_counter() - start, 1)
+    path = Path(cfg.training.out_dir) / "stages.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps({**previous, **times}, indent=2) + "\n")
+    return times
