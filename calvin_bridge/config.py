@@ -55,6 +55,10 @@ class CalvinEnvConfig:
         robot_joint_noise: half-width (rad) of the uniform noise added to the home joints on random resets.
         block_min_distance: minimum xy distance (m) between spawned blocks.
         surfaces: CALVIN's block placement boxes ``name -> [[x,y,z] low, [x,y,z] high]`` (m).
+        workspace_bounds: ``[[x,y,z] low, [x,y,z] high]`` (m) box the commanded TCP target is clipped to, as
+            CALVIN's robot clips to its ``workspace_bounds``, so a policy cannot drive the hand under the table
+            top or out of reach (``None`` disables).  Default: the scripted experts' TCP range on the
+            procedural table (x -0.26..0.30, y -0.51..0.08, z 0.35..0.69) plus about 5 cm.
         max_episode_steps: ``step`` reports ``truncated=True`` from this many steps on (``None``: never).
     """
 
@@ -82,6 +86,8 @@ class CalvinEnvConfig:
         "slider_left": [[-0.32, 0.05, 0.46], [-0.16, 0.12, 0.46]],
         "slider_right": [[-0.05, 0.05, 0.46], [0.13, 0.12, 0.46]],
     })
+    workspace_bounds: list[list[float]] | None = field(default_factory=lambda: [[-0.32, -0.56, 0.33],
+                                                                                [0.36, 0.14, 0.75]])
     max_episode_steps: int | None = None
 
     def __post_init__(self) -> None:
@@ -97,6 +103,10 @@ class CalvinEnvConfig:
             raise ValueError(f"max_episode_steps must be positive or null, got {self.max_episode_steps}")
         if self.global_scaling <= 0:
             raise ValueError(f"global_scaling must be positive, got {self.global_scaling}")
+        if self.workspace_bounds is not None:
+            box = self.workspace_bounds
+            if len(box) != 2 or any(len(c) != 3 for c in box) or any(lo >= hi for lo, hi in zip(*box)):
+                raise ValueError(f"workspace_bounds must be [[x,y,z] low, [x,y,z] high] with low < high, got {box}")
         for name, box in self.surfaces.items():
             if len(box) != 2 or any(len(c) != 3 for c in box):
                 raise ValueError(f"surface {name!r} must be [[x,y,z],[x,y,z]], got {box}")

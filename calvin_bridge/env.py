@@ -124,7 +124,7 @@ class CalvinEnv:
             position, orientation = self.relative_to_absolute(a)
         else:
             position, orientation = a[:3], p.getQuaternionFromEuler(a[3:6])
-        self.robot.apply_tcp_target(position, orientation, a[6])
+        self.robot.apply_tcp_target(self.clip_to_workspace(position), orientation, a[6])
         for _ in range(self.config.substeps):
             self._physics_step()
         self.steps += 1
@@ -133,6 +133,14 @@ class CalvinEnv:
         info = {"behaviour": label, "tasks": sorted(calvin_tasks(self.first_scene_obs, obs["scene_obs"]))}
         limit = self.config.max_episode_steps
         return obs, 0.0, False, bool(limit is not None and self.steps >= limit), info
+
+    def clip_to_workspace(self, position) -> np.ndarray:
+        """TCP target (3,) m clipped to ``config.workspace_bounds`` (unchanged when that is ``None``)."""
+        position = np.asarray(position, dtype=np.float64)
+        if self.config.workspace_bounds is None:
+            return position
+        lo, hi = (np.asarray(c, dtype=np.float64) for c in self.config.workspace_bounds)
+        return np.clip(position, lo, hi)
 
     def relative_to_absolute(self, action: np.ndarray) -> tuple[np.ndarray, tuple]:
         """Relative 7-d action → TCP target position (3,) and quaternion from the current TCP pose."""

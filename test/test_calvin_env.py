@@ -170,3 +170,24 @@ def test_truncation_and_yaml_config():
         env.reset(seed=0)
         flags = [env.step(np.zeros(7))[3] for _ in range(3)]
     assert flags == [False, True, True]
+
+
+def test_tcp_stays_inside_the_workspace_when_driven_down_and_out():
+    """A policy that keeps pushing down and away cannot take the hand under the table top (CALVIN clips)."""
+    import dataclasses
+
+    import numpy as np
+
+    from calvin_bridge.config import CalvinEnvConfig
+    from calvin_bridge.env import CalvinEnv
+
+    cfg = dataclasses.replace(CalvinEnvConfig(), render_every_step=False)
+    lo, hi = (np.asarray(c) for c in cfg.workspace_bounds)
+    with CalvinEnv(cfg) as env:
+        env.reset(seed=3)
+        for action in ([0, 0, -1, 0, 0, 0, 1], [-1, -1, -1, 0, 0, 0, 1]):
+            for _ in range(60):
+                obs, *_ = env.step(np.asarray(action, dtype=np.float64))
+            tcp = obs["robot_obs"][:3]
+            assert np.all(tcp >= lo - 0.02), tcp
+            assert np.all(tcp <= hi + 0.02), tcp
