@@ -468,7 +468,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
     """
     from tqdm import tqdm
 
-    from dynaguide.embedders import embedder_fingerprint
+    from dynaguide.embedders import embedder_fingerprint, embedder_id
 
     dataset_path = Path(dataset_path)
     fingerprint = embedder_fingerprint(embedder)
@@ -484,6 +484,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
     with h5py.File(tmp, "w") as f, tqdm(total=total, desc=f"embedding {camera}", disable=not progress) as bar, \
             _closing(source):
         for k, v in {**_file_key(dataset_path), "camera": camera, "embedder": fingerprint,
+                     "embedder_id": embedder_id(embedder),  # human-readable; the fingerprint is what is checked
                      "num_tokens": int(embedder.num_tokens), "dim": int(embedder.dim)}.items():
             f.attrs[k] = v
         group = f.create_group("tokens")

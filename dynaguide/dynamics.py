@@ -103,7 +103,13 @@ def check_action_space(model, policy, atol: float = 1e-6) -> None:
 class LatentDynamicsConfig:
     """``embed_tokens``/``embed_dim`` describe the embedder (N, D); ``pool`` average-pools the square token
     grid by that factor per side; ``model_dim`` is the transformer width (must be divisible by ``horizon``
-    and ``n_heads``)."""
+    and ``n_heads``).
+
+    ``embedder``: the :func:`dynaguide.embedders.embedder_identity` of the embedder whose tokens the model
+    was trained on (saved with the checkpoint's JSON config), or ``None`` (older checkpoints: unknown, no
+    check possible).  When set, its grid and dim must equal ``embed_tokens``/``embed_dim``, and
+    :attr:`embedder_id` lets the runtime refuse tokens of another embedder.
+    """
 
     embed_tokens: int = 256
     embed_dim: int = 384
@@ -119,8 +125,18 @@ class LatentDynamicsConfig:
     noised_fraction: float = 0.5
     geometric_p: float = 0.05
     ddim: DDIMConfig = field(default_factory=DDIMConfig)
+    embedder: dict | None = None
 
     def __post_init__(self) -> None:
+        if self.embedder is not None:
+            from dynaguide.embedders import embedder_id_from_identity
+
+            embedder_id_from_identity(self.embedder)  # ValueError unless it looks like an identity
+            grid, dim = self.embedder.get("grid"), self.embedder.get("dim")
+            if not (isinstance(grid, (list, tuple)) and len(grid) == 2) or grid[0] * grid[1] != self.embed_tokens \
+                    or dim != self.embed_dim:
+                raise ValueError(f"embedder identity (grid {grid}, dim {dim}) does not match embed_tokens "
+                                 f"{self.embed_tokens} / embed_dim {self.embed_dim}")
         side = math.isqrt(self.embed_tokens)
         if side * side != self.embed_tokens:
             raise ValueError(f"embed_tokens must be a square number (a patch grid), got {self.embed_tokens}")
@@ -135,6 +151,32 @@ class LatentDynamicsConfig:
                 raise ValueError(f"{name} must be positive")
         if self.proprio_dim < 0:
             raise ValueError("proprio_dim must be >= 0")
+
+    @property
+    def embedder_id(self) -> str | None:
+        """Short id of the recorded embedder (:func:`dynaguide.embedders.embedder_id`), ``None`` if unrecorded."""
+        if self.embedder is None:
+            return None
+        from dynaguide.embedders import embedder_id_from_identity
+
+        return embedder_id_from_identity(self.embedder)
+
+    @classmethod
+    def for_embedder(cls, embedder, preset: str = "cpu", **overrides) -> "LatentDynamicsConfig":
+        """Preset ``"cpu"``/``"paper"`` sized for ``embedder``'s tokens (``embed_tokens``/``embed_dim``) and
+        recording its identity.  The cpu preset pools the grid to 4x4 tokens when the side is a multiple
+        of 4 (16x16 → pool 4, 8x8 → pool 2), else keeps it unpooled."""
+        from dynaguide.embedders import embedder_identity
+
+        if preset not in ("cpu", "paper"):
+            raise ValueError(f"preset must be 'cpu' or 'paper', got {preset!r}")
+        side = math.isqrt(int(embedder.num_tokens))
+        base: dict = {"embed_tokens": int(embedder.num_tokens), "embed_dim": int(embedder.dim),
+                      "embedder": embedder_identity(embedder)}
+        if preset == "cpu":
+            base["pool"] = side // 4 if side % 4 == 0 else 1
+        base.update(overrides)
+        return getattr(cls, preset)(**base)
 
     @property
     def out_tokens(self) -> int:

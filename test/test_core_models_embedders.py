@@ -93,4 +93,5 @@ def test_embedder_config_validation():
         EmbedderConfig(kind="dinov2")
     with pytest.raises(ValueError, match="kind"):
         EmbedderConfig(kind="clip")
-    assert make_embedder(EmbedderConfig()).num_tokens == 256
+    assert make_embedder(EmbedderConfig(kind="random")).num_tokens == 256  # 224 px / 14 px patches
+    assert make_embedder(EmbedderConfig()).num_tokens == 64                 # default: EfficientNet-Lite0, 128 px / 16

@@ -5,8 +5,9 @@
 
 Produces ``<out>/policy`` and ``<out>/dynamics`` (safetensors + JSON).  The policy sees the static
 camera (dataset key ``third_person``, published as ``camera/rgb_static`` by the bridge) and the 15-d
-``robot_obs``; the dynamics model predicts the offline embedder's pooled tokens of the segment's final
-static frame.  These are small models trained briefly on few demonstrations: they exist so the demo
+``robot_obs``; the dynamics model predicts the default embedder's pooled tokens of the segment's final
+static frame, and records that embedder's identity (the shipped ``checkpoints/calvin_cpu`` predate this:
+they were trained on the random 224 px / 14 px-patch embedder, 256 x 384 tokens, and record none).  These are small models trained briefly on few demonstrations: they exist so the demo
 graph runs on weights that have seen the task, not as a measured result.
 """
 
@@ -37,6 +38,10 @@ class RenameCamera(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    def stats(self):
+        """Min/max of actions and proprio (of the wrapped dataset; no pass over the images)."""
+        return self.base.stats()
+
     def __getitem__(self, i):
         item = dict(self.base[i])
         item[self.dst] = item.pop(self.src)
@@ -53,8 +58,10 @@ def train(data: str, out: str, policy_steps: int, dynamics_steps: int, image_siz
     res = train_policy(policy, mk(train_names), TrainConfig(steps=policy_steps, batch_size=64, lr=3e-4, val_every=500,
                                                       checkpoint_every=500, ema_decay=0.99, num_threads=1), out_dir / "policy_run",
                  val_data=mk(val_names))
-    embedder = make_embedder(EmbedderConfig())
-    dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(proprio_dim=15, action_dim=7, horizon=16))
+    embedder = make_embedder(EmbedderConfig())  # the default embedder (EfficientNet-Lite0, 128 px, stride 16)
+    # sized for its tokens (8x8 x 112 → pooled 4x4) and recording its identity, checked by the runtime
+    dynamics = LatentDynamicsModel(LatentDynamicsConfig.for_embedder(embedder, "cpu", proprio_dim=15, action_dim=7,
+                                                                     horizon=16))
     cache = build_embedding_cache(data, embedder, DATASET_CAMERA)  # every frame embedded once
     dyn = lambda names: DynamicsDataset(data, DATASET_CAMERA, 16, demos=names, tokens=cache)
     res_dyn = train_dynamics(dynamics, dyn(train_names), TrainConfig(steps=dynamics_steps, batch_size=64, lr=3e-4, val_every=500,

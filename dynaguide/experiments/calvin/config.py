@@ -53,8 +53,8 @@ class ModelConfig:
 
 @dataclass
 class TrainingConfig:
-    policy_steps: int = 5000
-    dynamics_steps: int = 6000
+    policy_steps: int = 3000
+    dynamics_steps: int = 4000
     batch_size: int = 64
     lr: float = 3e-4
     val_fraction: float = 0.05

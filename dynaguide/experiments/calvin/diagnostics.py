@@ -19,7 +19,7 @@ import torch
 from dynaguide.data import action_chunk
 from dynaguide.embedders import make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import load_models
+from dynaguide.experiments.calvin.evaluate import check_embedder, load_models
 from dynaguide.experiments.calvin.harness import label_of, load_goal_images
 from dynaguide.guidance.metric import goal_distances
 
@@ -36,6 +36,7 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
     torch.set_num_threads(1)
     policy, dynamics = load_models(cfg)
     embedder = make_embedder(cfg.embedder)
+    check_embedder(dynamics, embedder)
     horizon = dynamics.horizon
     with h5py.File(cfg.data.goals, "r") as f:
         behaviours = sorted({str(f["data"][n].attrs["behavior"]) for n in f["data"]})

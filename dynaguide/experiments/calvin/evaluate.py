@@ -19,7 +19,7 @@ import torch
 from calvin_bridge.config import CalvinEnvConfig
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.config import to_dict
-from dynaguide.embedders import make_embedder
+from dynaguide.embedders import embedder_id, make_embedder
 from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
                                                  CalvinExperimentConfig)
 from dynaguide.experiments.calvin.harness import (CellRunner, Planners, load_goal_images, load_start_poses,
@@ -44,6 +44,14 @@ def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dyna
     return policy.eval(), dynamics.eval()
 
 
+def check_embedder(dynamics, embedder) -> None:
+    """Refuse to steer with tokens of another embedder than the one the dynamics model was trained on."""
+    expected = dynamics.cfg.embedder_id
+    if expected is not None and embedder_id(embedder) != expected:
+        raise ValueError(f"the dynamics model was trained on embedder {expected} but the experiment config builds "
+                         f"{embedder_id(embedder)}; set the config's embedder section to match")
+
+
 def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out_dir: str | Path,
                    targets: Sequence[str] | None = None, command: str = "", policy_dir: str | None = None,
                    dynamics_dir: str | None = None, gc_dir: str | None = None, progress: bool = True) -> dict:
@@ -61,8 +69,11 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     policy, dynamics = load_models(cfg, policy_dir, dynamics_dir)
+    gc_default = Path(cfg.training.export_dir) / "gc_policy"
+    gc_dir = gc_dir or (str(gc_default) if "goal_conditioned" in methods and gc_default.is_dir() else None)
     gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
     embedder = make_embedder(cfg.embedder)
+    check_embedder(dynamics, embedder)
     goals = {}
     for b in sorted(set(targets) | (set(EXPERIMENTS[experiment]) if ev.negatives == "others" else set())):
         goals[b] = load_goal_images(cfg.data.goals, MOVABLE_GOAL_BEHAVIOUR.get(b, b), ev.goal_set, ev.goals_per_target)

@@ -19,13 +19,15 @@ import h5py
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.embedders import make_embedder
+from dynaguide.embedders import embedder_identity, make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
 from dynaguide.experiments.calvin_small import POLICY_CAMERA, RenameCamera
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_dynamics, train_policy
 
 STAGES = ("merge", "embed", "policy", "dynamics", "export")
+#: stages run only when named (the goal-conditioned baseline policy)
+OPTIONAL_STAGES = ("gc_policy",)
 
 
 def merge_segments(sources: tuple[str, ...], out: str | Path) -> dict:
@@ -79,19 +81,24 @@ def embed(cfg: CalvinExperimentConfig):
     return embedder, caches
 
 
-def train_base_policy(cfg: CalvinExperimentConfig):
+def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = False):
+    """The base diffusion policy (static camera + robot_obs); with ``goal_conditioned`` the GC baseline,
+    which also sees its segment's final static frame (hindsight relabelling, as the paper's GC policy)."""
     m = cfg.model
     train_names, val_names = _splits(cfg)
     policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=(POLICY_CAMERA,), image_size=m.policy_image_size,
                                                        proprio_dim=15, action_dim=7, n_obs_steps=m.n_obs_steps,
-                                                       horizon=m.horizon, n_action_steps=m.n_action_steps))
+                                                       horizon=m.horizon, n_action_steps=m.n_action_steps,
+                                                       goal_conditioned=goal_conditioned))
+    goal_key = policy.cfg.goal_key if goal_conditioned else None
 
     def dataset(names):
         return RenameCamera(PolicyDataset(cfg.data.merged, (cfg.data.camera,), m.n_obs_steps, m.horizon, demos=names,
-                                          preload_images=True), cfg.data.camera, POLICY_CAMERA)
+                                          goal_key=goal_key, preload_images=True), cfg.data.camera, POLICY_CAMERA)
 
+    name = "gc_policy_run" if goal_conditioned else "policy_run"
     return train_policy(policy, dataset(train_names), _train_config(cfg, cfg.training.policy_steps),
-                        Path(cfg.training.out_dir) / "policy_run", val_data=dataset(val_names))
+                        Path(cfg.training.out_dir) / name, val_data=dataset(val_names))
 
 
 def train_latent_dynamics(cfg: CalvinExperimentConfig):
@@ -100,7 +107,7 @@ def train_latent_dynamics(cfg: CalvinExperimentConfig):
     train_names, val_names = _splits(cfg)
     dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
         embed_tokens=embedder.num_tokens, embed_dim=embedder.dim, pool=m.dynamics_pool, proprio_dim=15, action_dim=7,
-        horizon=m.horizon))
+        horizon=m.horizon, embedder=embedder_identity(embedder)))
     cache = caches[cfg.data.merged]
 
     def dataset(names):
@@ -114,22 +121,16 @@ def export(cfg: CalvinExperimentConfig) -> dict:
     """Inference-only checkpoints (EMA weights, no optimiser state) in ``training.export_dir``."""
     out = Path(cfg.training.export_dir)
     written = {}
-    for name in ("policy", "dynamics"):
+    for name in ("policy", "dynamics", "gc_policy"):
         run = Path(cfg.training.out_dir) / f"{name}_run" / "latest"
+        if name == "gc_policy" and not run.is_dir():
+            continue
         meta = read_checkpoint_meta(run)
         model, config = load_checkpoint(run)
         extra = {"source": str(run), "step": meta.get("step"), "data": cfg.data.merged}
-        if name == "dynamics":
-            extra["embedder"] = _embedder_record(cfg)
         save_checkpoint(out / name, model, config, extra)
         written[name] = str(out / name)
     return written
-
-
-def _embedder_record(cfg: CalvinExperimentConfig) -> dict:
-    from dataclasses import asdict
-
-    return {"config": asdict(cfg.embedder)}
 
 
 def run(cfg: CalvinExperimentConfig, stages: tuple[str, ...] = STAGES) -> dict:
@@ -143,12 +144,14 @@ def run(cfg: CalvinExperimentConfig, stages: tuple[str, ...] = STAGES) -> dict:
             embed(cfg)
         elif stage == "policy":
             train_base_policy(cfg)
+        elif stage == "gc_policy":
+            train_base_policy(cfg, goal_conditioned=True)
         elif stage == "dynamics":
             train_latent_dynamics(cfg)
         elif stage == "export":
             export(cfg)
         else:
-            raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+            raise ValueError(f"unknown stage {stage!r}; stages: {STAGES + OPTIONAL_STAGES}")
         times[stage] = round(time.perf_counter() - start, 1)
     path = Path(cfg.training.out_dir) / "stages.json"
     path.parent.mkdir(parents=True, exist_ok=True)
