@@ -3,10 +3,17 @@
 :class:`GuidedPolicyRunner` is what the ROS policy node wraps (and what offline evaluations can use):
 it keeps the observation history, the current :class:`~dynaguide.guidance.goals.GuidanceSet`, and turns
 one observation into one un-normalised action chunk with the guided DDIM sampler.  No ROS here.
+
+Embedder check: a dynamics model whose config records the embedder it was trained on
+(``LatentDynamicsConfig.embedder``) only accepts observation/goal tokens whose ``embedder_id`` is that
+embedder's id (or empty: provenance unknown); other ids raise :class:`EmbedderMismatchError` instead of
+steering with latents of another space.  Older checkpoints record nothing: no check is possible (logged
+once).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -21,6 +28,12 @@ from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+logger = logging.getLogger(__name__)
+
+
+class EmbedderMismatchError(ValueError):
+    """Tokens come from another embedder than the one the dynamics model was trained on."""
 
 
 @dataclass
@@ -50,6 +63,7 @@ class ChunkResult:
     guided: bool
     metric: float                # Eq. 2 value of the returned chunk (NaN when unguided)
     compute_ms: float
+    fallback: str = ""           # why a chunk meant to be guided is unguided (non-finite guidance), else ""
 
 
 class GuidedPolicyRunner:
@@ -71,11 +85,27 @@ class GuidedPolicyRunner:
         self.torch_threads = max(1, int(torch_threads))
         # index of the current step in the policy's chunk (0 for DiffusionPolicy: the chunk starts now)
         self.action_offset = int(getattr(policy, "action_offset", 0))
+        # id of the embedder the dynamics model was trained on (None: not recorded, nothing to check against)
+        self.expected_embedder_id: str | None = getattr(getattr(dynamics, "cfg", None), "embedder_id", None)
         if trained:
             dynamics.check_compatible_with(policy)  # same action normalisation, or a clear ValueError
+            if self.expected_embedder_id is None:
+                logger.warning("the dynamics checkpoint records no embedder: cannot check that observation and "
+                               "goal tokens come from the embedder it was trained on")
+
+    def check_embedder_id(self, embedder_id: str | None, what: str = "observation") -> None:
+        """Raise :class:`EmbedderMismatchError` if ``embedder_id`` is non-empty and differs from the id the
+        dynamics model records; no-op when either is unknown."""
+        expected = self.expected_embedder_id
+        if expected is None or not embedder_id or embedder_id == expected:
+            return
+        raise EmbedderMismatchError(
+            f"{what} tokens come from embedder {embedder_id!r} but the dynamics model was trained on "
+            f"{expected!r}: refusing to steer with latents of another embedder (configure the embedding node's "
+            f"embedder.* to match, or load a dynamics checkpoint trained on {embedder_id!r})")
 
     @classmethod
-    def from_config(cls, cfg: RunnerConfig) -> "GuidedPolicyRunner":
+    def from_config(cls, cfg: RunnerConfig) -> GuidedPolicyRunner:
         trained = bool(cfg.policy_checkpoint) and bool(cfg.dynamics_checkpoint)
         if cfg.policy_checkpoint:
             policy, _ = load_checkpoint(Path(cfg.policy_checkpoint))
@@ -99,17 +129,25 @@ class GuidedPolicyRunner:
     # ----------------------------------------------------------------------------- guidance
     def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None, *,
                             scale: float | None = None, sigma: float | None = None,
-                            stochastic_steps: int | None = None) -> GuidanceSet:
+                            stochastic_steps: int | None = None,
+                            embedder_ids: str | list[str] | tuple[str, ...] | None = None) -> GuidanceSet:
         """Raw embedder tokens ``(K, N, D)`` of goal images → the guidance in force.
 
-        ``None``/NaN/<= 0 overrides keep the defaults.  Raises ``ValueError`` (and keeps the previous
-        guidance) if the tokens do not fit the dynamics model.
+        ``None``/NaN overrides keep the defaults (``scale = 0`` is valid: the unguided sampler; σ below
+        ``MIN_SIGMA``, M < 1 or s < 0 raise ``ValueError``).  ``embedder_ids``: the id(s) the goal tokens carry
+        (one for all, or one per goal; empty = unknown).  Raises ``ValueError`` — :class:`EmbedderMismatchError`
+        for another embedder's tokens — and keeps the previous guidance if the tokens do not fit the
+        dynamics model.
         """
+        ids = [embedder_ids] if isinstance(embedder_ids, str) else list(embedder_ids or [])
+        for i, emb_id in enumerate(ids):
+            self.check_embedder_id(emb_id, "goal" if len(ids) == 1 else f"goal {i}")
         def keep(value, default):
-            return default if value is None or not math.isfinite(value) or value <= 0 else value
+            return default if value is None or not math.isfinite(value) else value
 
         d = self.guidance_defaults
-        cfg = GuidanceConfig(**{**d.__dict__, "scale": float(keep(scale, d.scale)), "sigma": float(keep(sigma, d.sigma)),
+        cfg = GuidanceConfig(**{**d.__dict__, "scale": float(keep(scale, d.scale)),
+                                "sigma": float(keep(sigma, d.sigma)),
                                 "stochastic_steps": int(keep(stochastic_steps, d.stochastic_steps))})
         expected = (self.dynamics.cfg.embed_tokens, self.dynamics.cfg.embed_dim)
 
@@ -118,7 +156,9 @@ class GuidedPolicyRunner:
                 return None
             tokens = torch.as_tensor(np.asarray(tokens, dtype=np.float32))
             if tokens.ndim != 3 or tuple(tokens.shape[1:]) != expected:
-                raise ValueError(f"{name} goal tokens must be (K, {expected[0]}, {expected[1]}), got {tuple(tokens.shape)}")
+                raise ValueError(f"{name} goal tokens must be (K, {expected[0]}, {expected[1]}), "
+                                 f"got {tuple(tokens.shape)}"
+                                 " (tokens of another embedder or geometry than the dynamics model's?)")
             with torch.no_grad():
                 return self.dynamics.outcome_latent(tokens)
 
@@ -130,27 +170,27 @@ class GuidedPolicyRunner:
         self.guidance = None
 
     # ----------------------------------------------------------------------------- acting
-    def act(self, images: dict[str, np.ndarray], proprio: np.ndarray, obs_tokens: np.ndarray | None) -> ChunkResult:
+    def act(self, images: dict[str, np.ndarray], proprio: np.ndarray, obs_tokens: np.ndarray | None,
+            obs_embedder_id: str | None = None) -> ChunkResult:
         """One chunk from the latest observation history.
 
         Args:
             images: camera key → ``(To, H, W, 3) uint8`` (oldest first; resized to the policy's size).
             proprio: ``(To, P)`` raw proprioception.
             obs_tokens: ``(N, D)`` embedder tokens of the newest policy-camera frame (needed when guided).
+            obs_embedder_id: the id ``obs_tokens`` carry (empty/None = unknown); another embedder's id raises
+                :class:`EmbedderMismatchError` when guided.
         """
         start = time.perf_counter()
         # OpenMP thread counts are per calling thread: a ROS executor thread would otherwise use every core,
         # and oversubscribed spin-waiting threads made a 0.2 s chunk take 2-6 s on a 2-core machine.
         torch.set_num_threads(self.torch_threads)
         obs = {}
-        size = self.policy.cfg.image_size
         for key in self.policy.cfg.image_keys:
             if key not in images:
                 raise ValueError(f"missing camera {key!r}")
+            # frames go in at camera resolution: the policy's encoder resizes them exactly as in training
             frames = torch.as_tensor(np.asarray(images[key])).permute(0, 3, 1, 2).float() / 255.0
-            if frames.shape[-1] != size or frames.shape[-2] != size:
-                frames = torch.nn.functional.interpolate(frames, size=(size, size), mode="bilinear",
-                                                         antialias=True, align_corners=False)
             obs[key] = frames.unsqueeze(0)
         proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32)).unsqueeze(0)
         obs["proprio"] = proprio_t
@@ -159,16 +199,29 @@ class GuidedPolicyRunner:
         if guidance is not None and guidance.scale > 0:
             if obs_tokens is None:
                 raise ValueError("guidance is active but no observation embedding is available")
+            self.check_embedder_id(obs_embedder_id, "observation")
             objective = DynaGuideObjective(
                 self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
                 proprio_t[:, -1], guidance, action_offset=self.action_offset)
         with torch.no_grad():
             cond = self.policy.encode_observation(obs)
-        sample = guided_ddim_sample(
-            self.policy, cond, objective, scale=guidance.scale if objective else 0.0, ddim=self.policy.cfg.ddim,
-            stochastic_steps=guidance.stochastic_steps if objective else 1,
-            stochastic_mode=guidance.config.stochastic_mode if objective else "repeat",
-            generator=self.generator)
+        fallback = ""
+        try:
+            sample = guided_ddim_sample(
+                self.policy, cond, objective, scale=guidance.scale if objective else 0.0, ddim=self.policy.cfg.ddim,
+                stochastic_steps=guidance.stochastic_steps if objective else 1,
+                stochastic_mode=guidance.config.stochastic_mode if objective else "repeat",
+                generator=self.generator)
+            if objective is not None and not torch.isfinite(sample.actions).all():
+                raise ValueError("the guided chunk is not finite")
+        except ValueError as exc:
+            if objective is None:
+                raise
+            # unusable guidance (non-finite metric or gradient): act with the base policy rather than not at all
+            fallback = f"guidance fell back to the base policy for this chunk: {exc}"
+            objective = None
+            sample = guided_ddim_sample(self.policy, cond, None, scale=0.0, ddim=self.policy.cfg.ddim,
+                                        generator=self.generator)
         metric = float("nan")
         if objective is not None:
             with torch.no_grad():
@@ -176,4 +229,4 @@ class GuidedPolicyRunner:
         with torch.no_grad():
             actions = self.policy.unnormalize_actions(sample.actions)[0].cpu().numpy()
         return ChunkResult(actions=actions.astype(np.float32), guided=objective is not None, metric=metric,
-                           compute_ms=(time.perf_counter() - start) * 1e3)
+                           compute_ms=(time.perf_counter() - start) * 1e3, fallback=fallback)

@@ -22,7 +22,11 @@ import numpy as np
 
 from dynaguide_ros.ros_env import apply_localhost_defaults
 
-DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints" / "calvin_cpu"
+#: expert episode seeds of the demo's goal images, inside the goal range of the CALVIN experiments
+#: (dynaguide/experiments/calvin/config.py SEED_RANGES["goals"]), disjoint from training and evaluation
+DEMO_GOAL_SEED = 2_500_000
+
+DEFAULT_CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints" / "calvin_effnet"
 
 
 def expert_goal_images(behaviour: str, n: int, out: Path, size: int = 200) -> list[np.ndarray]:
@@ -41,7 +45,7 @@ def expert_goal_images(behaviour: str, n: int, out: Path, size: int = 200) -> li
     cfg.static_camera.width = cfg.static_camera.height = size
     images = []
     with CalvinEnv(cfg) as env:
-        for seed in range(100, 100 + 4 * n):
+        for seed in range(DEMO_GOAL_SEED, DEMO_GOAL_SEED + 4 * n):   # goal seeds: disjoint from training data
             result = run_episode(env, behaviour, seed)
             if result.get("success"):
                 img = env.render_cameras()["rgb_static"]
@@ -69,7 +73,8 @@ def _run(args) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[demo] goal images: final frames of scripted '{args.behaviour}' episodes")
-    goals = expert_goal_images(args.behaviour, args.goals, out / "goals", size=args.image_size)
+    goals = expert_goal_images(args.behaviour, args.goals, Path(getattr(args, "goal_dir", None) or out / "goals"),
+                               size=args.image_size)
     ckpt = Path(args.checkpoints)
     trained = (ckpt / "policy" / "config.json").is_file() and (ckpt / "dynamics" / "config.json").is_file()
     overrides = {"guidance_manager": {"state_dir": str(out / "guidance_state")},
@@ -92,7 +97,8 @@ def _run(args) -> int:
     node.create_subscription(BehaviourEvent, "calvin/behaviour", events.append, RELIABLE)
     node.create_subscription(PolicyDiagnostics, "policy/diagnostics", diags.append, RELIABLE)
     launcher.start()
-    summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed, "trained_models": trained, "duration_s": args.duration}
+    summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed,
+                     "trained_models": trained, "duration_s": args.duration}
     try:
         print("[demo] waiting for the graph (first start imports torch in four processes)...")
         if args.unguided:
@@ -104,6 +110,7 @@ def _run(args) -> int:
             res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
                                     stochastic_steps=args.stochastic_steps, node=node, timeout=180)
             print(f"[demo] /set_guidance: {'ok' if res.success else 'rejected'}: {res.message}")
+            summary["guidance"] = res.message  # the s, sigma and M in force
             if not res.success:
                 return 1
         start = time.monotonic()
@@ -143,21 +150,62 @@ def _run(args) -> int:
     return 0
 
 
+def _measure(args) -> int:
+    """``--measure N``: N seeds guided and N unguided (resumable per run) → ``--json`` steering summary."""
+    import copy
+    import shlex
+    import sys
+
+    runs = {"guided": [], "unguided": []}
+    for seed in range(args.seed, args.seed + args.measure):
+        for mode in ("guided", "unguided"):
+            out = Path(args.out) / f"{mode}_{seed}"
+            if not (out / "summary.json").is_file():
+                run_args = copy.copy(args)
+                run_args.seed, run_args.unguided, run_args.out = seed, mode == "unguided", str(out)
+                run_args.goal_dir = str(Path(args.out) / "goals")
+                _run(run_args)
+            summary = json.loads((out / "summary.json").read_text())
+            runs[mode].append({"seed": seed, "first_behaviour": summary["first_behaviour"],
+                               "behaviours": summary["behaviours_detected"]})
+    result = {"target": args.behaviour, "duration_s": args.duration, "checkpoints": str(args.checkpoints),
+              "command": "dynaguide " + shlex.join(sys.argv[1:])}
+    for mode, rows in runs.items():
+        result[mode] = {"target_first": sum(r["first_behaviour"] == args.behaviour for r in rows), "n": len(rows),
+                        "runs": rows}
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+def _main(args) -> int:
+    return _measure(args) if args.measure else _run(args)
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the CALVIN sim graph headless, steered towards a behaviour")
     p.add_argument("--behaviour", default="drawer_open")
     p.add_argument("--goals", type=int, default=3, help="number of goal images")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of guided execution")
-    p.add_argument("--scale", type=float, default=1.5, help="guidance scale s")
-    p.add_argument("--sigma", type=float, default=5.0,
-                   help="distance temperature; ~half the typical goal distance of the CPU config's pooled latents")
-    p.add_argument("--stochastic-steps", type=int, default=2, help="M (latency grows with M on a CPU)")
+    # 0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
+    p.add_argument("--scale", type=float, default=0.0, help="guidance scale s (0: GuidanceConfig's default, 1.5)")
+    p.add_argument("--sigma", type=float, default=0.0,
+                   help="distance temperature (0: GuidanceConfig's default, 30); the demo steering runs used 5, "
+                        "~half the typical goal distance of the CPU config's pooled latents")
+    p.add_argument("--stochastic-steps", type=int, default=0,
+                   help="M (0: GuidanceConfig's default, 4); latency grows with M on a CPU (steering runs: 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64,
-                   help="static camera size; the shipped models were trained on 64 px frames")
+    p.add_argument("--image-size", type=int, default=96,
+                   help="static camera size; the shipped models were trained on 96 px frames")
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))
     p.add_argument("--out", default="outputs/demo")
     p.add_argument("--unguided", action="store_true", help="run the base policy (clear guidance) for comparison")
     p.add_argument("--wall-clock", action="store_true",
                    help="real-time 30 Hz sim (late actions dropped) instead of lockstep simulated time")
-    p.set_defaults(func=_run)
+    p.add_argument("--measure", type=int, default=0, metavar="N",
+                   help="run N seeds guided and unguided and write the steering summary to --json")
+    p.add_argument("--json", default=None, help="with --measure: output file (e.g. results/calvin/demo_steering.json)")
+    p.set_defaults(func=_main)

@@ -1,0 +1,45 @@
+"""CALVIN experiment pipeline pieces that need no training: merging collected files, config validation."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from dynaguide.data import Demo, DemoSource, write_hdf5_dataset
+from dynaguide.experiments.calvin.config import CalvinExperimentConfig, EvalConfig
+from dynaguide.experiments.calvin.pipeline import merge_segments
+
+
+def _demos(n: int, behaviour: str, offset: float) -> list[Demo]:
+    return [Demo(actions=np.full((3 + i, 7), offset + i, np.float32),
+                 images={"third_person": np.zeros((3 + i, 8, 8, 3), np.uint8)},
+                 proprio=np.zeros((3 + i, 15), np.float32), behavior=behaviour) for i in range(n)]
+
+
+def test_merge_keeps_every_segment_in_order_and_is_idempotent(tmp_path):
+    a = write_hdf5_dataset(tmp_path / "a.h5", _demos(3, "switch_on", 0.0))
+    b = write_hdf5_dataset(tmp_path / "b.h5", _demos(2, "drawer_open", 100.0))
+    out = tmp_path / "merged.h5"
+    assert merge_segments((str(a), str(b)), out) == {"demos": 5, "skipped": False}
+    src = DemoSource(out)
+    assert src.names == [f"demo_{i}" for i in range(5)]
+    assert [src.behavior[n] for n in src.names] == ["switch_on"] * 3 + ["drawer_open"] * 2
+    assert src.actions["demo_3"][0, 0] == 100.0 and src.length("demo_4") == 4
+    with h5py.File(out) as f:
+        assert f["data/demo_4"].attrs["source"] == "b.h5:demo_1"
+    assert merge_segments((str(a), str(b)), out)["skipped"] is True
+
+
+@pytest.mark.parametrize("bad", [{"negatives": "all"}, {"goal_set": "train"}, {"trials": 0},
+                                 {"seed": 100},                       # a training seed
+                                 {"seed": 3_500_000},                 # a validation seed used as evaluation
+                                 {"split": "validation", "seed": 5_000_000}])
+def test_eval_config_rejects_bad_settings_and_seeds_outside_their_split(bad):
+    with pytest.raises(ValueError):
+        EvalConfig(**bad)
+
+
+def test_shipped_experiment_config_loads():
+    cfg = CalvinExperimentConfig.load("config/calvin_experiment.yaml")
+    assert cfg.embedder.kind == "efficientnet_lite0" and cfg.eval.guidance.stochastic_mode == "renoise"
