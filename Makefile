@@ -1,6 +1,7 @@
 # DynaGuide stack — everything runs from a virtual environment in .venv (no system ROS needed).
 #   make demo     set up (first time) and run the main job: the CALVIN sim graph, headless, guided
-#   make test     set up (first time) and run the default test suite
+#   make test     set up (first time), lint (ruff, config in pyproject.toml) and run the default test suite
+#   make lint     only the lint step
 #   make install  only set up
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
@@ -8,7 +9,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo lint test test-slow bench clean
 
 install: $(STAMP)
 
@@ -25,7 +26,10 @@ $(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs
 demo: install
 	$(VENV)/bin/dynaguide demo
 
-test: install
+lint: install
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-slow: install

@@ -16,7 +16,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
@@ -28,7 +29,8 @@ JOINT_CONTROLLER = "joint_controller"
 
 @dataclass(frozen=True)
 class ArmState:
-    """One measurement: ``joint_pos (dof,)`` rad, ``joint_vel (dof,)`` rad/s, ``gripper_width`` m, ``stamp`` s (backend clock)."""
+    """One measurement: ``joint_pos (dof,)`` rad, ``joint_vel (dof,)`` rad/s, ``gripper_width`` m, ``stamp`` s
+    (backend clock)."""
 
     joint_pos: np.ndarray
     joint_vel: np.ndarray
@@ -95,7 +97,7 @@ class ArmBackend(abc.ABC):
     def damp(self) -> None:
         """Zero stiffness, damping only: the safe passive state."""
 
-    def tick(self) -> None:
+    def tick(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Advance one control period (simulation step / explicit CAN exchange).  Default: nothing."""
 
     def close(self) -> None:
@@ -265,7 +267,8 @@ class SimBackend(ArmBackend):
         for j, q in zip(self._joints, np.clip(q0, self._qmin, self._qmax)):
             p.resetJointState(self._body, j, float(q), 0.0, physicsClientId=self._client)
         self._torque_max = np.asarray(rc.joint_torque_max, dtype=float)
-        self._damp_force = np.asarray(self.controller_config.default_kd, dtype=float) * np.asarray(rc.joint_vel_max, dtype=float)
+        self._damp_force = (np.asarray(self.controller_config.default_kd, dtype=float)
+                            * np.asarray(rc.joint_vel_max, dtype=float))
         self._kp, self._kd = float(position_gain), float(velocity_gain)
         self._gripper = float(np.clip(initial_gripper_width, 0.0, rc.gripper_width))
         self._gripper_cmd = self._gripper

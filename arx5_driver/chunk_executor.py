@@ -38,6 +38,7 @@ import numpy as np
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
 from arx5_driver.transforms import rotvec_to_matrix
+from dynaguide.text import short_repr
 
 EXECUTABLE_SPACES = ("ee_delta", "joint_position")
 
@@ -59,7 +60,7 @@ class ActionChunk:
 
     @classmethod
     def from_flat(cls, stamp: float, action_space: str, horizon: int, action_dim: int, actions: Any,
-                  start_index: int, dt: float, frame_id: str = "") -> "ActionChunk":
+                  start_index: int, dt: float, frame_id: str = "") -> ActionChunk:
         """Build from the message's flat row-major ``actions``; ChunkRejected if sizes disagree."""
         flat = np.asarray(actions, dtype=float).reshape(-1)
         if horizon < 1 or action_dim < 1:
@@ -99,7 +100,8 @@ class StateHistory:
         self._n = self._i = 0
 
     def at(self, t: float) -> tuple[np.ndarray, float] | None:
-        """State recorded closest to time ``t`` (never one after it by more than the sampling gap); None if ``t`` predates the buffer."""
+        """State recorded closest to time ``t`` (never one after it by more than the sampling gap); None if ``t``
+        predates the buffer."""
         if self._n == 0:
             return None
         valid = np.isfinite(self._t)
@@ -130,7 +132,8 @@ class ChunkExecutor:
         """
         cfg = self.config
         if chunk.action_space not in EXECUTABLE_SPACES:
-            raise ChunkRejected(f"action_space {chunk.action_space!r} cannot drive the arm; use one of {list(EXECUTABLE_SPACES)}")
+            raise ChunkRejected(f"action_space {short_repr(chunk.action_space)} cannot drive the arm; "
+                                f"use one of {list(EXECUTABLE_SPACES)}")
         actions = np.asarray(chunk.actions, dtype=float)
         if actions.ndim != 2:
             raise ChunkRejected(f"actions must be (T, A), got shape {actions.shape}")
@@ -151,7 +154,8 @@ class ChunkExecutor:
         if chunk.stamp < now - cfg.max_chunk_age_s:
             raise ChunkRejected(f"stale: observation is {now - chunk.stamp:.3f} s old (max {cfg.max_chunk_age_s} s)")
         if chunk.stamp <= self.last_accepted_stamp:
-            raise ChunkRejected(f"out of order: stamp {chunk.stamp:.6f} is not newer than the last accepted {self.last_accepted_stamp:.6f}")
+            raise ChunkRejected(f"out of order: stamp {chunk.stamp:.6f} is not newer than the last accepted "
+                                f"{self.last_accepted_stamp:.6f}")
         if chunk.stamp > now + cfg.max_future_s:
             raise ChunkRejected(f"stamp is {chunk.stamp - now:.3f} s in the future (clock mismatch?)")
 
@@ -176,7 +180,8 @@ class ChunkExecutor:
         elif frame_id == self.tool_frame:
             in_tool = True
         else:
-            raise ChunkRejected(f"ee_delta frame_id {frame_id!r} must be empty, {self.base_frame!r} or {self.tool_frame!r}")
+            raise ChunkRejected(f"ee_delta frame_id {short_repr(frame_id)} must be empty, {self.base_frame!r} "
+                                f"or {self.tool_frame!r}")
         position, rotation = self.kinematics.fk(q_ref)
         seed = np.asarray(q_ref, dtype=float)
         joints = []
@@ -218,7 +223,8 @@ class ChunkExecutor:
         return None if self._traj is None else float(self._traj.times[-1])
 
     def sample(self, now: float) -> tuple[np.ndarray, float] | None:
-        """Target ``(joint_pos (dof,), gripper)`` at ``now``: linear between waypoints, last waypoint after the end; None without a trajectory."""
+        """Target ``(joint_pos (dof,), gripper)`` at ``now``: linear between waypoints, last waypoint after the end;
+        None without a trajectory."""
         traj = self._traj
         if traj is None:
             return None

@@ -40,7 +40,8 @@ class SafetyConfig:
     watchdog_damp_s: float = 2.0
     """No accepted chunk for this long → damping (needs a new start check to move again)."""
     start_tolerance_rad: float = 0.1
-    """A chunk may (re)start motion only if its first target is within this distance (max over joints) of the measured joints."""
+    """A chunk may (re)start motion only if its first target is within this distance (max over joints) of the
+    measured joints."""
     max_tracking_error_rad: float = 0.35
     """Measured joints further than this from the command (collision, blocked arm) → damping."""
 

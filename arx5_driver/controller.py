@@ -80,7 +80,8 @@ class ArmController:
                     self.safety.note_fresh_chunk(now)
                 # the trajectory continues from the last command at the time it was issued (the last tick)
                 start = now if self._last_tick is None else min(now, self._last_tick)
-                self.executor.accept(chunk.stamp, waypoints, start, self.safety.last_joint_pos, self.safety.last_gripper)
+                self.executor.accept(chunk.stamp, waypoints, start, self.safety.last_joint_pos,
+                                     self.safety.last_gripper)
             except ChunkRejected as exc:
                 self.rejected_chunks += 1
                 return ChunkResult(False, str(exc))

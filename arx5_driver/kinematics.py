@@ -63,5 +63,6 @@ class Kinematics:
         err_rot = np.arccos(np.clip((np.trace(r.T @ np.asarray(rotation, dtype=float)) - 1.0) / 2.0, -1.0, 1.0))
         if np.linalg.norm(p - position) > tolerance_m or err_rot > tolerance_rad:
             return None
-        del status  # the FK re-check above is the acceptance criterion (status may report max-iterations on a fine answer)
+        # the FK re-check above is the acceptance criterion (status may report max-iterations on a fine answer)
+        del status
         return q

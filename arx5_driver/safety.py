@@ -127,7 +127,8 @@ class SafetyLayer:
             gap = np.abs(q[0] - self.last_joint_pos)
             if np.any(gap > reach):
                 j = int(np.argmax(gap - reach))
-                return f"first action is {gap[j]:.3f} rad from the current command on joint{j + 1} (reachable {reach[j]:.3f})"
+                return (f"first action is {gap[j]:.3f} rad from the current command on joint{j + 1} "
+                        f"(reachable {reach[j]:.3f})")
         if len(q) > 1:
             speed = np.abs(np.diff(q, axis=0)) / np.maximum(np.diff(t), 1e-9)[:, None]
             if np.any(speed > self.joint_vel_max):

@@ -37,8 +37,10 @@ def _env_config(args: argparse.Namespace) -> CalvinEnvConfig:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, default=None, help="YAML with CalvinEnvConfig keys (or an 'env:' section)")
-    parser.add_argument("--calvin-data-dir", type=Path, default=None, help="real CALVIN assets (default: procedural table)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="YAML with CalvinEnvConfig keys (or an 'env:' section)")
+    parser.add_argument("--calvin-data-dir", type=Path, default=None,
+                        help="real CALVIN assets (default: procedural table)")
     parser.add_argument("--table", default=None, help="table name inside --calvin-data-dir (default calvin_table_D)")
 
 
@@ -107,7 +109,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = bench(_env_config(args), sizes=sizes, steps=args.steps)
     cfg = _env_config(args)
     result = {k: round(v, 2) for k, v in result.items()}
-    _write_json(args.json, {"steps_per_second": result, "steps": args.steps, "scene": cfg.calvin_data_dir or "procedural",
+    _write_json(args.json, {"steps_per_second": result, "steps": args.steps,
+                            "scene": cfg.calvin_data_dir or "procedural",
                             "gripper_camera": f"{cfg.gripper_camera.width}x{cfg.gripper_camera.height}",
                             "robot_visual": cfg.robot_visual, "renderer": "TINY (p.DIRECT)",
                             "cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)})

@@ -50,7 +50,8 @@ def behaviour_label(first_scene_obs: np.ndarray, scene_obs: np.ndarray, tcp_posi
     tcp = np.asarray(tcp_position, dtype=np.float64).reshape(3)
     for colour in BLOCK_CHECK_ORDER:
         pos_now, pos_first = block_position(now, colour), block_position(first, colour)
-        if np.linalg.norm(tcp - pos_now) < TOUCH_TCP_DISTANCE and np.linalg.norm(pos_now - pos_first) > TOUCH_BLOCK_MOTION:
+        if (np.linalg.norm(tcp - pos_now) < TOUCH_TCP_DISTANCE
+                and np.linalg.norm(pos_now - pos_first) > TOUCH_BLOCK_MOTION):
             return f"touch_{colour}"
     for index, threshold, up, down in ((DOOR, DOOR_MOTION, "door_left", "door_right"),
                                        (DRAWER, DRAWER_MOTION, "drawer_open", "drawer_close"),

@@ -20,7 +20,8 @@ from sensor_msgs.msg import Image, JointState
 
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
-from dynaguide.execution import ActionSchedule
+from dynaguide.execution import DEFAULT_MAX_FUTURE_S, ActionSchedule
+from dynaguide.text import short_repr
 from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
 from dynaguide_msgs.srv import ResetScene
 from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, seconds_to_time, time_to_seconds
@@ -42,6 +43,8 @@ class CalvinBridgeConfig:
     lockstep: bool = False             # True: simulated time advances only while an action is due, and
                                        # /clock is published (nodes run with use_sim_time) — a slow policy
                                        # then pauses the world instead of missing its actions
+    max_future_s: float = DEFAULT_MAX_FUTURE_S  # chunks stamped further ahead of the clock (sim time in
+                                                # lockstep) are rejected: one would freeze the world
 
 
 class CalvinBridgeNode(Node):
@@ -55,14 +58,15 @@ class CalvinBridgeNode(Node):
         self.env = CalvinEnv(env_cfg)
         self.dt = 1.0 / env_cfg.control_hz
         self._lock = threading.Lock()
-        self.schedule = ActionSchedule(7, self.dt)
+        self.schedule = ActionSchedule(7, self.dt, max_future_s=self.cfg.max_future_s)
         self.gripper = 1.0
         self.obs, _ = self.env.reset(seed=self.cfg.seed)
         self.sim_time = self.get_clock().now().nanoseconds * 1e-9  # lockstep: simulated seconds
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.cfg.lockstep else None
         self._rendered_at = None
         self.last_behaviour = "no_behaviour"
-        self.image_pubs = {k: self.create_publisher(Image, f"camera/{k}", SENSOR) for k in ("rgb_static", "rgb_gripper")}
+        self.image_pubs = {k: self.create_publisher(Image, f"camera/{k}", SENSOR)
+                           for k in ("rgb_static", "rgb_gripper")}
         self.joint_pub = self.create_publisher(JointState, "joint_states", RELIABLE)
         self.state_pub = self.create_publisher(CalvinState, "calvin/state", RELIABLE)
         self.event_pub = self.create_publisher(BehaviourEvent, "calvin/behaviour", RELIABLE)
@@ -82,15 +86,16 @@ class CalvinBridgeNode(Node):
 
     def _on_chunk(self, msg: ActionChunk) -> None:
         if msg.action_space != "calvin_rel_ee":
-            self.get_logger().warn(f"ignoring chunk in action space {msg.action_space!r} (need calvin_rel_ee)",
-                                   throttle_duration_sec=5.0)
+            self.get_logger().warning(f"ignoring chunk in action space {short_repr(msg.action_space)} "
+                                      "(need calvin_rel_ee)", throttle_duration_sec=5.0)
             return
         try:
             actions = chunk_from_msg(msg)
             with self._lock:
-                self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index)
+                self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index,
+                                        now=self._now())
         except (MessageError, ValueError) as exc:
-            self.get_logger().warn(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
 
     def _control_tick(self) -> None:
         with self._lock:

@@ -144,7 +144,8 @@ def table_urdf() -> str:
         limit = (f'<limit lower="0" upper="{link.upper:.6g}" effort="0" velocity="0"/>'
                  if link.joint_type == "prismatic" else "")
         parts.append(
-            f'<joint name="{link.joint}" type="{link.joint_type}"><origin xyz="{_fmt(link.origin)}" rpy="{_fmt(link.rpy)}"/>'
+            f'<joint name="{link.joint}" type="{link.joint_type}">'
+            f'<origin xyz="{_fmt(link.origin)}" rpy="{_fmt(link.rpy)}"/>'
             f'<parent link="base_link"/><child link="{link.name}"/><axis xyz="{_fmt(link.axis)}"/>{limit}</joint>')
     parts.append("</robot>")
     return "\n".join(parts) + "\n"

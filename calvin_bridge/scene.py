@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 import pybullet as p
@@ -64,7 +65,8 @@ class PlayTableScene:
             root = Path(config.calvin_data_dir)
             table_file = root / config.table / "urdf" / f"{config.table}.urdf"
             block_files = {n: root / "blocks" / f for n, f in BLOCK_FILES.items()}
-            missing = [str(f) for f in [table_file, *block_files.values(), root / "plane" / "plane.urdf"] if not f.is_file()]
+            missing = [str(f) for f in [table_file, *block_files.values(), root / "plane" / "plane.urdf"]
+                       if not f.is_file()]
             if missing:
                 raise ValueError(f"calvin_data_dir {root} lacks CALVIN assets: {missing}")
             self.plane = p.loadURDF(str(root / "plane" / "plane.urdf"), physicsClientId=client)
@@ -75,7 +77,8 @@ class PlayTableScene:
                  for j in range(p.getNumJoints(self.table, physicsClientId=client))}
         links = {p.getJointInfo(self.table, j, physicsClientId=client)[12].decode(): j
                  for j in range(p.getNumJoints(self.table, physicsClientId=client))}
-        missing = [n for n in JOINTS.values() if n not in names] + [n for n in ("light_link", "led_link") if n not in links]
+        missing = ([n for n in JOINTS.values() if n not in names]
+                   + [n for n in ("light_link", "led_link") if n not in links])
         if missing:
             raise ValueError(f"table {table_file} lacks joints/links {missing}")
         self.joint_index = {k: names[v] for k, v in JOINTS.items()}
@@ -211,7 +214,8 @@ class PlayTableScene:
             for _ in range(200):
                 lo, hi = (np.asarray(c, dtype=np.float64) for c in surfaces[names[int(rng.integers(len(names)))]])
                 pos = rng.uniform(lo, hi) + np.array([0.0, 0.0, 0.005])
-                if all(np.linalg.norm(pos[:2] - np.asarray(q[:2])) >= self.config.block_min_distance for q in placed.values()):
+                if all(np.linalg.norm(pos[:2] - np.asarray(q[:2])) >= self.config.block_min_distance
+                       for q in placed.values()):
                     break
             else:
                 raise ValueError("could not place blocks apart; lower block_min_distance or enlarge surfaces")

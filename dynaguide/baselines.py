@@ -12,7 +12,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -106,7 +107,8 @@ def sampling_baseline(
     with torch.no_grad():
         scores = torch.stack([objective(candidates[:, n]) for n in range(num_samples)], dim=1)
     if scores.shape != (batch, num_samples):
-        raise ValueError(f"objective must return (B,) = ({batch},) per candidate slice, got scores {tuple(scores.shape)}")
+        raise ValueError(f"objective must return (B,) = ({batch},) per candidate slice, "
+                         f"got scores {tuple(scores.shape)}")
     if not torch.isfinite(scores).all():
         raise ValueError("objective returned NaN/inf scores for some candidates")
     best = scores.argmax(dim=1)

@@ -1,4 +1,5 @@
 """``dynaguide bench guidance``: how fast is a guided chunk, and does it match the official loop?
+(``dynaguide bench embedder``: ms per image of the embedder, see :func:`bench_embedder`.)
 
 For each model configuration (``cpu``, ``paper`` — Core-Models' ``DiffusionPolicyConfig`` and
 ``LatentDynamicsConfig`` presets, **randomly initialised**: timing does not depend on trained weights)
@@ -19,8 +20,8 @@ Conditioning (``encode_observation``) and the current frame's tokens are compute
 Every number is the median over ``--repeats`` timed runs after one warm-up run (one chunk for the
 naive loop; the warm-up also measures the peak memory autograd holds in saved activations, weights
 excluded —
-``guided_peak_saved_mb`` for the batched call, ``naive_peak_saved_mb_per_chunk`` for one naive chunk); the three variants
-are interleaved run by run so drifting machine load hits them alike.
+``guided_peak_saved_mb`` for the batched call, ``naive_peak_saved_mb_per_chunk`` for one naive chunk); the three
+variants are interleaved run by run so drifting machine load hits them alike.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import os
 import statistics
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -226,7 +228,8 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
                                   initial_noise=setup.noise).actions
 
     def unguided():
-        return guided_ddim_sample(setup.policy, setup.cond, None, scale=0.0, ddim=ddim, initial_noise=setup.noise).actions
+        return guided_ddim_sample(setup.policy, setup.cond, None, scale=0.0, ddim=ddim,
+                                  initial_noise=setup.noise).actions
 
     def naive_one(b: int = 0):
         return naive_official_guided_sample(
@@ -305,22 +308,100 @@ def run_guidance_bench(args: argparse.Namespace) -> int:
             if args.json:  # written after every configuration, so a long run keeps what it measured
                 Path(args.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-            print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, unguided {row['unguided_ms']:.1f} ms/chunk, "
-                  f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk -> speedup x{row['speedup_vs_naive']:.2f}; "
+            print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, "
+                  f"unguided {row['unguided_ms']:.1f} ms/chunk, "
+                  f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk "
+                  f"-> speedup x{row['speedup_vs_naive']:.2f}; "
                   f"max |guided - naive| = {row['max_abs_diff_vs_naive']:.2e} "
                   f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f}); "
                   f"1-min load average {row['load_avg_1min_after']:.1f}; autograd-saved memory peak: guided "
-                  f"{row['guided_peak_saved_mb']:.1f} MB for B={batch}, naive {row['naive_peak_saved_mb_per_chunk']:.1f} MB "
+                  f"{row['guided_peak_saved_mb']:.1f} MB for B={batch}, "
+                  f"naive {row['naive_peak_saved_mb_per_chunk']:.1f} MB "
                   "for one chunk", flush=True)
     if args.json:
         print(f"wrote {args.json}")
     return 0
 
 
+# ------------------------------------------------------------------------------ embedder cost
+def bench_embedder(kind: str = "efficientnet_lite0", image_size: int = 128, stride: int = 16,
+                   batches: tuple[int, ...] = (1, 32), repeats: int = 5, threads: int = 1,
+                   source_size: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """Embedding cost: ms per image of :func:`dynaguide.embedders.make_embedder` for ``kind`` at ``image_size``.
+
+    Inputs are random ``(B, 3, source_size, source_size)`` images in [0, 1] (``source_size`` defaults to
+    ``image_size``: no resize in the timing; give e.g. 200 to include the resize from the CALVIN camera).
+    ``torch.set_num_threads(threads)`` first.  Per batch size: the median wall time over ``repeats`` calls
+    after one warm-up call, divided by B.  Also the 1-minute load average before and after (``os.getloadavg``).
+    The previous torch thread count is restored afterwards.
+    """
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(threads)))
+    try:
+        return _bench_embedder(kind, image_size, stride, batches, repeats, source_size, seed)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _bench_embedder(kind: str, image_size: int, stride: int, batches: tuple[int, ...], repeats: int,
+                    source_size: int | None, seed: int) -> dict[str, Any]:
+    from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
+
+    cfg = EmbedderConfig(kind=kind, image_size=image_size, stride=stride) if kind != "random" else \
+        EmbedderConfig(kind=kind, image_size=image_size)
+    start = time.perf_counter()
+    embedder = make_embedder(cfg).eval()
+    load_s = time.perf_counter() - start
+    side = source_size or cfg.image_size
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, Any] = {"kind": kind, "embedder_id": embedder_id(embedder), "image_size": cfg.image_size,
+                           "source_size": side, "num_tokens": int(embedder.num_tokens), "dim": int(embedder.dim),
+                           "threads": torch.get_num_threads(), "repeats": repeats, "load_s": load_s,
+                           "load_avg_1min_before": os.getloadavg()[0], "ms_per_image": {}}
+    for b in batches:
+        images = torch.rand(b, 3, side, side, generator=gen)
+        with torch.no_grad():
+            embedder(images)  # warm-up
+            times = []
+            for _ in range(max(1, repeats)):
+                t0 = time.perf_counter()
+                embedder(images)
+                times.append((time.perf_counter() - t0) * 1e3 / b)
+        out["ms_per_image"][str(b)] = statistics.median(times)
+    out["load_avg_1min_after"] = os.getloadavg()[0]
+    return out
+
+
+def run_embedder_bench(args: argparse.Namespace) -> int:
+    row = bench_embedder(args.kind, args.image_size, args.stride, tuple(args.batch), args.repeats, args.threads,
+                         args.source_size or None)
+    per = ", ".join(f"B={b}: {ms:.2f} ms/image" for b, ms in row["ms_per_image"].items())
+    print(f"dynaguide bench embedder: {row['embedder_id']} ({row['num_tokens']} tokens x {row['dim']}), "
+          f"{row['source_size']} px input → {row['image_size']} px, torch threads={row['threads']}, "
+          f"median of {row['repeats']}: {per}; weights load {row['load_s']:.2f} s; 1-min load average "
+          f"{row['load_avg_1min_before']:.2f} before, {row['load_avg_1min_after']:.2f} after", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` (with its ``guidance`` subcommand) to the ``dynaguide`` command."""
+    """Add ``bench`` (with its ``guidance`` and ``embedder`` subcommands) to the ``dynaguide`` command."""
     bench = subparsers.add_parser("bench", help="performance benchmarks")
     sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
+    emb = sub.add_parser("embedder", help="embedding cost per image (ms) of the default or another embedder",
+                         description=bench_embedder.__doc__.splitlines()[0])
+    emb.add_argument("--kind", default="efficientnet_lite0", choices=("efficientnet_lite0", "random"))
+    emb.add_argument("--image-size", type=int, default=128, help="embedder input side (px)")
+    emb.add_argument("--stride", type=int, default=16, help="EfficientNet feature stride: 8, 16 or 32")
+    emb.add_argument("--source-size", type=int, default=0, help="side of the random input images (0 = image size)")
+    emb.add_argument("--batch", type=_int_list, default=[1, 32], help="batch size(s), comma list")
+    emb.add_argument("--repeats", type=_int_list_one, default=5, help="timed calls per batch size (median)")
+    emb.add_argument("--threads", type=int, default=1, help="torch threads")
+    emb.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")
+    emb.set_defaults(func=run_embedder_bench)
     parser = sub.add_parser("guidance", help="guided vs unguided vs naive official sampling loop",
                             description=__doc__.splitlines()[0])
     parser.add_argument("--configs", type=_config_list, default=list(CONFIG_NAMES), help="comma list of cpu,paper")
@@ -328,10 +409,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="batch size(s), comma list, e.g. 1,8 (B chunks at once vs B sequential naive runs)")
     parser.add_argument("--repeats", type=_int_list_one, default=3, help="timed runs per measurement (median)")
     parser.add_argument("--goals", type=int, default=10, help="K positive goals")
-    parser.add_argument("--stochastic-steps", type=int, default=4, help="M")
+    parser.add_argument("--stochastic-steps", type=int, default=GuidanceConfig.stochastic_steps,
+                        help="M (default: GuidanceConfig)")
     parser.add_argument("--steps", type=int, default=10, help="DDIM inference steps")
-    parser.add_argument("--scale", type=float, default=1.5, help="guidance scale s")
-    parser.add_argument("--sigma", type=float, default=30.0, help="metric temperature sigma")
+    parser.add_argument("--scale", type=float, default=GuidanceConfig.scale,
+                        help="guidance scale s (default: GuidanceConfig)")
+    parser.add_argument("--sigma", type=float, default=GuidanceConfig.sigma,
+                        help="metric temperature sigma (default: GuidanceConfig)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")

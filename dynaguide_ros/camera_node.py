@@ -101,7 +101,7 @@ class CameraNode(Node):
     def _tick(self) -> None:
         rgb = self.source.read()
         if rgb is None:
-            self.get_logger().warn(f"no frame from {self.cfg.source}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"no frame from {self.cfg.source}", throttle_duration_sec=5.0)
             return
         rgb = prepare_frame(rgb, self.cfg)
         stamp = self.get_clock().now().to_msg()
@@ -110,7 +110,8 @@ class CameraNode(Node):
         f = 0.5 * w / np.tan(np.radians(self.cfg.fov_deg) / 2)
         info = CameraInfo(height=h, width=w, distortion_model="plumb_bob", d=[0.0] * 5,
                           k=[f, 0.0, w / 2, 0.0, f, h / 2, 0.0, 0.0, 1.0],
-                          r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0], p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
+                          r=[1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0],
+                          p=[f, 0.0, w / 2, 0.0, 0.0, f, h / 2, 0.0, 0.0, 0.0, 1.0, 0.0])
         info.header.stamp, info.header.frame_id = stamp, self.cfg.frame_id
         self.info_pub.publish(info)
 

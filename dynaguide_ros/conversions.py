@@ -14,6 +14,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
+from dynaguide.text import short_repr
 from dynaguide_msgs.msg import ActionChunk, PatchEmbedding
 
 #: encodings accepted for goal and camera images: name -> (channels, channel order)
@@ -65,7 +66,8 @@ def rgb_from_image_msg(msg: Image, max_side: int = 4096, min_side: int = 1) -> n
     """
     enc = msg.encoding.lower()
     if enc not in SUPPORTED_ENCODINGS:
-        raise MessageError(f"unsupported encoding {msg.encoding!r} (supported: {', '.join(SUPPORTED_ENCODINGS)})")
+        raise MessageError(f"unsupported encoding {short_repr(msg.encoding)} "
+                           f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h < min_side or w < min_side:
         raise MessageError(f"image is {w}x{h}: each side must be at least {min_side} px")

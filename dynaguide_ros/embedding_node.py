@@ -2,12 +2,14 @@
 
 Subscribes ``image`` (sensor_msgs/Image), publishes ``embedding`` (dynaguide_msgs/PatchEmbedding) at
 most ``max_rate_hz``; serves ``embed_images`` (dynaguide_msgs/EmbedImages) so goal images and
-observations are embedded by one and the same model.  The model is :func:`dynaguide.embedders.make_embedder`.
+observations are embedded by one and the same model.  The model is :func:`dynaguide.embedders.make_embedder`
+(``embedder.*`` parameters: kind ``efficientnet_lite0`` by default, ``image_size``, ``stride``, …); every
+message carries ``embedder_id`` = :func:`dynaguide.embedders.embedder_id` of that model (kind, geometry and a
+hash of its weights), which the policy node checks against the dynamics checkpoint's recorded embedder.
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,8 +20,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from dynaguide.config import to_dict
-from dynaguide.embedders import EmbedderConfig, make_embedder
+from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder, resize_images
 from dynaguide_msgs.msg import PatchEmbedding
 from dynaguide_msgs.srv import EmbedImages
 from dynaguide_ros.conversions import MessageError, embedding_to_msg, rgb_from_image_msg
@@ -36,19 +37,13 @@ class EmbeddingNodeConfig:
     torch_threads: int = 1
 
 
-def embedder_id(cfg: EmbedderConfig) -> str:
-    """Stable identifier of an embedder configuration (latents of different ids never mix)."""
-    return f"{cfg.kind}:" + hashlib.sha1(repr(sorted(to_dict(cfg).items())).encode()).hexdigest()[:10]
-
-
 class EmbeddingNode(Node):
     def __init__(self) -> None:
         super().__init__("embedding_node")
         self.cfg = declare_config(self, EmbeddingNodeConfig)
         self.embedder = make_embedder(self.cfg.embedder).eval()
-        self.embedder_id = embedder_id(self.cfg.embedder)
-        side = self.cfg.embedder.image_size // self.cfg.embedder.patch_size
-        self.grid = (side, side)
+        self.embedder_id = embedder_id(self.embedder)  # kind@size/geometry:hash of identity (weights included)
+        self.grid = tuple(int(v) for v in self.embedder.grid)
         self._lock = threading.Lock()  # one forward pass at a time
         self._last = 0.0
         self.pub = self.create_publisher(PatchEmbedding, "embedding", RELIABLE)
@@ -59,13 +54,14 @@ class EmbeddingNode(Node):
         self.get_logger().info(f"embedding node ready ({self.embedder_id}, grid {self.grid})")
 
     def embed(self, rgbs: list[np.ndarray]) -> np.ndarray:
-        """``[(H, W, 3) uint8]`` → ``(B, N, D) float32``."""
-        size = self.cfg.embedder.image_size
+        """``[(H, W, 3) uint8]`` → ``(B, N, D) float32``.  Each image is resized to the embedder's input size
+        with the embedder's own resize (bicubic, antialiased), so tokens equal the offline ones
+        (:func:`dynaguide.data.build_embedding_cache`) for the same frame."""
+        size = self.embedder.image_size
         batch = []
         for rgb in rgbs:
             t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().unsqueeze(0) / 255.0
-            batch.append(torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
-                                                         antialias=True, align_corners=False))
+            batch.append(resize_images(t, size))
         with self._lock, torch.no_grad():
             torch.set_num_threads(max(1, self.cfg.torch_threads))  # per calling (executor) thread
             return self.embedder(torch.cat(batch)).numpy().astype(np.float32)
@@ -77,7 +73,7 @@ class EmbeddingNode(Node):
         try:
             rgb = rgb_from_image_msg(msg, max_side=self.cfg.max_image_side)
         except MessageError as exc:
-            self.get_logger().warn(f"dropping camera frame: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"dropping camera frame: {exc}", throttle_duration_sec=5.0)
             return
         self._last = now
         tokens = self.embed([rgb])[0]

@@ -6,27 +6,40 @@
   (GuidanceState) with transient-local QoS and stores the guidance on disk.  A bad request gets
   ``success = false`` and a message naming the problem; the guidance in force does not change.
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
-* On start, restores the last accepted guidance from ``state_dir``.
+* On start, restores the last accepted guidance from ``state_dir`` (a corrupt store is logged and the
+  manager starts unguided); revision numbers keep increasing across clears and restarts.
+
+Concurrency: both services share one mutually exclusive callback group (requests are served one at a
+time, in arrival order, queued in the service's QoS history of ``request_queue_depth``); the embedding
+client has a group of its own, so its reply always finds an executor thread while a request waits for
+it.  A waiting request gives up when the context shuts down, so SIGINT stops the node promptly.
+Defaults for s, σ and M are those of :class:`dynaguide.guidance.goals.GuidanceConfig`.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from dynaguide.guidance.store import StoredGuidance, clear_guidance, load_guidance, save_guidance
+from dynaguide.guidance.goals import MIN_SIGMA, GuidanceConfig
+from dynaguide.guidance.store import StoredGuidance, clear_guidance, load_guidance, save_guidance, stored_revision
+from dynaguide.text import clip_text
 from dynaguide_msgs.msg import GuidanceSet, GuidanceState
 from dynaguide_msgs.srv import EmbedImages, SetGuidance
 from dynaguide_ros.conversions import MessageError, embedding_from_msg, embedding_to_msg, rgb_from_image_msg
 from dynaguide_ros.params import declare_config
-from dynaguide_ros.qos import LATCHED
+from dynaguide_ros.qos import LATCHED, service_qos
+
+_DEFAULTS = GuidanceConfig()
+MAX_REPLY_CHARS = 1000  # longest message in a response (client strings inside it are cut far shorter)
 
 
 @dataclass
@@ -35,12 +48,13 @@ class GuidanceManagerConfig:
     max_images: int = 64
     max_image_side: int = 2048
     min_image_side: int = 14
-    default_scale: float = 1.5
-    default_sigma: float = 30.0
-    default_stochastic_steps: int = 4
+    default_scale: float = _DEFAULTS.scale            # used while no guidance is in force; the defaults
+    default_sigma: float = _DEFAULTS.sigma            # live in GuidanceConfig (dynaguide/guidance/goals.py)
+    default_stochastic_steps: int = _DEFAULTS.stochastic_steps
     max_scale: float = 1000.0
     max_stochastic_steps: int = 32
     embed_timeout_s: float = 30.0
+    request_queue_depth: int = 100                    # requests waiting to be served; more are lost by DDS
 
 
 def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig) -> None:
@@ -55,6 +69,9 @@ def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig) -> No
             raise MessageError(f"{name} must be finite (0 keeps the current value), got {value}")
         if value < 0:
             raise MessageError(f"{name} must be >= 0 (0 keeps the current value), got {value}")
+    if 0 < req.sigma < MIN_SIGMA:
+        raise MessageError(f"sigma {req.sigma:g} is below the smallest usable value {MIN_SIGMA:g} "
+                           "(the guidance gradient would not be finite)")
     if req.scale > cfg.max_scale:
         raise MessageError(f"scale {req.scale} exceeds the limit of {cfg.max_scale}")
     if req.stochastic_steps > cfg.max_stochastic_steps:
@@ -71,34 +88,41 @@ class GuidanceManagerNode(Node):
     def __init__(self) -> None:
         super().__init__("guidance_manager")
         self.cfg = declare_config(self, GuidanceManagerConfig)
+        # the configured defaults must themselves be usable guidance (raises ValueError naming the problem)
+        GuidanceConfig(scale=self.cfg.default_scale, sigma=self.cfg.default_sigma,
+                       stochastic_steps=self.cfg.default_stochastic_steps)
         self.state_dir = Path(self.cfg.state_dir).expanduser()
-        self._group = ReentrantCallbackGroup()
-        self._lock = threading.Lock()  # one request at a time changes the guidance
         self.current: StoredGuidance | None = None
         self._rev = 0  # increases with every accepted change, clears included
         self.set_pub = self.create_publisher(GuidanceSet, "guidance/set", LATCHED)
         self.state_pub = self.create_publisher(GuidanceState, "guidance/state", LATCHED)
-        self.embed_client = self.create_client(EmbedImages, "embed_images", callback_group=self._group)
-        self.create_service(SetGuidance, "set_guidance", self._on_set, callback_group=self._group)
-        self.create_service(Trigger, "clear_guidance", self._on_clear, callback_group=self._group)
+        qos = service_qos(self.cfg.request_queue_depth)
+        requests = MutuallyExclusiveCallbackGroup()  # set/clear: one at a time, no lock needed
+        self.embed_client = self.create_client(EmbedImages, "embed_images", qos_profile=qos,
+                                               callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_service(SetGuidance, "set_guidance", self._on_set, qos_profile=qos, callback_group=requests)
+        self.create_service(Trigger, "clear_guidance", self._on_clear, qos_profile=qos, callback_group=requests)
         self._restore()
         self.get_logger().info("guidance manager ready")
 
     # ------------------------------------------------------------------------- state
     def _restore(self) -> None:
+        self._rev = stored_revision(self.state_dir)  # also after a clear, so revisions never repeat
         try:
             stored = load_guidance(self.state_dir)
-        except ValueError as exc:
-            self.get_logger().error(f"{exc}; starting unguided")
-            stored = None
+        except ValueError as exc:  # corrupt store: say so, run unguided; the next accepted request replaces it
+            self.get_logger().error(f"{clip_text(exc, 400)}; starting unguided (revision {self._rev})")
+            self._publish(None, "restore_failed")
+            return
         if stored is None:
             self._publish(None, "initial")
             return
         self.current = stored
-        self._rev = stored.revision
+        self._rev = max(self._rev, stored.revision)
         self._publish(stored, "restored")
         self.get_logger().info(f"restored guidance revision {stored.revision} "
-                               f"({len(stored.positive)} positive, {len(stored.negative)} negative) from {self.state_dir}")
+                               f"({len(stored.positive)} positive, {len(stored.negative)} negative) "
+                               f"from {self.state_dir}")
 
     def _publish(self, g: StoredGuidance | None, source: str) -> None:
         now = self.get_clock().now().to_msg()
@@ -126,63 +150,78 @@ class GuidanceManagerNode(Node):
         done = threading.Event()
         future = self.embed_client.call_async(EmbedImages.Request(images=list(images)))
         future.add_done_callback(lambda _f: done.set())
-        if not done.wait(self.cfg.embed_timeout_s):
-            future.cancel()
-            raise MessageError(f"embedding timed out after {self.cfg.embed_timeout_s} s")
+        # the reply is handled by the client's own callback group on another executor thread; wait in
+        # slices so that a shutdown (SIGINT) never waits for the full timeout
+        deadline = time.monotonic() + self.cfg.embed_timeout_s
+        while not done.wait(0.05):
+            if not self.context.ok():
+                future.cancel()
+                raise MessageError("the guidance manager is shutting down")
+            if time.monotonic() > deadline:
+                future.cancel()
+                raise MessageError(f"embedding timed out after {self.cfg.embed_timeout_s} s")
         res = future.result()
-        if not res.success:
-            raise MessageError(f"embedding failed: {res.message}")
+        if res is None or not res.success:
+            raise MessageError(f"embedding failed: {clip_text(getattr(res, 'message', 'no reply'), 200)}")
+        if len(res.embeddings) != len(images):
+            raise MessageError(f"the embedding service returned {len(res.embeddings)} embeddings "
+                               f"for {len(images)} images")
         tokens = np.stack([embedding_from_msg(e) for e in res.embeddings])
         first = res.embeddings[0]
         return tokens, (int(first.grid_h), int(first.grid_w)), first.embedder_id
 
     def _on_set(self, req: SetGuidance.Request, res: SetGuidance.Response) -> SetGuidance.Response:
-        with self._lock:
-            res.revision = self._rev
-            try:
-                validate_request(req, self.cfg)
-                tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
-                n_pos = len(req.positive)
-                # 0 keeps the value in force (the configured default when no guidance is in force)
-                base = self.current or StoredGuidance(
-                    None, None, grid, emb_id, self.cfg.default_scale, self.cfg.default_sigma,
-                    self.cfg.default_stochastic_steps, self._rev)
-                new = StoredGuidance(
-                    positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
-                    scale=float(req.scale or base.scale), sigma=float(req.sigma or base.sigma),
-                    stochastic_steps=int(req.stochastic_steps or base.stochastic_steps),
-                    revision=self._rev + 1)
-            except MessageError as exc:
-                res.success, res.message = False, f"rejected: {exc} (guidance revision {res.revision} stays in force)"
-                self.get_logger().warn(res.message)
-                return res
-            try:
-                save_guidance(self.state_dir, new)
-            except OSError as exc:
-                self.get_logger().error(f"could not store guidance in {self.state_dir}: {exc}")
-            self.current = new
-            self._rev = new.revision
-            self._publish(new, "service")
-            res.success = True
-            res.num_positive, res.num_negative = len(new.positive), len(new.negative)
-            res.revision = new.revision
-            res.message = (f"guidance revision {new.revision}: {res.num_positive} positive, {res.num_negative} negative, "
-                           f"scale {new.scale:g}, sigma {new.sigma:g}, M {new.stochastic_steps}")
-            self.get_logger().info(res.message)
+        res.revision = self._rev
+        try:
+            validate_request(req, self.cfg)
+            tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
+            n_pos = len(req.positive)
+            # 0 keeps the value in force (the configured default when no guidance is in force)
+            base = self.current or StoredGuidance(
+                None, None, grid, emb_id, self.cfg.default_scale, self.cfg.default_sigma,
+                self.cfg.default_stochastic_steps, self._rev)
+            new = StoredGuidance(
+                positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
+                scale=float(req.scale or base.scale), sigma=float(req.sigma or base.sigma),
+                stochastic_steps=int(req.stochastic_steps or base.stochastic_steps),
+                revision=self._rev + 1)
+        except Exception as exc:  # MessageError: a bad request; anything else must not kill the node either
+            reason = exc if isinstance(exc, MessageError) else f"internal error: {type(exc).__name__}: {exc}"
+            res.success = False
+            res.message = clip_text(f"rejected: {reason}", MAX_REPLY_CHARS) + \
+                f" (guidance revision {res.revision} stays in force)"
+            self.get_logger().warning(res.message)
             return res
+        try:
+            save_guidance(self.state_dir, new)
+        except OSError as exc:
+            self.get_logger().error(f"could not store guidance in {self.state_dir}: {exc}")
+        self.current = new
+        self._rev = new.revision
+        self._publish(new, "service")
+        res.success = True
+        res.num_positive, res.num_negative = len(new.positive), len(new.negative)
+        res.revision = new.revision
+        res.message = (f"guidance revision {new.revision}: {res.num_positive} positive, {res.num_negative} negative, "
+                       f"scale {new.scale:g}, sigma {new.sigma:g}, M {new.stochastic_steps}")
+        self.get_logger().info(res.message)
+        return res
 
     def _on_clear(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
-        with self._lock:
-            rev = self._rev
-            self.current = None
-            self._rev += 1
-            clear_guidance(self.state_dir)
-            self._publish(None, "cleared")
-            res.success, res.message = True, f"guidance cleared (was revision {rev}); running the base policy"
-            return res
+        rev = self._rev
+        self.current = None
+        self._rev += 1
+        try:
+            clear_guidance(self.state_dir, revision=self._rev)  # recorded: revisions never repeat after a restart
+        except OSError as exc:
+            self.get_logger().error(f"could not record the clear in {self.state_dir}: {exc}")
+        self._publish(None, "cleared")
+        res.success, res.message = True, f"guidance cleared (was revision {rev}); running the base policy"
+        return res
 
 
 def main(argv=None) -> int:
     from dynaguide_ros.node_main import spin_node
 
-    return spin_node(GuidanceManagerNode, argv, threads=4)
+    # two groups (requests, embedding replies) -> two threads are all it can use
+    return spin_node(GuidanceManagerNode, argv, threads=2)

@@ -29,10 +29,14 @@ def call_service(srv_type, name: str, request, timeout: float, node=None):
     """Call service ``name`` once and return its response (raises ``TimeoutError``)."""
     import rclpy
 
+    from dynaguide_ros.qos import service_qos
+
     own = node is None
     if own:
         node = rclpy.create_node("dynaguide_guide_cli")
-    client = node.create_client(srv_type, name)
+    # a deep response queue: a client's reader also sees the replies to other callers, and a burst of
+    # them must not push this call's reply out before it is taken
+    client = node.create_client(srv_type, name, qos_profile=service_qos())
     try:
         if not client.wait_for_service(timeout_sec=timeout):
             raise TimeoutError(f"/{name} is not available (is the graph running?)")

@@ -2,9 +2,10 @@
 
 Starts the nodes of :data:`dynaguide_ros.graphs.GRAPHS` as separate processes with the parameters of
 the same YAML file the ROS launch files use, prefixes their output with the node name, restarts a
-node that crashes (bounded), and shuts everything down cleanly on Ctrl-C / SIGTERM (SIGINT to each
-node, then SIGKILL after a grace period).  Localhost-only DDS discovery is set for every child unless
-the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
+node that crashes (at most ``max_restarts`` times within any ``restart_window_s``; past that budget it
+stops the whole graph and exits non-zero with the reason), and shuts everything down cleanly on
+Ctrl-C / SIGTERM (SIGINT to each node, then SIGKILL after a grace period).  Localhost-only DDS discovery is
+set for every child unless the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -40,7 +42,8 @@ def node_command(spec: NodeSpec, params_files: list[Path]) -> list[str]:
 class _Managed:
     spec: NodeSpec
     proc: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0                                          # in total
+    recent: deque = field(default_factory=deque)               # monotonic times of restarts in the window
     gave_up: bool = False
 
 
@@ -49,7 +52,8 @@ class GraphLauncher:
 
     def __init__(self, graph: str | GraphSpec, params_file: str | Path | None = None,
                  overrides: dict[str, dict[str, Any]] | None = None, max_restarts: int = 3,
-                 env: dict[str, str] | None = None, out: TextIO | None = None, only: list[str] | None = None) -> None:
+                 env: dict[str, str] | None = None, out: TextIO | None = None, only: list[str] | None = None,
+                 restart_window_s: float = 60.0) -> None:
         self.spec = GRAPHS[graph] if isinstance(graph, str) else graph
         self.params_files = ([Path(params_file)] if params_file else
                              [config_path(name) for name in self.spec.params_files])
@@ -61,6 +65,8 @@ class GraphLauncher:
             self.params_files.append(Path(self._tmp.name))
         self.env = env if env is not None else localhost_env()
         self.max_restarts = max_restarts
+        self.restart_window_s = float(restart_window_s)
+        self.failure: str | None = None  # why the graph was given up, once a node ran out of restarts
         self.out = out or sys.stdout
         self._print_lock = threading.Lock()
         nodes = [n for n in self.spec.nodes if only is None or n.name in only]
@@ -84,25 +90,33 @@ class GraphLauncher:
             self.out.write(f"[launch] {text}\n")
             self.out.flush()
 
-    def start(self) -> "GraphLauncher":
+    def start(self) -> GraphLauncher:
         for m in self.nodes.values():
             self._spawn(m)
             self.log(f"started {m.spec.name} (pid {m.proc.pid})")
         return self
 
     def poll(self) -> None:
-        """Restart crashed nodes (at most ``max_restarts`` each)."""
+        """Restart crashed nodes: at most ``max_restarts`` each within any ``restart_window_s``; a node past
+        that budget is given up (``failure`` says why; :meth:`run` then stops the graph)."""
         for m in self.nodes.values():
             if self._stopping.is_set() or m.gave_up or m.proc is None or m.proc.poll() is None:
                 continue
             code = m.proc.returncode
-            if m.restarts >= self.max_restarts:
+            now = time.monotonic()
+            while m.recent and now - m.recent[0] > self.restart_window_s:
+                m.recent.popleft()
+            if len(m.recent) >= self.max_restarts:
                 m.gave_up = True
-                self.log(f"{m.spec.name} exited with {code}; restarted {m.restarts} times already, giving up")
+                self.failure = (f"{m.spec.name} exited with {code} after {len(m.recent)} restarts within "
+                                f"{self.restart_window_s:g} s (budget {self.max_restarts}): giving up")
+                self.log(self.failure)
                 continue
+            m.recent.append(now)
             m.restarts += 1
-            self.log(f"{m.spec.name} exited with {code}; restarting ({m.restarts}/{self.max_restarts})")
-            time.sleep(min(0.5 * m.restarts, 2.0))
+            self.log(f"{m.spec.name} exited with {code}; restarting ({len(m.recent)}/{self.max_restarts}) "
+                     f"[budget per {self.restart_window_s:g} s; {m.restarts} restarts in total]")
+            time.sleep(min(0.5 * len(m.recent), 2.0))
             self._spawn(m)
 
     def restart(self, name: str) -> None:
@@ -140,15 +154,17 @@ class GraphLauncher:
         return {n: (m.proc is not None and m.proc.poll() is None) for n, m in self.nodes.items()}
 
     def run(self, duration: float | None = None) -> int:
-        """Start, supervise until Ctrl-C/SIGTERM (or ``duration`` seconds), stop.  Returns 0 on a clean run."""
+        """Start, supervise until Ctrl-C/SIGTERM (or ``duration`` seconds), stop.  Returns 0 on a clean run,
+        1 when a node ran out of restarts — then the whole graph is stopped at once (no dead graph left)."""
         previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
         self.start()
         deadline = None if duration is None else time.monotonic() + duration
         try:
             while deadline is None or time.monotonic() < deadline:
                 self.poll()
-                if all(m.gave_up for m in self.nodes.values()):
-                    self.log("every node has given up")
+                if self.failure is not None:
+                    self.log(f"FATAL: {self.failure}; stopping the graph (exit code 1)")
+                    sys.stderr.write(f"dynaguide launch: {self.failure}; graph stopped\n")
                     return 1
                 time.sleep(0.2)
         except KeyboardInterrupt:
@@ -177,6 +193,9 @@ def register(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                    help="override one parameter, e.g. --set policy_node.replan_period_s=1.0")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--max-restarts", type=int, default=3)
+    p.add_argument("--max-restarts", type=int, default=3, help="restarts allowed per node within --restart-window")
+    p.add_argument("--restart-window", type=float, default=60.0, metavar="S",
+                   help="seconds over which --max-restarts is counted; past it the graph stops, exit code 1")
     p.set_defaults(func=lambda a: GraphLauncher(a.graph, a.params_file, _parse_overrides(a.set),
-                                                max_restarts=a.max_restarts).run(a.duration))
+                                                max_restarts=a.max_restarts,
+                                                restart_window_s=a.restart_window).run(a.duration))

@@ -7,12 +7,46 @@ from collections.abc import Callable, Sequence
 
 from dynaguide_ros.ros_env import apply_localhost_defaults
 
+EXIT_GRACE_S = 10.0
+"""Once spinning has stopped (SIGINT/SIGTERM), the process ends within this time even if a callback
+thread is stuck (the executor's worker threads are joined at interpreter exit)."""
 
-def spin_node(make_node: Callable[[], "object"], argv: Sequence[str] | None = None, threads: int = 1) -> int:
+
+def _other_threads_finished(timeout_s: float) -> bool:
+    """Join the process's other non-daemon threads (executor workers) for up to ``timeout_s``."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for t in others:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in others)
+
+
+def _exit_if_stuck(grace_s: float):
+    """Start a daemon timer that ends the process if shutdown has not finished after ``grace_s``."""
+    import os
+    import threading
+
+    def _force() -> None:
+        sys.stderr.write(f"shutdown did not finish within {grace_s:g} s (a callback is stuck): exiting\n")
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(grace_s, _force)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def spin_node(make_node: Callable[[], object], argv: Sequence[str] | None = None, threads: int = 1) -> int:
     """Create the node from ``make_node()`` and spin it until SIGINT/SIGTERM.
 
     ``argv`` may carry ``--ros-args ...`` (parameters, remaps, ``--params-file``).  The node's
-    ``destroy_node`` runs on shutdown, so nodes put fail-safe actions (hold, damp) there.
+    ``destroy_node`` runs on shutdown, so nodes put fail-safe actions (hold, damp) there.  Meant as a
+    process's main job: if a callback thread is still stuck when spinning has stopped, the process is
+    ended ``EXIT_GRACE_S`` later (exit code 1) instead of hanging in the join of that thread.
     """
     apply_localhost_defaults()
     import rclpy
@@ -34,10 +68,16 @@ def spin_node(make_node: Callable[[], "object"], argv: Sequence[str] | None = No
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        watchdog = _exit_if_stuck(EXIT_GRACE_S)
         if node is not None:
             executor.remove_node(node)
             node.destroy_node()
-        executor.shutdown(timeout_sec=1.0)
+        if isinstance(executor, MultiThreadedExecutor):  # never block here on a stuck worker thread
+            executor.shutdown(timeout_sec=1.0, wait_for_threads=False)
+        else:
+            executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
+        if _other_threads_finished(timeout_s=2.0):
+            watchdog.cancel()
     return 0

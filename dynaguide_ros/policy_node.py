@@ -5,7 +5,13 @@ Inputs: camera images (one topic per policy camera: ``camera/<key>``), proprioce
 guidance in force (``guidance/set``, transient-local).  Every ``replan_period_s`` it builds the
 observation (staleness-checked), runs :class:`dynaguide.runtime.GuidedPolicyRunner` and publishes
 ``action_chunk`` stamped with the observation time, ``policy/diagnostics`` and
-``policy/predicted_path`` (rviz markers of the chunk's integrated end-effector path).
+``policy/predicted_path`` (rviz markers of the chunk's integrated end-effector path; it starts at the
+end effector: ``calvin/state`` robot_obs[:3], or ``ee_pose`` with ``proprio_source: joint_states``).
+A chunk that should have been guided but whose guidance was not finite is sampled unguided instead
+(``guided = false`` in ``policy/diagnostics``) and reported as a WARN on ``/diagnostics``.
+
+When the dynamics checkpoint records its embedder, embeddings and guidance whose ``embedder_id`` names
+another embedder are refused with a warning (the last good embedding / guidance stays in force).
 """
 
 from __future__ import annotations
@@ -18,10 +24,12 @@ import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
-from geometry_msgs.msg import Point
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, PoseStamped
 
-from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
 from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
 from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
                                        seconds_to_time, time_to_seconds)
@@ -61,7 +69,12 @@ class PolicyNode(Node):
             raise ValueError(f"proprio_source must be calvin_state or joint_states, got {self.cfg.proprio_source!r}")
         self.runner = GuidedPolicyRunner.from_config(self.cfg.runner)
         if not self.runner.trained:
-            self.get_logger().warn("no checkpoints configured: running an UNTRAINED, randomly initialised policy")
+            self.get_logger().warning("no checkpoints configured: running an UNTRAINED, randomly initialised policy")
+        elif self.runner.expected_embedder_id is None:
+            self.get_logger().warning("the dynamics checkpoint records no embedder: embedder ids of observation and "
+                                      "goal embeddings cannot be checked")
+        else:
+            self.get_logger().info(f"dynamics model trained on embedder {self.runner.expected_embedder_id}")
         self.n_obs = self.runner.policy.n_obs_steps
         self._lock = threading.Lock()
         self.frames: dict[str, deque] = {k: deque(maxlen=self.n_obs) for k in self.runner.policy.cfg.image_keys}
@@ -78,11 +91,13 @@ class PolicyNode(Node):
             self.create_subscription(CalvinState, "calvin/state", self._on_calvin_state, RELIABLE, callback_group=data)
         else:
             self.create_subscription(JointState, "joint_states", self._on_joint_state, RELIABLE, callback_group=data)
+            self.create_subscription(PoseStamped, "ee_pose", self._on_ee_pose, RELIABLE, callback_group=data)
         self.create_subscription(PatchEmbedding, "embedding", self._on_embedding, RELIABLE, callback_group=data)
         self.create_subscription(GuidanceSet, "guidance/set", self._on_guidance, LATCHED, callback_group=data)
         self.chunk_pub = self.create_publisher(ActionChunk, "action_chunk", RELIABLE)
         self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
+        self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
         # Sampling runs on a thread of its own, not in an executor callback: a long callback keeps its timer
         # ready, and rclpy's MultiThreadedExecutor then spins holding the GIL (chunks took 10x longer).
         # Replanning is paced by observation stamps (sim time with a lockstep simulator, which pauses while
@@ -99,15 +114,15 @@ class PolicyNode(Node):
         try:
             rgb = rgb_from_image_msg(msg)
         except MessageError as exc:
-            self.get_logger().warn(f"camera/{key}: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"camera/{key}: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.frames[key].append((time_to_seconds(msg.header.stamp), rgb))
 
     def _on_calvin_state(self, msg: CalvinState) -> None:
         if len(msg.robot_obs) != self.cfg.runner.proprio_dim:
-            self.get_logger().warn(f"calvin/state robot_obs has {len(msg.robot_obs)} values, "
-                                   f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"calvin/state robot_obs has {len(msg.robot_obs)} values, "
+                                      f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.proprio.append(np.asarray(msg.robot_obs, dtype=np.float32))
@@ -116,17 +131,29 @@ class PolicyNode(Node):
     def _on_joint_state(self, msg: JointState) -> None:
         pos = np.asarray(msg.position, dtype=np.float32)
         if len(pos) != self.cfg.runner.proprio_dim:
-            self.get_logger().warn(f"joint_states has {len(pos)} positions, expected {self.cfg.runner.proprio_dim}",
-                                   throttle_duration_sec=5.0)
+            self.get_logger().warning(f"joint_states has {len(pos)} positions, "
+                                      f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.proprio.append(pos)
 
+    def _on_ee_pose(self, msg: PoseStamped) -> None:
+        """End-effector position in ``frame_id`` (the arm's base frame): where predicted paths start."""
+        p = msg.pose.position
+        xyz = np.array([p.x, p.y, p.z], dtype=np.float64)
+        if np.all(np.isfinite(xyz)):
+            with self._lock:
+                self.tcp_xyz = xyz
+
     def _on_embedding(self, msg: PatchEmbedding) -> None:
         try:
+            self.runner.check_embedder_id(msg.embedder_id, "observation")
             tokens = embedding_from_msg(msg)
+        except EmbedderMismatchError as exc:
+            self.get_logger().warning(f"dropping embedding: {exc}", throttle_duration_sec=5.0)
+            return
         except MessageError as exc:
-            self.get_logger().warn(f"embedding: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"embedding: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
             self.embedding = (time_to_seconds(msg.header.stamp), tokens, msg.embedder_id)
@@ -141,7 +168,11 @@ class PolicyNode(Node):
             pos = np.stack([embedding_from_msg(e) for e in msg.positive]) if msg.positive else None
             neg = np.stack([embedding_from_msg(e) for e in msg.negative]) if msg.negative else None
             self.runner.set_guidance_tokens(pos, neg, scale=msg.scale, sigma=msg.sigma,
-                                            stochastic_steps=msg.stochastic_steps)
+                                            stochastic_steps=msg.stochastic_steps,
+                                            embedder_ids=[e.embedder_id for e in (*msg.positive, *msg.negative)])
+        except EmbedderMismatchError as exc:
+            self.get_logger().warning(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")
+            return
         except (MessageError, ValueError) as exc:
             self.get_logger().error(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")
             return
@@ -179,18 +210,21 @@ class PolicyNode(Node):
             tcp = self.tcp_xyz.copy()
         age = now - obs_stamp
         if age > self.cfg.max_observation_age_s:
-            self.get_logger().warn(f"observation is {age:.2f} s old (limit {self.cfg.max_observation_age_s} s): "
-                                   "not acting", throttle_duration_sec=2.0)
+            self.get_logger().warning(f"observation is {age:.2f} s old (limit {self.cfg.max_observation_age_s} s): "
+                                      "not acting", throttle_duration_sec=2.0)
             return
-        tokens = None
+        tokens, tokens_id = None, None
         if self.runner.guidance is not None:
             if embedding is None or now - embedding[0] > self.cfg.max_embedding_age_s:
-                self.get_logger().warn("guidance active but the observation embedding is missing or stale: "
-                                       "not acting", throttle_duration_sec=2.0)
+                self.get_logger().warning("guidance active but the observation embedding is missing or stale: "
+                                          "not acting", throttle_duration_sec=2.0)
                 return
-            tokens = embedding[1]
+            tokens, tokens_id = embedding[1], embedding[2]
         try:
-            result = self.runner.act(images, proprio, tokens)
+            result = self.runner.act(images, proprio, tokens, tokens_id)
+        except EmbedderMismatchError as exc:
+            self.get_logger().warning(f"not acting: {exc}", throttle_duration_sec=2.0)
+            return
         except ValueError as exc:
             self.get_logger().error(f"policy step failed: {exc}", throttle_duration_sec=2.0)
             return
@@ -207,7 +241,19 @@ class PolicyNode(Node):
                                  observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision))
         diag.header.stamp = stamp_msg
         self.diag_pub.publish(diag)
+        self._publish_status(result, stamp_msg)
         self._publish_markers(tcp, result.actions[self.runner.action_offset:], stamp_msg, result.guided)
+
+    def _publish_status(self, result, stamp) -> None:
+        """``/diagnostics``: WARN while guidance is in force but could not be used for the chunk."""
+        if result.fallback:
+            self.get_logger().warning(result.fallback, throttle_duration_sec=5.0)
+        status = DiagnosticStatus(name=f"{self.get_name()}: guidance", hardware_id=self.get_name(),
+                                  level=DiagnosticStatus.WARN if result.fallback else DiagnosticStatus.OK,
+                                  message=result.fallback[:500] or ("guided" if result.guided else "unguided"),
+                                  values=[KeyValue(key="guidance_revision", value=str(self.guidance_revision)),
+                                          KeyValue(key="sequence", value=str(self.sequence))])
+        self.status_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
 
     def _padded(self, frames: deque) -> list:
         items = list(frames)

@@ -91,7 +91,8 @@ def _check(args: argparse.Namespace) -> int:
             raise AssertionError(f"sent {len(sent)} chunks, {len(received)} came back")
         for a, b in zip(sent, received):
             if not (np.array_equal(chunk_from_msg(a), chunk_from_msg(b)) and a.header == b.header
-                    and (a.sequence, a.guided, a.start_index, a.action_space) == (b.sequence, b.guided, b.start_index, b.action_space)):
+                    and (a.sequence, a.guided, a.start_index, a.action_space)
+                    == (b.sequence, b.guided, b.start_index, b.action_space)):
                 raise AssertionError(f"chunk {a.sequence} changed in transit")
         images = [rgb_to_image_msg(rng.integers(0, 256, (args.size, args.size, 3), dtype=np.uint8))
                   for _ in range(args.images)]

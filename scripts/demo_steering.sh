@@ -9,7 +9,7 @@ for seed in $SEEDS; do
     out="outputs/steering/${mode}_${seed}"
     [ -f "$out/summary.json" ] && continue   # resumable
     flag=""; [ "$mode" = unguided ] && flag="--unguided"
-    .venv/bin/dynaguide demo --duration 40 --seed "$seed" $flag --out "$out" | grep "behaviours detected" || true
+    .venv/bin/dynaguide demo --duration 40 --seed "$seed" --scale 1.5 --sigma 5 --stochastic-steps 2 $flag --out "$out" | grep "behaviours detected" || true
   done
 done
 .venv/bin/python - <<'PY'

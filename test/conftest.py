@@ -91,7 +91,8 @@ def start_process(tmp_path):
     """``start_process(name, *args)`` runs ``python -m dynaguide.cli *args`` (or a raw argv list)."""
     started: list[ManagedProcess] = []
 
-    def _start(name: str, *args: str, argv: list[str] | None = None, env: dict[str, str] | None = None) -> ManagedProcess:
+    def _start(name: str, *args: str, argv: list[str] | None = None,
+               env: dict[str, str] | None = None) -> ManagedProcess:
         full = argv if argv is not None else [sys.executable, "-m", "dynaguide.cli", *args]
         proc = ManagedProcess(full, tmp_path / f"{name}.log", env=dict(os.environ if env is None else env))
         started.append(proc)

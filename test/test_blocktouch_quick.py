@@ -78,7 +78,7 @@ def test_run_quick_end_to_end(tmp_path):
     assert main(["blocktouch", "run", "--quick", "--work-dir", str(work), "--results-dir", str(res)]) == 0
     results = json.loads((res / "results.json").read_text())
     assert set(results["layouts"]) == set(LAYOUT_NAMES)
-    for layout, cells in results["layouts"].items():
+    for cells in results["layouts"].values():
         assert set(cells) == set(METHOD_NAMES)
         for cell in cells.values():
             assert cell["n"] == 4 and 0.0 <= cell["ci95"][0] <= cell["rate"] <= cell["ci95"][1] <= 1.0
@@ -86,14 +86,14 @@ def test_run_quick_end_to_end(tmp_path):
     assert {"collect", "train_policy", "train_classifier", "train_dynamics", "eval"} <= set(results["stages_s"])
     assert results["command"].startswith("dynaguide blocktouch run --quick")
     assert results["latent_scale_calibration"]["latent_scale"] > 0
-    for name in ["results.md", "bars.png"] + [f"trajectories_{l}.png" for l in LAYOUT_NAMES]:
+    for name in ["results.md", "bars.png"] + [f"trajectories_{name}.png" for name in LAYOUT_NAMES]:
         assert (res / name).stat().st_size > 0
     for sub in ("policy", "goal_policy", "classifier", "dynamics"):
         assert (work / sub / "latest" / "model.safetensors").exists()
     assert not list(work.rglob("*.pt")) and not list(work.rglob("*.pkl"))
     # validation-scene guidance sweep (both M-step modes selectable)
-    assert main(["blocktouch", "sweep", "--quick", "--work-dir", str(work), "--results-dir", str(res), "--rollouts", "2",
-                 "--layouts", "random", "--scales", "0,0.5", "--stochastic-mode", "repeat"]) == 0
+    assert main(["blocktouch", "sweep", "--quick", "--work-dir", str(work), "--results-dir", str(res),
+                 "--rollouts", "2", "--layouts", "random", "--scales", "0,0.5", "--stochastic-mode", "repeat"]) == 0
     sweep = json.loads((res / "sweep_repeat.json").read_text())
     assert set(sweep["results"]["dynaguide_classifier"]) == {"repeat:0.0", "repeat:0.5"}
     assert sweep["results"]["dynaguide_classifier"]["repeat:0.5"]["random"]["n"] == 2

@@ -164,7 +164,8 @@ def test_absolute_mode_and_small_cameras():
 def test_truncation_and_yaml_config():
     from dynaguide.config import load_config
 
-    cfg = load_config(CalvinEnvConfig, Path(__file__).resolve().parents[1] / "config" / "calvin_env.yaml", section="env")
+    cfg = load_config(CalvinEnvConfig, Path(__file__).resolve().parents[1] / "config" / "calvin_env.yaml",
+                      section="env")
     assert cfg == CalvinEnvConfig()
     with CalvinEnv(dataclasses.replace(cfg, render_every_step=False, max_episode_steps=2)) as env:
         env.reset(seed=0)

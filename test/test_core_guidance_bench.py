@@ -34,7 +34,8 @@ def tiny_setup():
     g = torch.Generator().manual_seed(1)
     batch = 2
     cond = torch.randn(batch, policy.cond_dim, generator=g)
-    gset = GuidanceSet.from_latents(torch.randn(10, 4, 24, generator=g), None, GuidanceConfig(sigma=2.0, scale=1.5, stochastic_steps=1))
+    gset = GuidanceSet.from_latents(torch.randn(10, 4, 24, generator=g), None,
+                                    GuidanceConfig(sigma=2.0, scale=1.5, stochastic_steps=1))
     return BenchSetup("tiny", policy, dynamics, cond, torch.randn(batch, 16, 24, generator=g),
                       torch.randn(batch, 2, generator=g), gset, torch.randn(batch, T, A, generator=g))
 

@@ -60,7 +60,8 @@ def test_metric_tiny_exact_values():
     expected = math.log(math.exp(-3 / 2) + math.exp(-4 / 2)) - (-5 / 2)
     assert latent_guidance_metric(pred, pos, neg, sigma=2.0).item() == pytest.approx(expected, abs=1e-12)
     expected_sq = math.log(math.exp(-9 / 2) + math.exp(-16 / 2)) - (-25 / 2)
-    assert latent_guidance_metric(pred, pos, neg, sigma=2.0, squared=True).item() == pytest.approx(expected_sq, abs=1e-12)
+    got_sq = latent_guidance_metric(pred, pos, neg, sigma=2.0, squared=True).item()
+    assert got_sq == pytest.approx(expected_sq, abs=1e-12)
     assert goal_distances(pred, pos).tolist() == [[3.0, 4.0]]
 
 

@@ -30,7 +30,8 @@ class TinyPolicy(nn.Module):
         super().__init__()
         torch.manual_seed(seed)
         self.horizon, self.action_dim = horizon, action_dim
-        self.net = nn.Sequential(nn.Linear(horizon * action_dim + 1 + cond_dim, 32), nn.Mish(), nn.Linear(32, horizon * action_dim))
+        self.net = nn.Sequential(nn.Linear(horizon * action_dim + 1 + cond_dim, 32), nn.Mish(),
+                                 nn.Linear(32, horizon * action_dim))
         self.calls = 0
         self.saw_grad_mode: list[bool] = []
 
@@ -222,12 +223,14 @@ def test_batch_of_b_equals_b_runs_of_batch_one(mode):
     policy = TinyPolicy().double()
     cond, noise = make_inputs(batch=5, seed=7)
     cond, noise = cond.double(), noise.double()
-    objective = mean_objective(torch.full((2, 1, A), 0.4, dtype=torch.float64), torch.full((1, 1, A), -0.4, dtype=torch.float64))
+    objective = mean_objective(torch.full((2, 1, A), 0.4, dtype=torch.float64),
+                               torch.full((1, 1, A), -0.4, dtype=torch.float64))
     kwargs = dict(scale=1.5, stochastic_steps=2, stochastic_mode=mode)
     gens = lambda idx: [torch.Generator().manual_seed(100 + i) for i in idx]  # noqa: E731
     batched = guided_ddim_sample(policy, cond, objective, initial_noise=noise, generator=gens(range(5)), **kwargs)
     singles = [
-        guided_ddim_sample(policy, cond[b : b + 1], objective, initial_noise=noise[b : b + 1], generator=gens([b]), **kwargs)
+        guided_ddim_sample(policy, cond[b : b + 1], objective, initial_noise=noise[b : b + 1], generator=gens([b]),
+                           **kwargs)
         for b in range(5)
     ]
     torch.testing.assert_close(batched.actions, torch.cat([s.actions for s in singles]), rtol=1e-10, atol=1e-12)
@@ -276,7 +279,7 @@ def test_no_autograd_graph_survives_a_step():
     for steps in (2, 10):
         out, saved, alive = count_live_saved_tensors(lambda: guided_ddim_sample(
             policy, cond, objective, scale=1.0, stochastic_steps=2, initial_noise=noise,
-            ddim=DDIMConfig(num_inference_steps=steps)))
+            ddim=DDIMConfig(num_inference_steps=steps)))  # noqa: B023 - called at once
         assert saved > 0, "the objective gradient should have saved tensors while it ran"
         assert alive == 0, f"{alive} tensors saved for backward are still held after {steps} steps"
         for tensor in (out.actions, out.objective):
@@ -284,7 +287,7 @@ def test_no_autograd_graph_survives_a_step():
     assert not any(policy.saw_grad_mode), "policy ran with autograd enabled or on a grad-requiring input"
     assert all(p.grad is None for p in policy.parameters())
     # the check is discriminative: the naive loop keeps a graph that grows with the number of steps
-    kept = [count_live_saved_tensors(lambda: naive_graph_keeping_loop(policy, cond, objective, noise, n))[2]
+    kept = [count_live_saved_tensors(lambda: naive_graph_keeping_loop(policy, cond, objective, noise, n))[2]  # noqa: B023
             for n in (2, 10)]
     assert 0 < kept[0] < kept[1], kept
 

@@ -83,7 +83,7 @@ def test_our_network_equals_the_companion_package_forward(pretrained):
         ref.load_state_dict(state, strict=True)
         ref.eval()
         taps: dict[int, torch.Tensor] = {}
-        hooks = [ref._blocks[i].register_forward_hook(lambda m, inp, out, i=i: taps.__setitem__(i, out))
+        hooks = [ref._blocks[i].register_forward_hook(lambda m, inp, out, i=i: taps.__setitem__(i, out))  # noqa: B023
                  for i in (4, 10, 15)]
         x = torch.randn(2, 3, size, size, generator=gen)
         with torch.no_grad():

@@ -152,8 +152,10 @@ def test_malformed_set_guidance_requests_are_rejected_and_change_nothing(graph, 
         return fut.result()
 
     img = rgb_to_image_msg(_images(1, 11)[0])
-    bad_enc = rgb_to_image_msg(_images(1, 12)[0]); bad_enc.encoding = "yuv422"
-    short = rgb_to_image_msg(_images(1, 13)[0]); short.data = bytes(short.data)[:-7]
+    bad_enc = rgb_to_image_msg(_images(1, 12)[0])
+    bad_enc.encoding = "yuv422"
+    short = rgb_to_image_msg(_images(1, 13)[0])
+    short.data = bytes(short.data)[:-7]
     zero = Image(height=0, width=0, encoding="rgb8", step=0)
     huge = Image(height=100000, width=100000, encoding="rgb8", step=300000)
     cases = {

@@ -17,33 +17,43 @@ Two ways to get them:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from dynaguide.guidance.metric import latent_guidance_metric
 from dynaguide.guidance.sampler import STOCHASTIC_MODES, GuidedSample, guided_ddim_sample
 
+MIN_SIGMA = 1e-3
+"""Smallest usable σ: below it ``dist / σ`` can overflow float32 and the guidance gradient is not finite
+(σ = 1e-45 made the policy refuse every chunk).  Latent distances here are O(1)-O(1000)."""
+
 
 @dataclass
 class GuidanceConfig:
-    """Guidance hyper-parameters (YAML section ``guidance``).
+    """Guidance hyper-parameters (YAML section ``guidance``) — the one place their defaults are set.
 
-    Defaults follow the official CALVIN runs (``--scale 1.5 --ss 4 --alpha 30``; we read ``alpha``
-    as the temperature σ of Eq. 2).  σ is in latent distance units, so it must be re-tuned when the
-    embedder or the outcome space changes (the CPU config's pooled latents are much smaller).
+    The guidance manager (``default_*`` parameters), the policy node (``runner.guidance``), ``dynaguide
+    demo`` and ``dynaguide bench guidance`` take their defaults from here.  s, σ and M follow the official
+    CALVIN runs (``--scale 1.5 --ss 4 --alpha 30``; we read ``alpha`` as the temperature σ of Eq. 2).
+    σ is in latent distance units, so it must be re-tuned when the embedder or the outcome space changes
+    (the CPU config's pooled latents are much smaller; the demo steering runs used σ = 5, M = 2).
+    ``stochastic_mode`` is ``renoise``: the official ``repeat`` (M DDIM steps at the same noise level)
+    drove clipped chunks to the ±1 limits even without guidance (``results/blocktouch/README.md``).
+    ``scale = 0`` is allowed and gives the unguided sampler.
     """
 
     sigma: float = 30.0
     scale: float = 1.5
     stochastic_steps: int = 4
-    stochastic_mode: str = "repeat"
+    stochastic_mode: str = "renoise"
     squared: bool = False
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.sigma) and self.sigma > 0):
-            raise ValueError(f"guidance sigma must be a positive number, got {self.sigma}")
+        if not (math.isfinite(self.sigma) and self.sigma >= MIN_SIGMA):
+            raise ValueError(f"guidance sigma must be a finite number >= {MIN_SIGMA:g}, got {self.sigma}")
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ValueError(f"guidance scale must be finite and >= 0, got {self.scale}")
         if not isinstance(self.stochastic_steps, int) or self.stochastic_steps < 1:
@@ -148,7 +158,7 @@ class GuidanceSet:
         positives: torch.Tensor | None,
         negatives: torch.Tensor | None = None,
         config: GuidanceConfig | None = None,
-    ) -> "GuidanceSet":
+    ) -> GuidanceSet:
         """Use already-computed outcome latents ``(K, N, D)`` directly."""
         return cls(positives, negatives, config or GuidanceConfig())
 
@@ -161,7 +171,7 @@ class GuidanceSet:
         neg_images: torch.Tensor | None = None,
         config: GuidanceConfig | None = None,
         batch_size: int = 32,
-    ) -> "GuidanceSet":
+    ) -> GuidanceSet:
         """Embed goal images and map them into the dynamics model's outcome space (paper text).
 
         Args:
@@ -190,7 +200,7 @@ class GuidanceSet:
         horizon: int = 16,
         config: GuidanceConfig | None = None,
         batch_size: int = 32,
-    ) -> "GuidanceSet":
+    ) -> GuidanceSet:
         """Official-code variant: goal = dynamics(φ(final frame), proprio, last action repeated T times).
 
         Args:
@@ -211,7 +221,8 @@ class GuidanceSet:
             if frames.proprio.dim() != 2 or frames.proprio.shape[0] != k:
                 raise ValueError(f"{name}.proprio must be (K, P) with K = {k}, got {tuple(frames.proprio.shape)}")
             if frames.last_actions.dim() != 2 or frames.last_actions.shape[0] != k:
-                raise ValueError(f"{name}.last_actions must be (K, A) with K = {k}, got {tuple(frames.last_actions.shape)}")
+                raise ValueError(f"{name}.last_actions must be (K, A) with K = {k}, "
+                                 f"got {tuple(frames.last_actions.shape)}")
             proprio = frames.proprio.to(device=device, dtype=images.dtype)
             actions = frames.last_actions.to(device=device, dtype=images.dtype).unsqueeze(1).expand(-1, horizon, -1)
 
@@ -253,7 +264,7 @@ class GuidanceSet:
         """Eq. 2 for predicted outcome latents ``pred (B, N, D)`` → ``(B,)``."""
         return latent_guidance_metric(pred, self.positives, self.negatives, self.config.sigma, self.config.squared)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "GuidanceSet":
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GuidanceSet:
         """A copy with the latents moved/cast (the config is shared)."""
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return replace(self, positives=move(self.positives), negatives=move(self.negatives))

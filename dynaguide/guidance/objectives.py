@@ -12,7 +12,8 @@ once per chunk — and may have batch 1 (broadcast to every sample) or batch B.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -31,9 +32,11 @@ def broadcast_batch(name: str, tensor: torch.Tensor, batch: int) -> torch.Tensor
 def chunk_for_dynamics(actions: torch.Tensor, offset: int, length: int) -> torch.Tensor:
     """The part of a policy chunk the dynamics model sees: ``actions[:, offset:offset+length]``.
 
-    A diffusion policy with observation horizon To predicts a chunk whose step ``To − 1`` is the
-    *current* step, so ``offset = To − 1`` makes the dynamics chunk start at the current step (the
-    official code feeds the chunk from index 0, one step early).  Missing steps at the end are
+    ``offset`` is the index of the *current* step in the policy's chunk: the policy's
+    ``action_offset``.  This project's :class:`~dynaguide.policy.DiffusionPolicy` predicts chunks that
+    start at the current step, so its ``action_offset`` is 0 (the whole chunk, no shift; that is what
+    :class:`~dynaguide.runtime.GuidedPolicyRunner` passes).  Only a diffusion_policy-style model whose
+    chunk starts To − 1 steps in the past needs ``offset = To − 1``.  Missing steps at the end are
     padded by repeating the last action — the same rule as dynamics-model training.
 
     Args:
@@ -60,8 +63,8 @@ class DynaGuideObjective:
         obs_tokens: ``(1 or B, N, D)`` embedder tokens of the current observation (computed once).
         proprio: ``(1 or B, P)`` current proprioception, raw units.
         guidance_set: goals and σ / distance kind.
-        action_offset: first chunk step fed to the dynamics model (``policy.n_obs_steps − 1`` makes it
-            the current step; see :func:`chunk_for_dynamics`).
+        action_offset: first chunk step fed to the dynamics model: the policy's ``action_offset``
+            (0 for this project's DiffusionPolicy; see :func:`chunk_for_dynamics`).
         dynamics_horizon: chunk length the dynamics model takes (default: the policy's T).
         action_transform: optional map applied to the (normalised) chunk before the dynamics model,
             e.g. ``policy.unnormalize_actions`` if the dynamics model was trained on raw actions.
@@ -111,7 +114,7 @@ class DynaGuideObjective:
         proprio: torch.Tensor,
         guidance_set: GuidanceSet,
         **kwargs: Any,
-    ) -> "DynaGuideObjective":
+    ) -> DynaGuideObjective:
         """Embed the current frame once (``image (B, 3, H, W)`` in [0, 1], no gradient) and build the objective.
 
         ``proprio (B, P)`` is the current proprioception; keyword arguments as in the constructor.

@@ -30,7 +30,8 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
+from collections.abc import Sequence
 
 import torch
 
@@ -133,7 +134,8 @@ def objective_value_and_grad(
         (grad,) = torch.autograd.grad(values.sum(), leaf)
     values, grad = values.detach(), grad.detach()
     if not (torch.isfinite(grad).all() and torch.isfinite(values).all()):
-        raise ValueError("guidance objective or its gradient is not finite (NaN/inf); refusing to produce actions from it")
+        raise ValueError("guidance objective or its gradient is not finite (NaN/inf); "
+                         "refusing to produce actions from it")
     return values, grad
 
 
@@ -229,7 +231,8 @@ def guided_ddim_sample(
             policy_s += time.perf_counter() - t0
             policy_calls += 1
             if eps.shape != sample.shape:
-                raise ValueError(f"policy.predict_noise returned shape {tuple(eps.shape)}, expected {tuple(sample.shape)}")
+                raise ValueError(f"policy.predict_noise returned shape {tuple(eps.shape)}, "
+                                 f"expected {tuple(sample.shape)}")
             if guided:
                 t0 = time.perf_counter()
                 _, grad = objective_value_and_grad(objective, sample)

@@ -65,12 +65,12 @@ class DiffusionPolicyConfig:
             raise ValueError(f"backbone must be 'resnet18' or 'small_cnn', got {self.backbone!r}")
 
     @classmethod
-    def paper(cls, **overrides) -> "DiffusionPolicyConfig":
+    def paper(cls, **overrides) -> DiffusionPolicyConfig:
         """ResNet-18 (GroupNorm) + 32 keypoints per camera, U-Net 256/512/1024, kernel 5, To=2, T=16, ±4 px shifts."""
         return cls(**overrides)
 
     @classmethod
-    def cpu(cls, **overrides) -> "DiffusionPolicyConfig":
+    def cpu(cls, **overrides) -> DiffusionPolicyConfig:
         """Small CNN + 16 keypoints, U-Net 64/128, 64x64 images, no shift augmentation: trains in minutes on a CPU."""
         base = dict(
             image_keys=("rgb",), image_size=64, backbone="small_cnn", num_keypoints=16, cnn_width=32,

@@ -54,7 +54,7 @@ class ModelConfig:
 @dataclass
 class TrainingConfig:
     policy_steps: int = 3000
-    dynamics_steps: int = 4000
+    dynamics_steps: int = 2500
     batch_size: int = 64
     lr: float = 3e-4
     val_fraction: float = 0.05
