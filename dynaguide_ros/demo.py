@@ -7,7 +7,8 @@
 3. runs for ``--duration`` seconds, records the static camera and the behaviour events;
 4. writes ``<out>/strip.png`` (static camera over time) and ``<out>/summary.json``, prints the result.
 
-Models: ``--checkpoints DIR`` with ``policy/`` and ``dynamics/`` (``dynaguide.experiments.calvin_small``);
+Models: ``--checkpoints DIR`` with ``policy/`` and ``dynamics/`` (from ``dynaguide calvin train``; default
+``checkpoints/calvin_effnet``);
 without trained checkpoints the graph runs UNTRAINED random-initialised CPU models and says so — the
 plumbing is real, the behaviour is then meaningless.
 """

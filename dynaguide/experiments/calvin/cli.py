@@ -88,7 +88,7 @@ def register_into(sub) -> None:
 
     p = sub.add_parser("check-dynamics", help="does the predicted outcome tell behaviours apart? (validation)")
     common(p)
-    p.add_argument("--noise-steps", default="0,10,20,50,100", help="DDIM train-scale noise levels of the chunk")
+    p.add_argument("--noise-steps", default="0,5,10,20,50,90", help="train-scale noise levels k of the chunk (0..num_train_timesteps-1)")
     p.add_argument("--max-segments", type=int, default=140)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_check)

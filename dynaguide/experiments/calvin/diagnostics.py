@@ -31,7 +31,7 @@ def _images(frames: np.ndarray) -> torch.Tensor:
 
 
 @torch.no_grad()
-def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (0, 10, 20, 50, 100),
+def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (0, 5, 10, 20, 50, 90),
                    max_segments: int = 140, seed: int = 0) -> dict:
     torch.set_num_threads(1)
     policy, dynamics = load_models(cfg)

@@ -36,9 +36,17 @@ def env_config_for(cfg: CalvinExperimentConfig) -> CalvinEnvConfig:
     return dataclasses.replace(base, static_camera=dataclasses.replace(base.static_camera, width=size, height=size))
 
 
-def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dynamics_dir: str | None = None):
+#: methods that steer through the latent dynamics model
+DYNAMICS_METHODS = ("dynaguide", "gpc")
+
+
+def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dynamics_dir: str | None = None,
+                need_dynamics: bool = True):
+    """``(policy, dynamics or None)`` from the export directory (or the given checkpoint directories)."""
     export = Path(cfg.training.export_dir)
     policy, _ = load_checkpoint(Path(policy_dir) if policy_dir else export / "policy")
+    if not need_dynamics:
+        return policy.eval(), None
     dynamics, _ = load_checkpoint(Path(dynamics_dir) if dynamics_dir else export / "dynamics")
     dynamics.check_compatible_with(policy)
     return policy.eval(), dynamics.eval()
@@ -68,12 +76,14 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     ev = cfg.eval
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
-    policy, dynamics = load_models(cfg, policy_dir, dynamics_dir)
+    policy, dynamics = load_models(cfg, policy_dir, dynamics_dir,
+                                   need_dynamics=any(m in DYNAMICS_METHODS for m in methods))
     gc_default = Path(cfg.training.export_dir) / "gc_policy"
     gc_dir = gc_dir or (str(gc_default) if "goal_conditioned" in methods and gc_default.is_dir() else None)
     gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
     embedder = make_embedder(cfg.embedder)
-    check_embedder(dynamics, embedder)
+    if dynamics is not None:
+        check_embedder(dynamics, embedder)
     goals = {}
     for b in sorted(set(targets) | (set(EXPERIMENTS[experiment]) if ev.negatives == "others" else set())):
         goals[b] = load_goal_images(cfg.data.goals, MOVABLE_GOAL_BEHAVIOUR.get(b, b), ev.goal_set, ev.goals_per_target)

@@ -15,19 +15,40 @@ import time
 from pathlib import Path
 
 import h5py
+from torch.utils.data import Dataset
 
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders import embedder_identity, make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
-from dynaguide.experiments.calvin_small import POLICY_CAMERA, RenameCamera
+from dynaguide.experiments.calvin.harness import POLICY_CAMERA
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_dynamics, train_policy
 
 STAGES = ("merge", "embed", "policy", "dynamics", "export")
 #: stages run only when named (the goal-conditioned baseline policy)
 OPTIONAL_STAGES = ("gc_policy",)
+
+
+class RenameCamera(Dataset):
+    """Present dataset camera ``src`` (``third_person``) under the policy's camera name ``dst`` (the env's
+    ``rgb_static``), so the policy's keys equal the ROS graph's and the harness's."""
+
+    def __init__(self, base: Dataset, src: str, dst: str) -> None:
+        self.base, self.src, self.dst = base, src, dst
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def stats(self):
+        """Min/max of actions and proprio (of the wrapped dataset; no pass over the images)."""
+        return self.base.stats()
+
+    def __getitem__(self, i):
+        item = dict(self.base[i])
+        item[self.dst] = item.pop(self.src)
+        return item
 
 
 def merge_segments(sources: tuple[str, ...], out: str | Path) -> dict:
@@ -123,13 +144,15 @@ def export(cfg: CalvinExperimentConfig) -> dict:
     written = {}
     for name in ("policy", "dynamics", "gc_policy"):
         run = Path(cfg.training.out_dir) / f"{name}_run" / "latest"
-        if name == "gc_policy" and not run.is_dir():
+        if not run.is_dir():
             continue
         meta = read_checkpoint_meta(run)
         model, config = load_checkpoint(run)
         extra = {"source": str(run), "step": meta.get("step"), "data": cfg.data.merged}
         save_checkpoint(out / name, model, config, extra)
         written[name] = str(out / name)
+    if not written:
+        raise FileNotFoundError(f"no training runs under {cfg.training.out_dir} to export")
     return written
 
 
