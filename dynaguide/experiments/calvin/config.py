@@ -78,7 +78,7 @@ class EvalConfig:
     negatives: str = "none"               # "none" or "others": the other behaviours' goals as negatives
     gpc_samples: int = 10
     itps_scale: float = 1.0
-    guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(stochastic_mode="renoise"))
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.horizon < 1 or self.batch_envs < 1:
