@@ -41,7 +41,8 @@ class GuidanceConfig:
     s = 4, not the official 1.5: chosen on CALVIN validation scenes for the shipped models (EfficientNet-Lite0
     latents; ``results/calvin/validation/``): s = 1.5 / 4 / 10 at σ = 30 brought 3/24, 8/24, 7/24 trials of
     three targets to their target (base policy: 0/30).  With these latents the metric's gradient norm is
-    ~0.4 against a noise estimate of norm ~10, so s = 1.5 barely moves the chunk.
+    ~0.3–0.4 against a unit-Gaussian noise estimate of norm ≈ 10.6 (``dynaguide calvin guidance-effect``),
+    so s = 1.5 barely moves the chunk.
     σ is in latent distance units, so it must be re-tuned when the embedder or the outcome space changes
     (here nearest-goal distances are ~53 to the true goal set and ~104 to the others).
     ``stochastic_mode`` is ``renoise``: the official ``repeat`` (M DDIM steps at the same noise level)

@@ -62,6 +62,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_effect(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.diagnostics import guidance_effect
+
+    result = guidance_effect(_config(args), args.target, tuple(float(s) for s in args.scales.split(",")))
+    result["command"] = "dynaguide " + shlex.join(sys.argv[1:])
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from dynaguide.experiments.calvin.evaluate import run_experiment
 
@@ -92,6 +105,13 @@ def register_into(sub) -> None:
     p.add_argument("--max-segments", type=int, default=140)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("guidance-effect", help="open-loop effect of the scale s on the metric and its gradient")
+    common(p)
+    p.add_argument("--target", default="drawer_open")
+    p.add_argument("--scales", default="0,1.5,4,10")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(func=cmd_effect)
 
     p = sub.add_parser("eval", help="batched closed-loop evaluation of methods on CALVIN targets")
     common(p)

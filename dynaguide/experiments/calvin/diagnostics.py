@@ -100,3 +100,45 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
             per_label[label] = float((d[sel].argmin(dim=1) == i).float().mean())
     result["accuracy_per_label@0.0/k=0"] = per_label
     return result
+
+
+@torch.no_grad()
+def guidance_effect(cfg: CalvinExperimentConfig, target: str, scales: tuple[float, ...], starts: int = 16) -> dict:
+    """Open-loop effect of the guidance scale: for the first frames of ``starts`` validation segments, one
+    guided chunk per scale (same noise) → mean Eq. 2 metric, mean predicted nearest-goal distance, the
+    metric's gradient norm at the returned chunk, and the largest |action| (normalised units)."""
+    import dataclasses
+
+    from dynaguide.experiments.calvin.harness import Observation, Planners
+    from dynaguide.guidance.sampler import guided_ddim_sample, objective_value_and_grad
+
+    torch.set_num_threads(1)
+    policy, dynamics = load_models(cfg)
+    embedder = make_embedder(cfg.embedder)
+    check_embedder(dynamics, embedder)
+    with h5py.File(cfg.data.validation, "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))[:starts]
+        frames = np.stack([np.stack([f["data"][n][f"obs/{cfg.data.camera}"][0]] * policy.cfg.n_obs_steps) for n in names])
+        proprio = np.stack([np.stack([f["data"][n]["obs/proprio"][0]] * policy.cfg.n_obs_steps) for n in names])
+    images = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255.0
+    goals = {target: load_goal_images(cfg.data.goals, target, cfg.eval.goal_set, cfg.eval.goals_per_target)}
+    rows = {}
+    for scale in scales:
+        ev = dataclasses.replace(cfg.eval, guidance=dataclasses.replace(cfg.eval.guidance, scale=float(scale)))
+        planners = Planners(policy, dynamics, embedder, ev, goals, max_rel_pos=0.02)
+        guidance = planners.guidance_set(target)
+        obs = Observation(images, torch.from_numpy(proprio).float(), torch.zeros(len(names), 3),
+                          [torch.Generator().manual_seed(i) for i in range(len(names))])
+        objective = planners._objective(obs, guidance)
+        g = ev.guidance
+        sample = guided_ddim_sample(policy, planners._cond(obs), objective if scale > 0 else None, scale=float(scale),
+                                    ddim=policy.cfg.ddim, stochastic_steps=g.stochastic_steps,
+                                    stochastic_mode=g.stochastic_mode, generator=obs.generators).actions
+        metric = objective(sample)
+        nearest = goal_distances(objective.predict_outcome(sample), guidance.positives).min(dim=1).values
+        _, grad = objective_value_and_grad(objective, sample)
+        rows[str(scale)] = {"metric": float(metric.mean()), "nearest_goal_distance": float(nearest.mean()),
+                            "grad_norm": float(grad.flatten(1).norm(dim=1).mean()),
+                            "max_abs_action": float(sample.abs().max())}
+    return {"target": target, "starts": len(names), "sigma": cfg.eval.guidance.sigma,
+            "stochastic_steps": cfg.eval.guidance.stochastic_steps, "by_scale": rows}
