@@ -154,7 +154,13 @@ def markdown_table(result: dict) -> str:
             row.append(f"{100 * c['rate']:.0f} % [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}] (n={c['n']})"
                        if c else "–")
         lines.append(f"| {target} | " + " | ".join(row) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{100 * result['means'][m]:.1f} %**" for m in methods) + " |")
+    total = len(result["behaviours"])
+
+    def mean_cell(m: str) -> str:
+        k = sum(1 for cells in result["behaviours"].values() if m in cells)
+        return f"**{100 * result['means'][m]:.1f} %**" + ("" if k == total else f" ({k} of {total} targets)")
+
+    lines.append("| **mean** | " + " | ".join(mean_cell(m) for m in methods) + " |")
     lines += ["", "Rates with 95 % Wilson intervals; `distribution` in results.json lists every first behaviour.", ""]
     return "\n".join(lines)
 
