@@ -115,8 +115,24 @@ def _run(args) -> int:
             if not res.success:
                 return 1
         start = time.monotonic()
+        first_stamp = None   # simulated (or wall) time of the first frame after guidance was set
+
+        def sim_elapsed() -> float:
+            nonlocal first_stamp
+            if not frames:
+                return 0.0
+            stamp = frames[-1][1].header.stamp
+            now = stamp.sec + stamp.nanosec * 1e-9
+            first_stamp = now if first_stamp is None else first_stamp
+            return now - first_stamp
+
+        frames.clear()
         while time.monotonic() - start < args.duration:
             rclpy.spin_once(node, timeout_sec=0.1)
+            if args.sim_seconds and sim_elapsed() >= args.sim_seconds:
+                break
+        summary["sim_seconds"] = round(sim_elapsed(), 2)
+        summary["wall_seconds"] = round(time.monotonic() - start, 1)
     finally:
         launcher.stop()
         node.destroy_node()
@@ -169,7 +185,8 @@ def _measure(args) -> int:
             summary = json.loads((out / "summary.json").read_text())
             runs[mode].append({"seed": seed, "first_behaviour": summary["first_behaviour"],
                                "behaviours": summary["behaviours_detected"]})
-    result = {"target": args.behaviour, "duration_s": args.duration, "checkpoints": str(args.checkpoints),
+    result = {"target": args.behaviour, "duration_s": args.duration, "sim_seconds": args.sim_seconds,
+              "checkpoints": str(args.checkpoints),
               "command": "dynaguide " + shlex.join(sys.argv[1:])}
     for mode, rows in runs.items():
         result[mode] = {"target_first": sum(r["first_behaviour"] == args.behaviour for r in rows), "n": len(rows),
@@ -190,7 +207,11 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the CALVIN sim graph headless, steered towards a behaviour")
     p.add_argument("--behaviour", default="drawer_open")
     p.add_argument("--goals", type=int, default=3, help="number of goal images")
-    p.add_argument("--duration", type=float, default=45.0, help="seconds of guided execution")
+    p.add_argument("--duration", type=float, default=45.0, help="wall-clock seconds of guided execution (a cap with "
+                   "--sim-seconds)")
+    p.add_argument("--sim-seconds", type=float, default=0.0,
+                   help="stop after this much camera time (simulated in lockstep): the same world time for guided "
+                        "and unguided runs, whatever the compute (0: run --duration wall seconds)")
     # 0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
     p.add_argument("--scale", type=float, default=0.0, help="guidance scale s (0: GuidanceConfig's default, 1.5)")
     p.add_argument("--sigma", type=float, default=0.0,
