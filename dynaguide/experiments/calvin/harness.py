@@ -15,7 +15,10 @@ disjoint from training and goals), the scene a random one in which the target is
 Speed: ``batch_envs`` environments run side by side and share one batched policy/guidance call per
 replanning tick (every ``n_action_steps`` steps); a finished environment takes the next trial at the next
 tick.  Only the ``n_obs_steps`` frames before each tick are rendered.  Results are appended per trial to
-``<out>/trials.jsonl``; a killed run resumes there and gives the same numbers (randomness is per trial).
+``<out>/trials/<target>__<method>.jsonl``; a killed run resumes there, rerunning only unfinished trials
+with the same per-trial seeds.  (Float rounding of batched calls depends on which trials share a batch,
+and a closed loop can amplify it, so a resumed trial is the same experiment, not always a bit-identical
+trajectory.)
 """
 
 from __future__ import annotations
