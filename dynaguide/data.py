@@ -265,7 +265,7 @@ def split_demos(source: str | Path | h5py.File | Sequence[Demo], val_fraction: f
     return sorted(names[n_val:], key=_demo_sort_key), sorted(names[:n_val], key=_demo_sort_key)
 
 
-def _to_image_tensor(frames: np.ndarray) -> torch.Tensor:
+def to_image_tensor(frames: np.ndarray) -> torch.Tensor:
     """``(..., H, W, 3)`` uint8 → ``(..., 3, H, W)`` float32 in [0, 1]."""
     t = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(255.0)
     return t.movedim(-1, -3)
@@ -322,11 +322,11 @@ class PolicyDataset(_IndexedDemos):
         obs_idx = [max(0, s) for s in range(t - self.n_obs_steps + 1, t + 1)]
         item: dict[str, torch.Tensor] = {}
         for cam in self.image_keys:
-            item[cam] = _to_image_tensor(src.frames(name, cam, obs_idx))
+            item[cam] = to_image_tensor(src.frames(name, cam, obs_idx))
         item["proprio"] = torch.from_numpy(src.proprio[name][obs_idx])
         item["actions"] = torch.from_numpy(action_chunk(src.actions[name], t, self.horizon))
         if self.goal_key is not None:
-            item[self.goal_key] = _to_image_tensor(src.frame(name, self.goal_camera, src.length(name) - 1))
+            item[self.goal_key] = to_image_tensor(src.frame(name, self.goal_camera, src.length(name) - 1))
         return item
 
 
@@ -369,8 +369,8 @@ class DynamicsDataset(_IndexedDemos):
             "actions": torch.from_numpy(action_chunk(src.actions[name], t, self.horizon)),
         }
         if self.with_images:
-            item["image"] = _to_image_tensor(src.frame(name, self.camera, t))
-            item["target_image"] = _to_image_tensor(src.frame(name, self.camera, last))
+            item["image"] = to_image_tensor(src.frame(name, self.camera, t))
+            item["target_image"] = to_image_tensor(src.frame(name, self.camera, last))
         if self.tokens is not None:
             demo_tokens = self.tokens[name]
             item["obs_tokens"] = torch.as_tensor(np.asarray(demo_tokens[t]), dtype=torch.float32)
@@ -493,7 +493,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
             out = group.create_dataset(name, shape=(length, embedder.num_tokens, embedder.dim), dtype=dtype)
             for start in range(0, length, batch_size):
                 frames = source.frames(name, camera, range(start, min(length, start + batch_size)))
-                tokens = embedder(_to_image_tensor(frames).to(device))
+                tokens = embedder(to_image_tensor(frames).to(device))
                 out[start:start + len(frames)] = tokens.float().cpu().numpy().astype(dtype)
                 bar.update(len(frames))
     os.replace(tmp, cache_path)
@@ -506,7 +506,7 @@ def embed_demos(demos: Sequence[Demo], embedder, camera: str, batch_size: int = 
     out = {}
     for i, demo in enumerate(demos):
         frames = demo.images[camera]
-        chunks = [embedder(_to_image_tensor(frames[s:s + batch_size])).float().cpu().numpy()
+        chunks = [embedder(to_image_tensor(frames[s:s + batch_size])).float().cpu().numpy()
                   for s in range(0, len(frames), batch_size)]
         out[demo.name or f"demo_{i}"] = np.concatenate(chunks)
     return out

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from _ros_hardening import spin_until
 
 pytestmark = pytest.mark.ros
 
@@ -37,17 +38,6 @@ def ros_node():
     yield node
     node.destroy_node()
     rclpy.shutdown()
-
-
-def spin_until(node, predicate, timeout: float) -> bool:
-    import rclpy
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        rclpy.spin_once(node, timeout_sec=0.05)
-    return predicate()
 
 
 def wait_log(buf: LineBuffer, text: str, timeout: float) -> None:

@@ -53,12 +53,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     result = check_dynamics(_config(args), noise_steps=tuple(int(s) for s in args.noise_steps.split(",")),
                             max_segments=args.max_segments)
+    return _report(result, args.json)
+
+
+def _report(result: dict, path: Path | None) -> int:
+    """Print ``result`` (with the command line that made it) as JSON and write it to ``path`` if given."""
     result["command"] = "dynaguide " + shlex.join(sys.argv[1:])
     text = json.dumps(result, indent=2)
     print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
     return 0
 
 
@@ -66,13 +71,7 @@ def cmd_effect(args: argparse.Namespace) -> int:
     from dynaguide.experiments.calvin.diagnostics import guidance_effect
 
     result = guidance_effect(_config(args), args.target, tuple(float(s) for s in args.scales.split(",")))
-    result["command"] = "dynaguide " + shlex.join(sys.argv[1:])
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
-    return 0
+    return _report(result, args.json)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

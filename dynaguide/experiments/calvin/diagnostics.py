@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from dynaguide.data import action_chunk
+from dynaguide.data import action_chunk, to_image_tensor
 from dynaguide.embedders import make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
 from dynaguide.experiments.calvin.evaluate import check_embedder, load_models
@@ -24,10 +24,6 @@ from dynaguide.experiments.calvin.harness import label_of, load_goal_images
 from dynaguide.guidance.metric import goal_distances
 
 FRACTIONS = (0.0, 0.25, 0.5)
-
-
-def _images(frames: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
 
 
 @torch.no_grad()
@@ -45,7 +41,7 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
     for label in labels:
         frames = np.concatenate([load_goal_images(cfg.data.goals, b, cfg.eval.goal_set, cfg.eval.goals_per_target)
                                  for b in behaviours if label_of(b) == label])
-        goal_latents[label] = dynamics.outcome_latent(embedder(_images(frames)))
+        goal_latents[label] = dynamics.outcome_latent(embedder(to_image_tensor(frames)))
 
     def nearest(pred: torch.Tensor) -> torch.Tensor:   # (B, N, D) → (B, labels) nearest-goal distance
         return torch.stack([goal_distances(pred, goal_latents[l]).min(dim=1).values for l in labels], dim=1)
@@ -64,11 +60,11 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
             proprio = g["obs/proprio"][:]
             actions = g["actions"][:]
             last = len(actions) - 1
-            final = dynamics.outcome_latent(embedder(_images(frames[last][None])))
+            final = dynamics.outcome_latent(embedder(to_image_tensor(frames[last][None])))
             entry = {"final": nearest(final)[0]}
             for frac in FRACTIONS:
                 t = int(round(frac * last))
-                tokens = embedder(_images(frames[t][None]))
+                tokens = embedder(to_image_tensor(frames[t][None]))
                 entry[f"current@{frac}"] = nearest(dynamics.outcome_latent(tokens))[0]
                 chunk = dynamics.action_normalizer.normalize(torch.from_numpy(action_chunk(actions, t, horizon)).float())[None]
                 pro = torch.from_numpy(proprio[t][None]).float()
@@ -120,7 +116,7 @@ def guidance_effect(cfg: CalvinExperimentConfig, target: str, scales: tuple[floa
         names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))[:starts]
         frames = np.stack([np.stack([f["data"][n][f"obs/{cfg.data.camera}"][0]] * policy.cfg.n_obs_steps) for n in names])
         proprio = np.stack([np.stack([f["data"][n]["obs/proprio"][0]] * policy.cfg.n_obs_steps) for n in names])
-    images = torch.from_numpy(frames).permute(0, 1, 4, 2, 3).float() / 255.0
+    images = to_image_tensor(frames)
     goals = {target: load_goal_images(cfg.data.goals, target, cfg.eval.goal_set, cfg.eval.goals_per_target)}
     rows = {}
     for scale in scales:

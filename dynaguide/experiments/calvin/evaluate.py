@@ -26,8 +26,6 @@ from dynaguide.experiments.calvin.harness import (CellRunner, Planners, load_goa
                                                   read_trials, summarise)
 
 EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS}
-#: the goal behaviour whose held-out final frames show a MovableObjects target
-MOVABLE_GOAL_BEHAVIOUR = {"touch_red": "touch_red", "touch_blue": "touch_blue", "touch_pink": "touch_pink"}
 
 
 def env_config_for(cfg: CalvinExperimentConfig) -> CalvinEnvConfig:
@@ -86,7 +84,7 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
         check_embedder(dynamics, embedder)
     goals = {}
     for b in sorted(set(targets) | (set(EXPERIMENTS[experiment]) if ev.negatives == "others" else set())):
-        goals[b] = load_goal_images(cfg.data.goals, MOVABLE_GOAL_BEHAVIOUR.get(b, b), ev.goal_set, ev.goals_per_target)
+        goals[b] = load_goal_images(cfg.data.goals, b, ev.goal_set, ev.goals_per_target)
     start_poses = load_start_poses(cfg.data.validation)
     env_cfg = env_config_for(cfg)
     stages["load_s"] = round(time.perf_counter() - t0, 1)

@@ -42,6 +42,7 @@ from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import behaviour_scene, target_point
 from calvin_bridge.labels import LABELS
 from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
+from dynaguide.data import to_image_tensor
 from dynaguide.guidance.goals import GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
@@ -132,14 +133,11 @@ class Planners:
         self.action_offset = int(getattr(policy, "action_offset", 0))
 
     def guidance_set(self, target: str) -> GuidanceSet:
-        def images(frames: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
-
         negatives = None
         if self.cfg.negatives == "others":
             others = [g for b, g in self.goals.items() if label_of(b) != label_of(target)]
-            negatives = images(np.concatenate(others)) if others else None
-        return GuidanceSet.from_images(self.embedder, self.dynamics, images(self.goals[target]), negatives,
+            negatives = to_image_tensor(np.concatenate(others)) if others else None
+        return GuidanceSet.from_images(self.embedder, self.dynamics, to_image_tensor(self.goals[target]), negatives,
                                        self.cfg.guidance)
 
     def _cond(self, obs: Observation) -> torch.Tensor:
@@ -178,7 +176,7 @@ class Planners:
         if method == "goal_conditioned":
             if self.gc_policy is None:
                 raise ValueError("method 'goal_conditioned' needs a goal-conditioned policy checkpoint")
-            goal = torch.from_numpy(self.goals[target][:1]).permute(0, 3, 1, 2).float() / 255.0
+            goal = to_image_tensor(self.goals[target][:1])
             gc = self.gc_policy
             return lambda obs: goal_conditioned_sample(gc, {POLICY_CAMERA: obs.images, "proprio": obs.proprio}, goal,
                                                        ddim=gc.cfg.ddim, generator=obs.generators).actions
@@ -250,8 +248,7 @@ class CellRunner:
                     slots[i] = self._start(self._env(i), target, trial, trial_seed(self.cfg, target_index, trial))
             active = [i for i, s in enumerate(slots) if s is not None]
             obs = Observation(
-                images=torch.from_numpy(np.stack([np.stack(slots[i].frames) for i in active])).permute(0, 1, 4, 2, 3)
-                .float().div_(255.0),
+                images=to_image_tensor(np.stack([np.stack(slots[i].frames) for i in active])),
                 proprio=torch.from_numpy(np.stack([np.stack(slots[i].proprio) for i in active])).float(),
                 targets=torch.from_numpy(np.stack([slots[i].target_xyz for i in active])).float(),
                 generators=[slots[i].generator for i in active])
