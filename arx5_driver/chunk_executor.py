@@ -25,7 +25,10 @@ trajectory starts at the *current command* at the current time, so switching chu
 the target is linearly interpolated between waypoints and stays at the last waypoint afterwards.
 Chunks that are malformed, contain NaN/inf, are older than ``max_chunk_age_s``, stamped in the
 future, not newer than the last accepted chunk, or have no action left in the future are rejected
-with :class:`ChunkRejected`.
+with :class:`ChunkRejected`.  The content and stamp rules shared with the simulation bridge
+(:func:`dynaguide.execution.chunk_from_flat`, :func:`~dynaguide.execution.check_chunk`,
+:func:`~dynaguide.execution.check_chunk_stamp` with this executor's ``max_future_s``) are applied from
+there; the action spaces, ``max_horizon`` and ``max_chunk_age_s`` are this executor's own.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
 from arx5_driver.transforms import rotvec_to_matrix
+from dynaguide.execution import check_chunk, check_chunk_stamp, chunk_from_flat
 from dynaguide.text import short_repr
 
 EXECUTABLE_SPACES = ("ee_delta", "joint_position")
@@ -62,13 +66,11 @@ class ActionChunk:
     def from_flat(cls, stamp: float, action_space: str, horizon: int, action_dim: int, actions: Any,
                   start_index: int, dt: float, frame_id: str = "") -> ActionChunk:
         """Build from the message's flat row-major ``actions``; ChunkRejected if sizes disagree."""
-        flat = np.asarray(actions, dtype=float).reshape(-1)
-        if horizon < 1 or action_dim < 1:
-            raise ChunkRejected(f"horizon and action_dim must be >= 1, got {horizon}, {action_dim}")
-        if flat.size != horizon * action_dim:
-            raise ChunkRejected(f"actions has {flat.size} values, expected horizon*action_dim = {horizon}*{action_dim}")
-        return cls(float(stamp), str(action_space), flat.reshape(horizon, action_dim), int(start_index), float(dt),
-                   str(frame_id))
+        try:
+            rows = chunk_from_flat(actions, horizon, action_dim)
+        except ValueError as exc:
+            raise ChunkRejected(str(exc)) from exc
+        return cls(float(stamp), str(action_space), rows, int(start_index), float(dt), str(frame_id))
 
 
 @dataclass(frozen=True)
@@ -135,29 +137,15 @@ class ChunkExecutor:
             raise ChunkRejected(f"action_space {short_repr(chunk.action_space)} cannot drive the arm; "
                                 f"use one of {list(EXECUTABLE_SPACES)}")
         actions = np.asarray(chunk.actions, dtype=float)
-        if actions.ndim != 2:
-            raise ChunkRejected(f"actions must be (T, A), got shape {actions.shape}")
-        horizon, action_dim = actions.shape
-        if not 1 <= horizon <= cfg.max_horizon:
-            raise ChunkRejected(f"horizon {horizon} outside [1, {cfg.max_horizon}]")
         expected_dim = self.dof + 1 if chunk.action_space == "joint_position" else 7
-        if action_dim != expected_dim:
-            raise ChunkRejected(f"{chunk.action_space} needs action_dim {expected_dim}, got {action_dim}")
-        if not np.all(np.isfinite(actions)):
-            raise ChunkRejected("actions contain NaN or inf")
-        if not (np.isfinite(chunk.dt) and chunk.dt > 0):
-            raise ChunkRejected(f"dt must be a positive finite number, got {chunk.dt}")
-        if not 0 <= chunk.start_index < horizon:
-            raise ChunkRejected(f"start_index {chunk.start_index} outside [0, {horizon})")
-        if not np.isfinite(chunk.stamp):
-            raise ChunkRejected("stamp is not finite")
+        try:
+            check_chunk(actions, chunk.dt, chunk.start_index, action_dim=expected_dim, max_horizon=cfg.max_horizon)
+            check_chunk_stamp(chunk.stamp, now, self.last_accepted_stamp, cfg.max_future_s)
+        except ValueError as exc:
+            raise ChunkRejected(f"{chunk.action_space}: {exc}") from exc
         if chunk.stamp < now - cfg.max_chunk_age_s:
             raise ChunkRejected(f"stale: observation is {now - chunk.stamp:.3f} s old (max {cfg.max_chunk_age_s} s)")
-        if chunk.stamp <= self.last_accepted_stamp:
-            raise ChunkRejected(f"out of order: stamp {chunk.stamp:.6f} is not newer than the last accepted "
-                                f"{self.last_accepted_stamp:.6f}")
-        if chunk.stamp > now + cfg.max_future_s:
-            raise ChunkRejected(f"stamp is {chunk.stamp - now:.3f} s in the future (clock mismatch?)")
+        horizon = actions.shape[0]
 
         steps = np.arange(chunk.start_index, horizon)
         times = chunk.stamp + (steps - chunk.start_index + 1) * chunk.dt - cfg.action_latency_s

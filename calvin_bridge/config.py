@@ -38,14 +38,16 @@ class CalvinEnvConfig:
     """Everything that defines one CALVIN-like environment.
 
     Attributes:
-        calvin_data_dir: directory holding the real CALVIN assets (``calvin_table_D/``, ``blocks/``,
-            ``plane/``); ``None`` builds the project's procedural play table instead.
-        table: table name inside ``calvin_data_dir`` (``calvin_table_D`` → ``calvin_table_D/urdf/calvin_table_D.urdf``).
-        global_scaling: PyBullet ``globalScaling`` of table and blocks (CALVIN: 0.8).
+        calvin_data_dir: directory holding the real CALVIN assets (``calvin_table_<X>/``, ``blocks/``,
+            ``plane/`` and the scene file ``calvin_scene_<X>.yaml``); ``None`` builds the project's procedural
+            play table instead.
+        table: table name inside ``calvin_data_dir`` (``calvin_table_D``).  The table's scene file is the one
+            source of its layout — table and block URDFs, block placement surfaces, global scaling, the
+            robot's base and home joints (:mod:`calvin_bridge.scene_file`; the loaded values are
+            ``CalvinEnv.scene.layout``); block sizes come from the block URDFs.
         cache_dir: where generated URDFs are written (``None``: a temporary directory removed on ``close``).
         robot_visual: ``"collision"`` (coarse Panda visuals, ~2.4x faster rendering) or ``"mesh"``
             (``pybullet_data``'s detailed visual meshes).
-        robot_base_position / robot_initial_joints: CALVIN's Franka Panda base (m) and home joints (rad).
         control_hz / physics_hz: control and physics rates (CALVIN: 30 Hz over 240 Hz).
         max_rel_pos / max_rel_orn: one relative action unit (m, rad) (CALVIN: 0.02 m, 0.05 rad).
         action_mode: ``"relative"`` (7-d CALVIN action) or ``"absolute"`` (xyz m, euler rad, gripper ±1).
@@ -54,7 +56,6 @@ class CalvinEnvConfig:
         settle_steps: physics steps after a reset so blocks come to rest before the first state.
         robot_joint_noise: half-width (rad) of the uniform noise added to the home joints on random resets.
         block_min_distance: minimum xy distance (m) between spawned blocks.
-        surfaces: CALVIN's block placement boxes ``name -> [[x,y,z] low, [x,y,z] high]`` (m).
         workspace_bounds: ``[[x,y,z] low, [x,y,z] high]`` (m) box the commanded TCP target is clipped to, as
             CALVIN's robot clips to its ``workspace_bounds``, so a policy cannot drive the hand under the table
             top or out of reach (``None`` disables).  Default: the scripted experts' TCP range on the
@@ -64,12 +65,8 @@ class CalvinEnvConfig:
 
     calvin_data_dir: str | None = None
     table: str = "calvin_table_D"
-    global_scaling: float = 0.8
     cache_dir: str | None = None
     robot_visual: str = "collision"
-    robot_base_position: tuple[float, float, float] = (-0.34, -0.46, 0.24)
-    robot_initial_joints: tuple[float, ...] = (
-        -1.21779206, 1.03987646, 2.11978261, -2.34205014, -0.87015947, 1.64119353, 0.55344866)
     control_hz: int = 30
     physics_hz: int = 240
     max_rel_pos: float = 0.02
@@ -81,11 +78,6 @@ class CalvinEnvConfig:
     settle_steps: int = 60
     robot_joint_noise: float = 0.1
     block_min_distance: float = 0.09
-    surfaces: dict[str, list[list[float]]] = field(default_factory=lambda: {
-        "table": [[0.0, -0.15, 0.46], [0.35, -0.03, 0.46]],
-        "slider_left": [[-0.32, 0.05, 0.46], [-0.16, 0.12, 0.46]],
-        "slider_right": [[-0.05, 0.05, 0.46], [0.13, 0.12, 0.46]],
-    })
     workspace_bounds: list[list[float]] | None = field(default_factory=lambda: [[-0.32, -0.56, 0.33],
                                                                                 [0.36, 0.14, 0.75]])
     max_episode_steps: int | None = None
@@ -97,19 +89,12 @@ class CalvinEnvConfig:
             raise ValueError(f"action_mode must be 'relative' or 'absolute', got {self.action_mode!r}")
         if self.physics_hz % self.control_hz != 0:
             raise ValueError(f"physics_hz ({self.physics_hz}) must be a multiple of control_hz ({self.control_hz})")
-        if len(self.robot_initial_joints) != 7:
-            raise ValueError(f"robot_initial_joints needs 7 values, got {len(self.robot_initial_joints)}")
         if self.max_episode_steps is not None and self.max_episode_steps <= 0:
             raise ValueError(f"max_episode_steps must be positive or null, got {self.max_episode_steps}")
-        if self.global_scaling <= 0:
-            raise ValueError(f"global_scaling must be positive, got {self.global_scaling}")
         if self.workspace_bounds is not None:
             box = self.workspace_bounds
             if len(box) != 2 or any(len(c) != 3 for c in box) or any(lo >= hi for lo, hi in zip(*box)):
                 raise ValueError(f"workspace_bounds must be [[x,y,z] low, [x,y,z] high] with low < high, got {box}")
-        for name, box in self.surfaces.items():
-            if len(box) != 2 or any(len(c) != 3 for c in box):
-                raise ValueError(f"surface {name!r} must be [[x,y,z],[x,y,z]], got {box}")
 
     @property
     def substeps(self) -> int:

@@ -20,16 +20,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from collections.abc import Mapping
 
 import h5py
 import numpy as np
 import pybullet as p
 from tqdm import tqdm
 
+from dynaguide.data import Demo, write_demo
+
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
-from calvin_bridge.experts import BEHAVIOURS, behaviour_scene, expected_label, run_expert
+from calvin_bridge.experts import BEHAVIOURS, behaviour_scene, expected_label, run_expert, table_surface
 
 #: demo seeds start here; held-out goal episodes use seeds from ``HELDOUT_SEED_OFFSET`` on
 HELDOUT_SEED_OFFSET = 1_000_000
@@ -105,17 +107,10 @@ def record_episode(env: CalvinEnv, behaviour: str, seed: int) -> tuple[dict[str,
 
 
 def _write_demo(group: h5py.Group, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
-    g = group.create_group(name)
-    g.create_dataset("actions", data=arrays["actions"].astype(np.float32))
-    obs = g.create_group("obs")
-    for cam in ("third_person", "eye_in_hand"):
-        obs.create_dataset(cam, data=arrays[cam].astype(np.uint8), chunks=(1, *arrays[cam].shape[1:]),
-                           compression="gzip", compression_opts=1)
-    obs.create_dataset("proprio", data=arrays["proprio"].astype(np.float32))
-    obs.create_dataset("states", data=arrays["states"].astype(np.float32))
-    for k, v in attrs.items():
-        g.attrs[k] = v
-    g.attrs["num_samples"] = len(arrays["actions"])
+    """One recorded segment (or goal frame) through the method core's writer (:func:`dynaguide.data.write_demo`)."""
+    demo = Demo(actions=arrays["actions"], images={cam: arrays[cam] for cam in ("third_person", "eye_in_hand")},
+                proprio=arrays["proprio"], states=arrays["states"])
+    write_demo(group, demo, name, attrs=attrs, compression="gzip", compression_opts=1)
 
 
 def collect(env_config: CalvinEnvConfig, cfg: CollectConfig, out: str | Path, resume: bool = False,
@@ -178,20 +173,23 @@ def underspecified_goal(env: CalvinEnv, behaviour: str, rng: np.random.Generator
             if value in ("upper", "lower"):
                 lo, hi = scene.joint_limits[key]
                 span = hi - lo
-                state[key] = float(hi - rng.uniform(0, 0.15) * span) if value == "upper" else float(lo + rng.uniform(0, 0.15) * span)
+                offset = rng.uniform(0, 0.15) * span
+                state[key] = float(hi - offset) if value == "upper" else float(lo + offset)
             else:
                 state[key] = value
         env.reset(seed=int(rng.integers(2**31)), options={"scene": state})
     else:
         colour = behaviour.split("_", 1)[1]
-        lo, hi = (np.asarray(c, dtype=np.float64) for c in env.config.surfaces["table"])
+        lo, hi = (np.asarray(c, dtype=np.float64) for c in table_surface(env))
         target = rng.uniform(lo, hi) + np.array([0, 0, 0.005])
-        state.update(scene.random_blocks(rng, fixed={f"block_{colour}": [*target, 0, 0, float(rng.uniform(-np.pi, np.pi))]}))
+        fixed = {f"block_{colour}": [*target, 0, 0, float(rng.uniform(-np.pi, np.pi))]}
+        state.update(scene.random_blocks(rng, fixed=fixed))
         env.reset(seed=int(rng.integers(2**31)), options={"scene": state, "randomize_robot": False})
         side = rng.uniform(-np.pi, np.pi)
         tcp_goal = target + np.array([0.05 * np.cos(side), 0.05 * np.sin(side), 0.03])
-        joints = p.calculateInverseKinematics(env.robot.uid, 11, tcp_goal.tolist(), p.getQuaternionFromEuler([np.pi, 0, np.pi / 2]),
-                                              restPoses=list(env.config.robot_initial_joints) + [0.02, 0.02],
+        joints = p.calculateInverseKinematics(env.robot.uid, 11, tcp_goal.tolist(),
+                                              p.getQuaternionFromEuler([np.pi, 0, np.pi / 2]),
+                                              restPoses=list(env.scene.layout.robot_initial_joints) + [0.02, 0.02],
                                               physicsClientId=env.client)[:7]
         env.robot.reset(np.clip(joints, env.robot.lower, env.robot.upper), gripper_action=-1.0)
     return env._observation(render=True)
@@ -216,7 +214,8 @@ def make_goals(env_config: CalvinEnvConfig, out: str | Path, per_behaviour: int 
                 result = run_expert(env, behaviour, rng)
                 if not result["success"]:
                     continue
-                _write_goal(data, f"demo_{i}", env._observation(render=True), behaviour, "heldout", expected_label(behaviour))
+                _write_goal(data, f"demo_{i}", env._observation(render=True), behaviour, "heldout",
+                            expected_label(behaviour))
                 i, made = i + 1, made + 1
             counts[f"heldout/{behaviour}"] = made
             rng = np.random.default_rng(HELDOUT_SEED_OFFSET * 2 + seed * 10_000 + BEHAVIOURS.index(behaviour))
@@ -228,7 +227,8 @@ def make_goals(env_config: CalvinEnvConfig, out: str | Path, per_behaviour: int 
     return counts
 
 
-def _write_goal(group: h5py.Group, name: str, obs: Mapping[str, np.ndarray], behaviour: str, goal_set: str, label: str) -> None:
+def _write_goal(group: h5py.Group, name: str, obs: Mapping[str, np.ndarray], behaviour: str, goal_set: str,
+                label: str) -> None:
     arrays = {"third_person": obs["rgb_static"][None], "eye_in_hand": obs["rgb_gripper"][None],
               "proprio": obs["robot_obs"][None], "states": obs["scene_obs"][None], "actions": np.zeros((1, 7))}
     _write_demo(group, name, arrays, {"behavior": behaviour, "goal_set": goal_set, "label": label})

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pybullet as p
@@ -47,8 +48,10 @@ class CalvinEnv:
         else:
             asset_dir = Path(self.config.cache_dir)
         self.scene = PlayTableScene(self.config, self.client, asset_dir)
-        self.robot = PandaRobot(self.client, self.config.robot_base_position, self.config.robot_initial_joints,
-                                visual=self.config.robot_visual, asset_dir=asset_dir)
+        layout = self.scene.layout
+        self.robot = PandaRobot(self.client, layout.robot_base_position, layout.robot_initial_joints,
+                                visual=self.config.robot_visual, asset_dir=asset_dir,
+                                base_orientation=p.getQuaternionFromEuler(layout.robot_base_orientation))
         self.first_scene_obs: np.ndarray | None = None
         self.steps = 0
         self._closed = False
@@ -73,7 +76,7 @@ class CalvinEnv:
         """Reset scene and robot.
 
         Options: ``scene`` (mapping or scene_obs (24,), see :meth:`PlayTableScene.set_state`; keys not
-        given are randomised), ``robot_joints`` (7,) rad (default: CALVIN home plus uniform noise of
+        given are randomised), ``robot_joints`` (7,) rad (default: the scene file's home joints plus uniform noise of
         ``robot_joint_noise``), ``randomize_robot`` (bool, default True), ``gripper`` (+1/-1).
         """
         options = dict(options or {})
@@ -97,7 +100,7 @@ class CalvinEnv:
         if options.get("robot_joints") is not None:
             joints = np.asarray(options["robot_joints"], dtype=np.float64)
         else:
-            joints = np.asarray(self.config.robot_initial_joints)
+            joints = np.asarray(self.scene.layout.robot_initial_joints)
             if options.get("randomize_robot", True) and self.config.robot_joint_noise > 0:
                 joints = joints + rng.uniform(-1, 1, size=7) * self.config.robot_joint_noise
                 joints = np.clip(joints, self.robot.lower, self.robot.upper)
@@ -174,7 +177,8 @@ class CalvinEnv:
     # ------------------------------------------------------------------ cameras
     def _render(self, cam: CameraConfig, eye, target, up) -> np.ndarray:
         view = p.computeViewMatrix(list(eye), list(target), list(up), physicsClientId=self.client)
-        proj = p.computeProjectionMatrixFOV(cam.fov, cam.width / cam.height, cam.near, cam.far, physicsClientId=self.client)
+        proj = p.computeProjectionMatrixFOV(cam.fov, cam.width / cam.height, cam.near, cam.far,
+                                            physicsClientId=self.client)
         img = p.getCameraImage(cam.width, cam.height, view, proj, renderer=p.ER_TINY_RENDERER,
                                flags=p.ER_NO_SEGMENTATION_MASK, physicsClientId=self.client)[2]
         return np.asarray(img, dtype=np.uint8).reshape(cam.height, cam.width, 4)[:, :, :3].copy()
@@ -199,7 +203,7 @@ class CalvinEnv:
                 self._tmp = None
             self._closed = True
 
-    def __enter__(self) -> "CalvinEnv":
+    def __enter__(self) -> CalvinEnv:
         return self
 
     def __exit__(self, *exc) -> None:

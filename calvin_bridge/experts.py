@@ -194,8 +194,8 @@ def block_push_direction(env: CalvinEnv, colour: str, distance: float) -> np.nda
     """:func:`free_push_direction` for block ``colour`` in the env's current scene."""
     obs = env.scene.scene_obs()
     others = [block_position(obs, c) for c in ("red", "blue", "pink") if c != colour]
-    return free_push_direction(block_position(obs, colour), others, env.config.surfaces, distance,
-                               np.asarray(env.config.robot_base_position))
+    return free_push_direction(block_position(obs, colour), others, env.scene.surfaces, distance,
+                               np.asarray(env.scene.layout.robot_base_position))
 
 
 def _segment_point_distance(a: np.ndarray, b: np.ndarray, q: np.ndarray) -> float:
@@ -258,6 +258,16 @@ def expected_label(behaviour: str) -> str:
     return behaviour
 
 
+def table_surface(env: CalvinEnv) -> tuple:
+    """The ``table`` placement surface ``((x, y, z) low, (x, y, z) high)`` (m) of the loaded scene, where block
+    behaviours put their target block; ``ValueError`` if the scene file defines none."""
+    surfaces = env.scene.surfaces
+    if "table" not in surfaces:
+        raise ValueError(f"scene {env.scene.source} has no 'table' surface (has {sorted(surfaces)}); block "
+                         "behaviours place their target block there")
+    return surfaces["table"]
+
+
 def behaviour_scene(env: CalvinEnv, behaviour: str, rng: np.random.Generator) -> dict:
     """A random scene state in which ``behaviour`` is possible (e.g. switch low for ``switch_on``).
 
@@ -293,14 +303,14 @@ def behaviour_scene(env: CalvinEnv, behaviour: str, rng: np.random.Generator) ->
         state["led"] = 1
     else:
         colour = behaviour.split("_", 1)[1]
-        lo, hi = (np.asarray(c, dtype=np.float64) for c in env.config.surfaces["table"])
+        lo, hi = (np.asarray(c, dtype=np.float64) for c in table_surface(env))
         for _ in range(100):   # resample until a push with the largest (displace) distance is free
             target = rng.uniform(lo, hi) + np.array([0.0, 0.0, 0.005])
             fixed = {f"block_{colour}": [*target.tolist(), 0.0, 0.0, float(rng.uniform(-np.pi, np.pi))]}
             blocks = scene.random_blocks(rng, fixed=fixed)
             others = [np.asarray(v[:3]) for k, v in blocks.items() if k != f"block_{colour}"]
-            if free_push_direction(target, others, env.config.surfaces, 0.09,
-                                   np.asarray(env.config.robot_base_position)) is not None:
+            if free_push_direction(target, others, env.scene.surfaces, 0.09,
+                                   np.asarray(env.scene.layout.robot_base_position)) is not None:
                 break
         state.update(blocks)
     return state

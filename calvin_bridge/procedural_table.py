@@ -20,6 +20,19 @@ DARK = (0.15, 0.15, 0.15, 1.0)
 GREY = (0.4, 0.4, 0.4, 1.0)
 WHITE = (1.0, 1.0, 1.0, 1.0)
 
+#: the procedural table's scene layout (CALVIN scene D's, from ``calvin_scene_D.yaml``); the scene reads it
+#: through :func:`calvin_bridge.scene_file.procedural_layout`
+GLOBAL_SCALING = 0.8
+ROBOT_BASE_POSITION: Vec3 = (-0.34, -0.46, 0.24)
+ROBOT_INITIAL_JOINTS: tuple[float, ...] = (
+    -1.21779206, 1.03987646, 2.11978261, -2.34205014, -0.87015947, 1.64119353, 0.55344866)
+#: block placement boxes ``name -> ([x, y, z] low, [x, y, z] high)`` (world m)
+SURFACES: dict[str, tuple[Vec3, Vec3]] = {
+    "table": ((0.0, -0.15, 0.46), (0.35, -0.03, 0.46)),
+    "slider_left": ((-0.32, 0.05, 0.46), (-0.16, 0.12, 0.46)),
+    "slider_right": ((-0.05, 0.05, 0.46), (0.13, 0.12, 0.46)),
+}
+
 
 @dataclass(frozen=True)
 class Box:
@@ -38,7 +51,7 @@ def _span(lo: Vec3, hi: Vec3, rgba=WOOD) -> Box:
 
 def _w(*xyz: float) -> Vec3:
     """World metres (at CALVIN's 0.8 scale) → the table's unscaled units."""
-    return tuple(v / 0.8 for v in xyz)
+    return tuple(v / GLOBAL_SCALING for v in xyz)
 
 
 def base_boxes() -> list[Box]:

@@ -46,13 +46,17 @@ class PandaRobot:
     """The arm: reset to joint positions, read the TCP, follow TCP pose targets with IK + position control."""
 
     def __init__(self, client: int, base_position, initial_joints, visual: str = "collision",
-                 asset_dir: str | Path | None = None):
+                 asset_dir: str | Path | None = None, base_orientation=(0.0, 0.0, 0.0, 1.0)):
+        """Load the Panda with its base at ``base_position`` (3,) m, ``base_orientation`` quaternion xyzw (4,),
+        home joints ``initial_joints`` (7,) rad (IK rest pose)."""
         self.client = client
         if visual != "mesh" and asset_dir is None:
             raise ValueError("asset_dir is needed to write the Panda URDF with collision visuals")
-        self.uid = p.loadURDF(str(panda_urdf(visual, asset_dir or ".")), list(base_position), [0, 0, 0, 1],
+        self.uid = p.loadURDF(str(panda_urdf(visual, asset_dir or ".")), list(base_position), list(base_orientation),
                               useFixedBase=True, physicsClientId=client)
         self.initial_joints = np.asarray(initial_joints, dtype=np.float64)
+        if self.initial_joints.shape != (7,):
+            raise ValueError(f"initial_joints must have shape (7,), got {self.initial_joints.shape}")
         infos = [p.getJointInfo(self.uid, j, physicsClientId=client) for j in ARM_JOINTS + FINGER_JOINTS]
         self.joint_names = [i[1].decode() for i in infos]
         self.lower = np.array([i[8] for i in infos[:7]])

@@ -12,16 +12,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import pybullet as p
-import pybullet_data
 
 from calvin_bridge.config import CalvinEnvConfig
-from calvin_bridge.procedural_table import BLOCKS, write_procedural_assets
+from calvin_bridge.scene_file import BLOCK_NAMES, SceneLayout, load_scene_layout, procedural_layout
 
 #: scene_obs joint order and the URDF joint names
 JOINTS = {"door": "base__slide", "drawer": "base__drawer", "button": "base__button", "switch": "base__switch"}
-BLOCK_NAMES = ("block_red", "block_blue", "block_pink")
-BLOCK_FILES = {"block_red": "block_red_middle.urdf", "block_blue": "block_blue_small.urdf",
-               "block_pink": "block_pink_big.urdf"}
 LIGHT_COLOURS = {"lightbulb": ((1.0, 1.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0)),
                  "led": ((0.0, 1.0, 0.0, 1.0), (1.0, 1.0, 1.0, 1.0))}
 
@@ -52,26 +48,26 @@ class PlayTableScene:
     """The table, its four articulations, two lights and three blocks inside one PyBullet client."""
 
     def __init__(self, config: CalvinEnvConfig, client: int, asset_dir: str | Path):
-        """``asset_dir``: where the procedural URDFs are written (unused for the real CALVIN assets)."""
+        """``asset_dir``: where the procedural URDFs are written (unused for the real CALVIN assets).
+
+        The layout (table and block files, surfaces, scaling, robot base) comes from the table's own files:
+        the scene file of ``config.table`` under ``config.calvin_data_dir``, or the procedural table's
+        (:mod:`calvin_bridge.scene_file`); it is kept as ``self.layout``.
+        """
         self.config = config
         self.client = client
-        self.scale = config.global_scaling
         if config.calvin_data_dir is None:
-            paths = write_procedural_assets(asset_dir)
-            table_file, block_files = paths["table"], {n: paths[n] for n in BLOCK_NAMES}
-            self.plane = p.loadURDF(str(Path(pybullet_data.getDataPath()) / "plane.urdf"), physicsClientId=client)
-            self.source = "procedural"
+            self.layout: SceneLayout = procedural_layout(asset_dir)
         else:
-            root = Path(config.calvin_data_dir)
-            table_file = root / config.table / "urdf" / f"{config.table}.urdf"
-            block_files = {n: root / "blocks" / f for n, f in BLOCK_FILES.items()}
-            missing = [str(f) for f in [table_file, *block_files.values(), root / "plane" / "plane.urdf"]
-                       if not f.is_file()]
-            if missing:
-                raise ValueError(f"calvin_data_dir {root} lacks CALVIN assets: {missing}")
-            self.plane = p.loadURDF(str(root / "plane" / "plane.urdf"), physicsClientId=client)
-            self.source = config.table
-        self.table = p.loadURDF(str(table_file), [0, 0, 0], [0, 0, 0, 1], useFixedBase=True,
+            self.layout = load_scene_layout(config.calvin_data_dir, config.table)
+        layout = self.layout
+        self.scale = layout.global_scaling
+        self.source = layout.source
+        self.surfaces = layout.surfaces
+        table_file = layout.table_urdf
+        self.plane = p.loadURDF(str(layout.plane_urdf), physicsClientId=client)
+        self.table = p.loadURDF(str(table_file), list(layout.table_position),
+                                p.getQuaternionFromEuler(layout.table_orientation), useFixedBase=True,
                                 globalScaling=self.scale, physicsClientId=client)
         names = {p.getJointInfo(self.table, j, physicsClientId=client)[1].decode(): j
                  for j in range(p.getNumJoints(self.table, physicsClientId=client))}
@@ -86,8 +82,9 @@ class PlayTableScene:
         self.joint_limits = {k: tuple(p.getJointInfo(self.table, j, physicsClientId=client)[8:10])
                              for k, j in self.joint_index.items()}
         self.blocks = {n: p.loadURDF(str(f), [0, 0, 1.0 + 0.2 * i], globalScaling=self.scale, physicsClientId=client)
-                       for i, (n, f) in enumerate(block_files.items())}
-        self.block_half_extents = {n: np.asarray(BLOCKS[n][0]) * self.scale / 2 for n in BLOCK_NAMES}
+                       for i, (n, f) in enumerate(layout.block_urdfs.items())}
+        #: half-extents (3,) m of each block, from its URDF's collision geometry (scaled)
+        self.block_half_extents = layout.block_half_extents()
         self.led_on = False
         self._button_was_pressed = False
         self._apply_joint_motors()
@@ -193,7 +190,7 @@ class PlayTableScene:
         self._apply_joint_motors()
 
     def random_state(self, rng: np.random.Generator) -> dict[str, Any]:
-        """A random scene: joints uniform in range, button up, LED random, blocks on CALVIN's surfaces."""
+        """A random scene: joints uniform in range, button up, LED random, blocks on the table's surfaces."""
         state: dict[str, Any] = {}
         for name in ("door", "drawer", "switch"):
             lo, hi = self.joint_limits[name]
@@ -205,7 +202,7 @@ class PlayTableScene:
 
     def random_blocks(self, rng: np.random.Generator, fixed: Mapping[str, Any] | None = None) -> dict[str, list[float]]:
         """Blocks placed uniformly on random surfaces (random yaw), at least ``block_min_distance`` apart."""
-        surfaces = self.config.surfaces
+        surfaces = self.surfaces
         names = sorted(surfaces)
         placed: dict[str, list[float]] = {k: list(v) for k, v in (fixed or {}).items()}
         for n in BLOCK_NAMES:

@@ -420,4 +420,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")
     parser.set_defaults(func=run_guidance_bench)
+    from dynaguide.realtime import add_realtime_parser
+
+    add_realtime_parser(sub)
     bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])

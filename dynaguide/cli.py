@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # the command line as given, for result files that record their command
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

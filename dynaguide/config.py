@@ -111,6 +111,21 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted keys → nested mappings: ``{"runner.guidance.scale": 4}`` → ``{"runner": {"guidance": {"scale": 4}}}``
+    (how ROS parameter names address nested config dataclasses)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        parts = key.split(".")
+        d = nested
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+            if not isinstance(d, dict):
+                raise ConfigError(f"parameter {key!r} nests under {p!r}, which also has a value")
+        d[parts[-1]] = value
+    return nested
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is ``{}``."""
     path = Path(path)

@@ -162,7 +162,7 @@ class LatentDynamicsConfig:
         return embedder_id_from_identity(self.embedder)
 
     @classmethod
-    def for_embedder(cls, embedder, preset: str = "cpu", **overrides) -> "LatentDynamicsConfig":
+    def for_embedder(cls, embedder, preset: str = "cpu", **overrides) -> LatentDynamicsConfig:
         """Preset ``"cpu"``/``"paper"`` sized for ``embedder``'s tokens (``embed_tokens``/``embed_dim``) and
         recording its identity.  The cpu preset pools the grid to 4x4 tokens when the side is a multiple
         of 4 (16x16 → pool 4, 8x8 → pool 2), else keeps it unpooled."""
@@ -187,12 +187,12 @@ class LatentDynamicsConfig:
         return self.out_tokens + (1 if self.proprio_dim > 0 else 0) + 1
 
     @classmethod
-    def paper(cls, **overrides) -> "LatentDynamicsConfig":
+    def paper(cls, **overrides) -> LatentDynamicsConfig:
         """DINOv2 ViT-S/14 tokens (256 x 384), no pooling, width 384, 6 layers, 8 heads: 258 tokens in."""
         return cls(**overrides)
 
     @classmethod
-    def cpu(cls, **overrides) -> "LatentDynamicsConfig":
+    def cpu(cls, **overrides) -> LatentDynamicsConfig:
         """16x16 grid pooled 4x4 → 16 tokens, width 128, 4 layers, 4 heads."""
         base = dict(pool=4, model_dim=128, n_layers=4, n_heads=4, ff_mult=2)
         base.update(overrides)
@@ -203,6 +203,8 @@ class LatentDynamicsModel(nn.Module):
     """See module docstring.  ``forward(obs_tokens (B, N, D), proprio (B, P), actions (B, T, A)) → (B, N_out, D)``."""
 
     checkpoint_kind = "latent_dynamics"
+    #: in eval mode, run the encoder through :meth:`_encode_inference` (same result, faster); False = the module
+    inference_fast_path: bool = True
 
     def __init__(self, cfg: LatentDynamicsConfig) -> None:
         super().__init__()
@@ -286,8 +288,25 @@ class LatentDynamicsModel(nn.Module):
         action_token = self.action_step_in(actions).reshape(actions.shape[0], 1, cfg.model_dim)
         batch = max(b, actions.shape[0])
         x = torch.cat([context.expand(batch, -1, -1), action_token.expand(batch, -1, -1)], dim=1) + self.pos_embedding
-        x = self.final_norm(self.encoder(x))
+        fast = not self.training and self.inference_fast_path
+        x = self.final_norm(self._encode_inference(x) if fast else self.encoder(x))
         return self.head(x[:, : cfg.out_tokens])
+
+    def _encode_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.encoder(x)`` in eval mode written out op by op (pre-norm layers, GELU, no dropout): the same
+        operations on the same weights — equal to the ``nn.TransformerEncoder`` call (tested) — without
+        ``nn.MultiheadAttention``'s Python argument handling, which dominated a guided step's dynamics
+        forward + backward for these small models (``dynaguide bench realtime``).  ``x (B, n, d)``."""
+        b, n, d = x.shape
+        for layer in self.encoder.layers:
+            attn = layer.self_attn
+            heads = attn.num_heads
+            qkv = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+            mixed = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, d)
+            x = x + attn.out_proj(mixed)
+            x = x + layer.linear2(F.gelu(layer.linear1(layer.norm2(x))))
+        return x
 
     def forward(self, obs_tokens: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
         """``obs_tokens (B, N, D)`` embedder output, ``proprio (B, P)`` raw, ``actions (B, T, A)`` normalised

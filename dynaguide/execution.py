@@ -6,9 +6,20 @@ its first scheduled time on (receding horizon).  At each control tick, actions w
 by more than half a period are dropped as late (as diffusion_policy's real-robot loop does); if nothing
 is due, the caller holds.
 
+Splicing, which actions win: the newest chunk, from its first action that is still in the future when it
+arrives.  Its actions already due more than half a period before arrival (computed while the robot executed
+the previous chunk) are never queued — counted as ``stale_on_arrival``, the part of each chunk the compute
+time cost, not as drops; ``dropped_late`` then counts only queued actions the control loop missed.  The
+relative action spaces (``calvin_rel_ee``, ``ee_delta``) command a displacement per step, so a switch of chunk
+changes the commanded velocity, never the position: the robot does not jump.
+
 A chunk stamped more than ``max_future_s`` ahead of the executor's clock is rejected
 (:func:`check_chunk_stamp`, the rule of the ARX5 chunk executor): accepting it would make every later,
 correctly stamped chunk "not newer" and, with a lockstep simulator, stop the world for good.
+
+The chunk rules live here once, for every consumer (this schedule, ``dynaguide_ros.conversions.chunk_from_msg``
+and the ARX5 chunk executor): :func:`chunk_from_flat` (a message's flat values → ``(T, A)``),
+:func:`check_chunk` (shape, finite values, ``dt``, ``start_index``) and :func:`check_chunk_stamp`.
 """
 
 from __future__ import annotations
@@ -20,6 +31,48 @@ import numpy as np
 
 DEFAULT_MAX_FUTURE_S = 0.1
 """Default tolerance for chunk stamps ahead of the executor's clock (s); the ARX5 driver uses the same."""
+
+
+def chunk_from_flat(values, horizon: int, action_dim: int, dtype=np.float64) -> np.ndarray:
+    """A message's flat row-major ``values`` → actions ``(horizon, action_dim)`` of ``dtype``.
+
+    Raises ``ValueError`` when ``horizon`` or ``action_dim`` is below 1 or the sizes disagree.
+    """
+    horizon, action_dim = int(horizon), int(action_dim)
+    if horizon < 1 or action_dim < 1:
+        raise ValueError(f"chunk horizon and action_dim must be >= 1, got {horizon} x {action_dim}")
+    flat = np.asarray(values, dtype=dtype).reshape(-1)
+    if flat.size != horizon * action_dim:
+        raise ValueError(f"chunk has {flat.size} values, expected horizon*action_dim = {horizon}*{action_dim} "
+                         f"= {horizon * action_dim}")
+    return flat.reshape(horizon, action_dim)
+
+
+def check_chunk(actions: np.ndarray, dt: float, start_index: int, action_dim: int | None = None,
+                max_horizon: int | None = None) -> None:
+    """Raise ``ValueError`` with the reason if a chunk's content cannot be executed.
+
+    Args:
+        actions: ``(T, A)`` actions, raw units of the action space; every value must be finite.
+        dt: seconds between actions, positive and finite.
+        start_index: first action to execute, in ``[0, T)`` (earlier rows are observation history).
+        action_dim: the ``A`` the executor needs (``None``: any).
+        max_horizon: the largest ``T`` accepted (``None``: any).
+    """
+    actions = np.asarray(actions)
+    if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] < 1:
+        raise ValueError(f"chunk must be (T, A) actions with T, A >= 1, got shape {actions.shape}")
+    horizon, dim = actions.shape
+    if action_dim is not None and dim != action_dim:
+        raise ValueError(f"chunk must be (T, {action_dim}) (action_dim {action_dim}), got shape {actions.shape}")
+    if max_horizon is not None and horizon > max_horizon:
+        raise ValueError(f"chunk horizon {horizon} outside [1, {max_horizon}]")
+    if not np.isfinite(actions).all():
+        raise ValueError("chunk contains NaN or infinite actions")
+    if not (np.isfinite(dt) and dt > 0):
+        raise ValueError(f"chunk dt must be positive and finite, got {dt}")
+    if not 0 <= start_index < horizon:
+        raise ValueError(f"start_index {start_index} outside [0, {horizon})")
 
 
 def check_chunk_stamp(stamp: float, now: float | None, last_stamp: float,
@@ -35,7 +88,8 @@ def check_chunk_stamp(stamp: float, now: float | None, last_stamp: float,
         raise ValueError(f"chunk stamp {stamp:.3f} is {stamp - now:.3f} s in the future of the clock ({now:.3f}; "
                          f"limit {max_future_s} s): clock mismatch?")
     if stamp <= last_stamp:
-        raise ValueError(f"chunk stamp {stamp:.3f} is not newer than the last one ({last_stamp:.3f})")
+        raise ValueError(f"out of order: chunk stamp {stamp:.6f} is not newer than the last accepted one "
+                         f"({last_stamp:.6f})")
 
 
 @dataclass
@@ -45,6 +99,7 @@ class ScheduleStats:
     executed: int = 0
     dropped_late: int = 0
     held: int = 0
+    stale_on_arrival: int = 0
 
 
 class ActionSchedule:
@@ -67,23 +122,23 @@ class ActionSchedule:
         actions = np.asarray(actions, dtype=np.float64)
         self.stats.received += 1
         try:
-            if actions.ndim != 2 or actions.shape[1] != self.action_dim:
-                raise ValueError(f"chunk must be (T, {self.action_dim}), got {actions.shape}")
-            if not np.isfinite(actions).all():
-                raise ValueError("chunk contains NaN or infinite actions")
-            if not (dt > 0 and np.isfinite(dt)):
-                raise ValueError(f"chunk dt must be positive, got {dt}")
-            if not 0 <= start_index < len(actions):
-                raise ValueError(f"start_index {start_index} outside chunk of {len(actions)}")
+            check_chunk(actions, dt, start_index, action_dim=self.action_dim)
             check_chunk_stamp(stamp, now, self._last_stamp, self.max_future_s)
         except ValueError:
             self.stats.rejected += 1
             raise
         self._last_stamp = stamp
         times = stamp + (np.arange(start_index, len(actions)) - start_index + 1) * dt
+        actions = actions[start_index:]
+        if now is not None:  # already due before it arrived: never queued
+            fresh = times >= now - 0.5 * self.control_dt
+            self.stats.stale_on_arrival += int((~fresh).sum())
+            times, actions = times[fresh], actions[fresh]
+            if len(times) == 0:
+                return
         while self._queue and self._queue[-1][0] >= times[0] - 1e-9:
             self._queue.pop()
-        self._queue.extend(zip(times.tolist(), actions[start_index:]))
+        self._queue.extend(zip(times.tolist(), actions))
 
     def next_action(self, now: float) -> np.ndarray | None:
         """The action due at ``now`` (dropping late ones), or None: hold."""

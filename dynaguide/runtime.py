@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,11 @@ class RunnerConfig:
 
     Empty checkpoint paths build *untrained, randomly initialised* CPU-config models — good for
     plumbing tests only; the runner reports ``trained = False`` for them.
+
+    ``torch_threads``: intra-op threads of the sampling thread.  ``parallel_policy``: evaluate the policy's
+    noise estimate on a second thread (``torch_threads`` threads too) while the dynamics model's gradient is
+    computed — the same chunk, bit for bit; it pays when a core is free for it (``dynaguide bench realtime``
+    measures both).
     """
 
     policy_checkpoint: str = ""
@@ -55,6 +61,7 @@ class RunnerConfig:
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
     seed: int = 0
     torch_threads: int = 1
+    parallel_policy: bool = False
 
 
 @dataclass
@@ -75,14 +82,21 @@ class GuidedPolicyRunner:
     """
 
     def __init__(self, policy: DiffusionPolicy, dynamics: LatentDynamicsModel, *, trained: bool,
-                 guidance_defaults: GuidanceConfig | None = None, seed: int = 0, torch_threads: int = 1) -> None:
-        self.policy = policy.eval()
-        self.dynamics = dynamics.eval()
+                 guidance_defaults: GuidanceConfig | None = None, seed: int = 0, torch_threads: int = 1,
+                 parallel_policy: bool = False) -> None:
+        # inference only: frozen weights (autograd then records only the path from the chunk to the metric)
+        self.policy = policy.eval().requires_grad_(False)
+        self.dynamics = dynamics.eval().requires_grad_(False)
         self.trained = trained
         self.guidance_defaults = guidance_defaults or GuidanceConfig()
         self.guidance: GuidanceSet | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.torch_threads = max(1, int(torch_threads))
+        self.policy_executor: ThreadPoolExecutor | None = None
+        if parallel_policy:
+            self.policy_executor = ThreadPoolExecutor(1, thread_name_prefix="policy_noise",
+                                                      initializer=torch.set_num_threads,
+                                                      initargs=(self.torch_threads,))
         # index of the current step in the policy's chunk (0 for DiffusionPolicy: the chunk starts now)
         self.action_offset = int(getattr(policy, "action_offset", 0))
         # id of the embedder the dynamics model was trained on (None: not recorded, nothing to check against)
@@ -124,7 +138,13 @@ class GuidedPolicyRunner:
                 embed_tokens=cfg.embed_tokens, embed_dim=cfg.embed_dim, proprio_dim=cfg.proprio_dim,
                 action_dim=cfg.action_dim, horizon=policy.horizon))
         return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed,
-                   torch_threads=cfg.torch_threads)
+                   torch_threads=cfg.torch_threads, parallel_policy=cfg.parallel_policy)
+
+    def close(self) -> None:
+        """Stop the policy thread of ``parallel_policy`` (idempotent)."""
+        if self.policy_executor is not None:
+            self.policy_executor.shutdown(wait=True)
+            self.policy_executor = None
 
     # ----------------------------------------------------------------------------- guidance
     def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None, *,
@@ -211,7 +231,8 @@ class GuidedPolicyRunner:
                 self.policy, cond, objective, scale=guidance.scale if objective else 0.0, ddim=self.policy.cfg.ddim,
                 stochastic_steps=guidance.stochastic_steps if objective else 1,
                 stochastic_mode=guidance.config.stochastic_mode if objective else "repeat",
-                generator=self.generator)
+                guided_steps=guidance.config.sampler_guided_steps if objective else None,
+                policy_executor=self.policy_executor, generator=self.generator)
             if objective is not None and not torch.isfinite(sample.actions).all():
                 raise ValueError("the guided chunk is not finite")
         except ValueError as exc:
@@ -222,10 +243,8 @@ class GuidedPolicyRunner:
             objective = None
             sample = guided_ddim_sample(self.policy, cond, None, scale=0.0, ddim=self.policy.cfg.ddim,
                                         generator=self.generator)
-        metric = float("nan")
-        if objective is not None:
-            with torch.no_grad():
-                metric = float(objective(sample.actions)[0])
+        # the sampler already scored its final chunk (GuidedSample.objective): no second dynamics pass
+        metric = float(sample.objective[0]) if objective is not None and sample.objective is not None else float("nan")
         with torch.no_grad():
             actions = self.policy.unnormalize_actions(sample.actions)[0].cpu().numpy()
         return ChunkResult(actions=actions.astype(np.float32), guided=objective is not None, metric=metric,

@@ -14,6 +14,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
+from dynaguide.execution import check_chunk, chunk_from_flat
 from dynaguide.text import short_repr
 from dynaguide_msgs.msg import ActionChunk, PatchEmbedding
 
@@ -109,19 +110,14 @@ def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float,
 
 
 def chunk_from_msg(msg: ActionChunk) -> np.ndarray:
-    """``ActionChunk`` → ``(T, A) float32``; raises :class:`MessageError` if inconsistent or non-finite."""
-    t, a = int(msg.horizon), int(msg.action_dim)
-    if t <= 0 or a <= 0:
-        raise MessageError(f"chunk horizon and action_dim must be positive, got {t} x {a}")
-    if len(msg.actions) != t * a:
-        raise MessageError(f"chunk has {len(msg.actions)} values, expected horizon*action_dim = {t * a}")
-    if msg.start_index >= t:
-        raise MessageError(f"start_index {msg.start_index} >= horizon {t}")
-    if not (msg.dt > 0 and math.isfinite(msg.dt)):
-        raise MessageError(f"chunk dt must be positive and finite, got {msg.dt}")
-    actions = np.frombuffer(msg.actions, dtype=np.float32).reshape(t, a).copy()
-    if not np.isfinite(actions).all():
-        raise MessageError("chunk contains NaN or infinite actions")
+    """``ActionChunk`` → ``(T, A) float32``; raises :class:`MessageError` if inconsistent or non-finite
+    (the rules of :func:`dynaguide.execution.chunk_from_flat` and :func:`~dynaguide.execution.check_chunk`)."""
+    try:
+        actions = chunk_from_flat(np.frombuffer(msg.actions, dtype=np.float32), msg.horizon, msg.action_dim,
+                                  dtype=np.float32).copy()
+        check_chunk(actions, msg.dt, msg.start_index)
+    except ValueError as exc:
+        raise MessageError(str(exc)) from exc
     return actions
 
 

@@ -212,13 +212,14 @@ def register(subparsers) -> None:
     p.add_argument("--sim-seconds", type=float, default=0.0,
                    help="stop after this much camera time (simulated in lockstep): the same world time for guided "
                         "and unguided runs, whatever the compute (0: run --duration wall seconds)")
-    # 0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
-    p.add_argument("--scale", type=float, default=0.0, help="guidance scale s (0: GuidanceConfig's default, 1.5)")
+    # unset/0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
+    p.add_argument("--scale", type=float, default=None,
+                   help="guidance scale s (default: GuidanceConfig's; 0: no guidance, unguided chunks)")
     p.add_argument("--sigma", type=float, default=0.0,
-                   help="distance temperature (0: GuidanceConfig's default, 30); the demo steering runs used 5, "
+                   help="distance temperature (0: GuidanceConfig's default); the demo steering runs used 5, "
                         "~half the typical goal distance of the CPU config's pooled latents")
     p.add_argument("--stochastic-steps", type=int, default=0,
-                   help="M (0: GuidanceConfig's default, 4); latency grows with M on a CPU (steering runs: 2)")
+                   help="M (0: GuidanceConfig's default); latency grows with M on a CPU (steering runs: 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=96,
                    help="static camera size; the shipped models were trained on 96 px frames")

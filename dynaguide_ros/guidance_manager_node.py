@@ -5,6 +5,8 @@
   ``embed_images`` service, then publishes ``guidance/set`` (GuidanceSet) and ``guidance/state``
   (GuidanceState) with transient-local QoS and stores the guidance on disk.  A bad request gets
   ``success = false`` and a message naming the problem; the guidance in force does not change.
+  A parameter given as 0 keeps the one in force; ``set_scale = true`` takes ``scale`` as given, so
+  s = 0 (unguided chunks, goals kept) is expressible.
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
 * On start, restores the last accepted guidance from ``state_dir`` (a corrupt store is logged and the
   manager starts unguided); revision numbers keep increasing across clears and restarts.
@@ -176,13 +178,15 @@ class GuidanceManagerNode(Node):
             validate_request(req, self.cfg)
             tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
             n_pos = len(req.positive)
-            # 0 keeps the value in force (the configured default when no guidance is in force)
+            # 0 keeps the value in force (the configured default when no guidance is in force); with
+            # set_scale the scale is taken as given: s = 0 is "no guidance" (the policy samples unguided chunks)
             base = self.current or StoredGuidance(
                 None, None, grid, emb_id, self.cfg.default_scale, self.cfg.default_sigma,
                 self.cfg.default_stochastic_steps, self._rev)
             new = StoredGuidance(
                 positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
-                scale=float(req.scale or base.scale), sigma=float(req.sigma or base.sigma),
+                scale=float(req.scale if req.set_scale else req.scale or base.scale),
+                sigma=float(req.sigma or base.sigma),
                 stochastic_steps=int(req.stochastic_steps or base.stochastic_steps),
                 revision=self._rev + 1)
         except Exception as exc:  # MessageError: a bad request; anything else must not kill the node either

@@ -51,15 +51,20 @@ def call_service(srv_type, name: str, request, timeout: float, node=None):
             node.destroy_node()
 
 
-def call_set_guidance(positive: list[np.ndarray], negative: list[np.ndarray], scale: float = 0.0,
+def call_set_guidance(positive: list[np.ndarray], negative: list[np.ndarray], scale: float | None = None,
                       sigma: float = 0.0, stochastic_steps: int = 0, timeout: float = 60.0, node=None):
-    """Send one ``SetGuidance`` request with ``(H, W, 3) uint8`` RGB goal images; returns the response."""
+    """Send one ``SetGuidance`` request with ``(H, W, 3) uint8`` RGB goal images; returns the response.
+
+    ``scale``: the guidance scale s; ``None`` keeps the one in force (the manager's default when none is),
+    ``0`` asks for no guidance (unguided chunks, the goals stored).  ``sigma`` / ``stochastic_steps``: 0 keeps.
+    """
     from dynaguide_msgs.srv import SetGuidance
     from dynaguide_ros.conversions import rgb_to_image_msg
 
     req = SetGuidance.Request(positive=[rgb_to_image_msg(x) for x in positive],
                               negative=[rgb_to_image_msg(x) for x in negative],
-                              scale=float(scale), sigma=float(sigma), stochastic_steps=int(stochastic_steps))
+                              scale=0.0 if scale is None else float(scale), set_scale=scale is not None,
+                              sigma=float(sigma), stochastic_steps=int(stochastic_steps))
     return call_service(SetGuidance, "set_guidance", req, timeout, node)
 
 
@@ -98,7 +103,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("guide", help="set (or clear) the goal images steering the policy")
     p.add_argument("--positive", nargs="*", default=[], help="images of desired outcomes")
     p.add_argument("--negative", nargs="*", default=[], help="images of undesired outcomes")
-    p.add_argument("--scale", type=float, default=0.0, help="guidance scale s (0 = keep current)")
+    p.add_argument("--scale", type=float, default=None,
+                   help="guidance scale s (default: keep the current one; 0 = no guidance, unguided chunks)")
     p.add_argument("--sigma", type=float, default=0.0, help="distance temperature (0 = keep current)")
     p.add_argument("--stochastic-steps", type=int, default=0, help="M (0 = keep current)")
     p.add_argument("--clear", action="store_true", help="remove guidance: run the base policy")

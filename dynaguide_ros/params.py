@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
-from dynaguide.config import from_dict
+from dynaguide.config import from_dict, unflatten
 
 T = TypeVar("T")
 
@@ -31,17 +31,6 @@ def _flatten(cls: type, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        d = nested
-        for p in parts[:-1]:
-            d = d.setdefault(p, {})
-        d[parts[-1]] = value
-    return nested
-
-
 def declare_config(node, cls: type[T]) -> T:
     """Declare every field of ``cls`` as a parameter (default = the dataclass default) and build it."""
     values = {}
@@ -53,7 +42,7 @@ def declare_config(node, cls: type[T]) -> T:
         if isinstance(default, list) and value is not None:
             value = list(value)
         values[name] = value
-    nested = _nest(values)
+    nested = unflatten(values)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):  # "" stands for None in ROS parameters
         if nested.get(f.name) == "" and "None" in str(hints[f.name]):

@@ -29,6 +29,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped
 
+from dynaguide.realtime import LatencyMonitor
 from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
 from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
 from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
@@ -76,6 +77,8 @@ class PolicyNode(Node):
         else:
             self.get_logger().info(f"dynamics model trained on embedder {self.runner.expected_embedder_id}")
         self.n_obs = self.runner.policy.n_obs_steps
+        # compute against the time the chunk's committed actions last (dynaguide.realtime)
+        self.latency = LatencyMonitor(self.runner.policy.n_action_steps * self.cfg.action_dt * 1e3)
         self._lock = threading.Lock()
         self.frames: dict[str, deque] = {k: deque(maxlen=self.n_obs) for k in self.runner.policy.cfg.image_keys}
         self.proprio: deque = deque(maxlen=self.n_obs)
@@ -193,6 +196,7 @@ class PolicyNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._worker.join(timeout=5.0)
+        self.runner.close()
         super().destroy_node()
 
     def _tick(self) -> None:
@@ -236,9 +240,18 @@ class PolicyNode(Node):
                              frame_id=self.cfg.frame_id)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
+        self.latency.add(result.compute_ms)
+        if not self.latency.keeps_up:
+            self.get_logger().warning(
+                f"falling behind: chunk compute p95 {self.latency.p95_ms:.0f} ms over the last chunks exceeds the "
+                f"execution budget {self.latency.budget_ms:.0f} ms (n_action_steps x action_dt); in wall-clock mode "
+                "the robot waits for actions — `dynaguide bench realtime` lists cheaper settings",
+                throttle_duration_sec=10.0)
         diag = PolicyDiagnostics(sequence=self.sequence, guided=result.guided, latency_ms=float(latency_ms),
                                  compute_ms=float(result.compute_ms), metric=float(result.metric),
-                                 observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision))
+                                 observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision),
+                                 compute_p95_ms=float(self.latency.p95_ms), budget_ms=float(self.latency.budget_ms),
+                                 keeps_up=bool(self.latency.keeps_up))
         diag.header.stamp = stamp_msg
         self.diag_pub.publish(diag)
         self._publish_status(result, stamp_msg)

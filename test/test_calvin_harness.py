@@ -113,3 +113,41 @@ def test_summarise_counts_first_behaviours():
     s = summarise(trials, "switch_on")
     assert s["rate"] == 0.5 and s["n"] == 4
     assert s["distribution"] == {"switch_on": 2, "drawer_open": 1, "no_behaviour": 1}
+
+
+def _slot_runner(latency_steps: int):
+    from calvin_bridge.config import CalvinEnvConfig
+    from dynaguide.experiments.calvin.harness import CellRunner, _Slot
+
+    cfg = EvalConfig(latency_steps=latency_steps)
+    runner = CellRunner(CalvinEnvConfig(), cfg, np.zeros((1, 8)), n_obs_steps=2, n_action_steps=8,
+                        unnormalize=lambda x: x)
+    hold = np.zeros(7)
+    hold[6] = 1.0
+    slot = _Slot(0, 0, [], [], np.zeros(3), torch.Generator(), hold=hold)
+    return runner, slot
+
+
+def test_lockstep_executes_the_first_n_action_steps_of_each_chunk():
+    runner, slot = _slot_runner(0)
+    chunk = np.arange(16.0)[:, None].repeat(7, axis=1)
+    np.testing.assert_array_equal(runner._actions_of_tick(slot, chunk)[:, 0], np.arange(8.0))
+
+
+def test_latency_runs_the_previous_chunk_on_until_the_new_one_arrives():
+    runner, slot = _slot_runner(3)
+    first = np.arange(16.0)[:, None].repeat(7, axis=1)
+    actions = runner._actions_of_tick(slot, first)
+    np.testing.assert_array_equal(actions[:3], np.repeat(slot.hold[None], 3, axis=0))  # nothing yet: hold
+    np.testing.assert_array_equal(actions[3:, 0], np.arange(3.0, 8.0))
+    second = 100 + first
+    actions = runner._actions_of_tick(slot, second)
+    np.testing.assert_array_equal(actions[:, 0], [8, 9, 10, 103, 104, 105, 106, 107])
+
+
+def test_latency_beyond_the_chunk_is_refused():
+    runner, slot = _slot_runner(9)
+    with pytest.raises(ValueError, match="latency_steps"):
+        runner._actions_of_tick(slot, np.zeros((16, 7)))
+    with pytest.raises(ValueError, match="latency_steps"):
+        EvalConfig(latency_steps=-1)

@@ -325,3 +325,47 @@ def test_metric_of_mean_action_dynamics_is_eq2():
     actions = torch.randn(2, T, A)
     expected = latent_guidance_metric(actions.mean(1, keepdim=True), torch.full((1, 1, A), 0.5), None, 2.0)
     torch.testing.assert_close(obj(actions), expected)
+
+
+@pytest.mark.parametrize("mode", ["repeat", "renoise"])
+def test_policy_on_a_second_thread_gives_the_same_chunk_bit_for_bit(mode):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cond, noise = make_inputs()
+    kwargs = dict(scale=2.0, ddim=DDIMConfig(num_inference_steps=5), stochastic_steps=3, stochastic_mode=mode,
+                  initial_noise=noise)
+    sequential = guided_ddim_sample(TinyPolicy(), cond, mean_objective(torch.ones(1, 1, A)),
+                                    generator=torch.Generator().manual_seed(0), **kwargs)
+    policy = TinyPolicy()
+    with ThreadPoolExecutor(1) as executor:
+        parallel = guided_ddim_sample(policy, cond, mean_objective(torch.ones(1, 1, A)), policy_executor=executor,
+                                      generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(parallel.actions, sequential.actions)
+    assert not any(policy.saw_grad_mode), "the policy thread must run without autograd"
+    assert parallel.timings.policy_calls == sequential.timings.policy_calls == 15
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_guided_steps_guides_and_repeats_only_the_last_k_steps(k):
+    policy = TinyPolicy()
+    cond, noise = make_inputs()
+    out = guided_ddim_sample(policy, cond, mean_objective(torch.ones(1, 1, A)), scale=2.0,
+                             ddim=DDIMConfig(num_inference_steps=5), stochastic_steps=2, initial_noise=noise,
+                             guided_steps=k, generator=torch.Generator().manual_seed(0))
+    assert out.timings.guidance_calls == 2 * k
+    assert out.timings.policy_calls == (5 - k) + 2 * k
+    full = guided_ddim_sample(TinyPolicy(), cond, mean_objective(torch.ones(1, 1, A)), scale=2.0,
+                              ddim=DDIMConfig(num_inference_steps=5), stochastic_steps=2, initial_noise=noise,
+                              generator=torch.Generator().manual_seed(0))
+    every = guided_ddim_sample(TinyPolicy(), cond, mean_objective(torch.ones(1, 1, A)), scale=2.0,
+                               ddim=DDIMConfig(num_inference_steps=5), stochastic_steps=2, initial_noise=noise,
+                               guided_steps=5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(every.actions, full.actions)
+    assert not torch.equal(out.actions, full.actions)
+
+
+def test_guided_steps_must_be_positive():
+    cond, noise = make_inputs()
+    with pytest.raises(ValueError, match="guided_steps"):
+        guided_ddim_sample(TinyPolicy(), cond, mean_objective(torch.ones(1, 1, A)), scale=1.0, initial_noise=noise,
+                           guided_steps=0)

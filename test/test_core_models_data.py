@@ -15,6 +15,7 @@ from dynaguide.data import (
     build_embedding_cache,
     embed_demos,
     split_demos,
+    write_demo,
     write_hdf5_dataset,
 )
 from dynaguide.embedders import RandomPatchEmbedder
@@ -47,6 +48,20 @@ def test_layout_is_robomimic_like(h5_path):
     src = DemoSource(h5_path)
     assert src.names == ["demo_0", "demo_1", "demo_2"]
     assert sorted(src.cameras("demo_0")) == ["rgb", "wrist"]
+
+
+def test_write_demo_appends_to_an_open_file_with_attrs_and_compression(tmp_path, h5_path):
+    """The one writer of the layout also serves incremental writers (calvin_bridge.datasets): a demo appended
+    to an existing file, gzip-compressed cameras in one-frame chunks, extra attrs, and it reads back."""
+    with h5py.File(h5_path, "a") as f:
+        g = write_demo(f["data"], _demo(4, 50, "up"), "demo_3", attrs={"seed": 7, "label": "up"},
+                       compression="gzip", compression_opts=1)
+        assert g["obs/rgb"].compression == "gzip" and g["obs/rgb"].compression_opts == 1
+        assert g["obs/rgb"].chunks == (1, 8, 8, 3) and g["actions"].dtype == np.float32
+        assert dict(g.attrs) == {"behavior": "up", "seed": 7, "label": "up", "num_samples": 4}
+    src = DemoSource(h5_path)
+    assert src.names == ["demo_0", "demo_1", "demo_2", "demo_3"]
+    assert src.frame("demo_3", "wrist", 2)[0, 0, 0] == 255 - 52
 
 
 def test_action_chunk_repeats_the_last_action():

@@ -138,3 +138,18 @@ def test_compatibility_check_between_dynamics_and_policy():
                                                          n_heads=4, n_layers=1, proprio_dim=2, action_dim=2, horizon=8))
     with pytest.raises(ValueError, match="T=8"):
         short.check_compatible_with(policy)
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_inference_encoder_equals_the_transformer_module_and_its_gradient(preset):
+    cfg = getattr(LatentDynamicsConfig, preset)(embed_tokens=64, embed_dim=48, pool=2 if preset == "cpu" else 1,
+                                                proprio_dim=5, action_dim=3, horizon=8)
+    torch.manual_seed(0)
+    model = LatentDynamicsModel(cfg).eval()
+    x = torch.randn(3, cfg.in_tokens, cfg.model_dim, requires_grad=True)
+    fast = model._encode_inference(x)
+    reference = model.encoder(x)
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), x)
+    (g_ref,) = torch.autograd.grad(model.encoder(x).square().sum(), x)
+    torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)

@@ -102,6 +102,10 @@ def test_guidance_steers_chunks_moves_robot_changes_live_and_survives_manager_re
     assert spin_until(ros_node, lambda: any(c.guided for c in chunks[n:]), 60), buf.text()[-3000:]
     assert spin_until(ros_node, lambda: any(d.guided and math.isfinite(d.metric) and d.guidance_revision == rev1
                                             for d in diags), 60)
+    # the latency budget rides along: n_action_steps (8) x action_dt (1/30 s), p95 of the measured compute
+    d = diags[-1]
+    assert d.budget_ms == pytest.approx(8 / 30 * 1e3, rel=1e-3)
+    assert 0 < d.compute_p95_ms < 60_000 and d.keeps_up == (d.compute_p95_ms <= d.budget_ms)
 
     # change guidance at run time, nothing restarted
     res2 = call_set_guidance(_images(1, 3), [], scale=1.0, node=ros_node)
@@ -168,3 +172,41 @@ def test_malformed_set_guidance_requests_are_rejected_and_change_nothing(graph, 
     again = call_set_guidance(_images(1, 14), [], node=ros_node)
     assert again.success and again.revision == good.revision + 1
     assert launcher.running()["guidance_manager"]
+
+
+def test_scale_zero_over_set_guidance_gives_unguided_chunks(graph, ros_node):
+    """s = 0 is expressible over ``/set_guidance`` (``set_scale``) and the policy then samples unguided chunks
+    under that revision; a later request without a scale keeps s = 0, one with a scale guides again."""
+    from dynaguide_msgs.msg import GuidanceState, PolicyDiagnostics
+    from dynaguide_ros.guide_cli import call_set_guidance
+    from dynaguide_ros.qos import LATCHED, RELIABLE
+
+    launcher, buf = graph
+    diags, states = [], []
+    ros_node.create_subscription(PolicyDiagnostics, "policy/diagnostics", diags.append, RELIABLE)
+    ros_node.create_subscription(GuidanceState, "guidance/state", states.append, LATCHED)
+
+    def chunks_of(revision: int, n: int = 2):
+        """Diagnostics of ``n`` chunks sampled under ``revision`` (the first one reported under it is left out:
+        it may have been sampled just before the switch)."""
+        assert spin_until(ros_node, lambda: sum(d.guidance_revision == revision for d in diags) >= n + 1, 60), \
+            f"no chunks under guidance revision {revision}:\n{buf.text()[-3000:]}"
+        return [d for d in diags if d.guidance_revision == revision][1:]
+
+    guided = call_set_guidance(_images(1, 20), [], scale=2.0, node=ros_node)
+    assert guided.success, guided.message
+    assert all(d.guided for d in chunks_of(guided.revision)), buf.text()[-3000:]
+
+    off = call_set_guidance(_images(1, 21), [], scale=0.0, node=ros_node)
+    assert off.success and "scale 0," in off.message, off.message
+    assert spin_until(ros_node, lambda: any(s.revision == off.revision and s.active and s.scale == 0.0
+                                            for s in states), 30)
+    seen = chunks_of(off.revision)
+    assert not any(d.guided for d in seen), buf.text()[-3000:]
+    assert all(math.isnan(d.metric) for d in seen)
+
+    kept = call_set_guidance(_images(1, 22), [], node=ros_node)          # no scale given: s = 0 stays
+    assert kept.success and "scale 0," in kept.message, kept.message
+    again = call_set_guidance(_images(1, 23), [], scale=1.0, node=ros_node)
+    assert again.success and "scale 1," in again.message
+    assert all(d.guided for d in chunks_of(again.revision))

@@ -48,6 +48,9 @@ class GuidanceConfig:
     ``stochastic_mode`` is ``renoise``: the official ``repeat`` (M DDIM steps at the same noise level)
     drove clipped chunks to the ±1 limits even without guidance (``results/blocktouch/README.md``).
     ``scale = 0`` is allowed and gives the unguided sampler.
+    ``guided_steps = k > 0`` guides (with the M repeats) only the last k DDIM steps — cheaper, but a different
+    computation whose effect on steering must be measured (``dynaguide bench realtime``, the CALVIN harness);
+    0 = every step, as the paper.
     """
 
     sigma: float = 30.0
@@ -55,6 +58,7 @@ class GuidanceConfig:
     stochastic_steps: int = 4
     stochastic_mode: str = "renoise"
     squared: bool = False
+    guided_steps: int = 0
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma) and self.sigma >= MIN_SIGMA):
@@ -65,6 +69,13 @@ class GuidanceConfig:
             raise ValueError(f"stochastic_steps must be an integer >= 1, got {self.stochastic_steps!r}")
         if self.stochastic_mode not in STOCHASTIC_MODES:
             raise ValueError(f"stochastic_mode must be one of {STOCHASTIC_MODES}, got {self.stochastic_mode!r}")
+        if not isinstance(self.guided_steps, int) or self.guided_steps < 0:
+            raise ValueError(f"guided_steps must be an integer >= 0 (0 = every DDIM step), got {self.guided_steps!r}")
+
+    @property
+    def sampler_guided_steps(self) -> int | None:
+        """``guided_steps`` as :func:`~dynaguide.guidance.sampler.guided_ddim_sample` takes it (None = all)."""
+        return self.guided_steps or None
 
 
 @dataclass

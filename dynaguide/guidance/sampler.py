@@ -22,13 +22,21 @@ Engineering guarantees (all tested):
   independently, see :class:`dynaguide.interfaces.GuidanceObjective`), so a batch of B equals B
   runs of batch 1 given the same initial noise;
 * ``scale == 0`` or ``objective is None`` never touches the objective, so the result is bit for bit
-  the unguided DDIM sample for the same initial noise (with M = 1, the standard sampler).
+  the unguided DDIM sample for the same initial noise (with M = 1, the standard sampler);
+* ``policy_executor`` (a one-thread executor) evaluates the policy's noise estimate *concurrently* with the
+  objective's gradient — both read the same noisy chunk aᵏ and neither depends on the other — and gives
+  bit for bit the same chunk as the sequential loop (the operations and their order per tensor are unchanged).
+
+One option changes the computation (a speed/quality trade-off, off by default): ``guided_steps = k``
+applies guidance (and the M stochastic repeats) only on the last k of the DDIM steps; the earlier, noisiest
+steps are plain DDIM steps.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Literal
 from collections.abc import Sequence
@@ -139,6 +147,15 @@ def objective_value_and_grad(
     return values, grad
 
 
+def _timed_noise_estimate(policy: Any, sample: torch.Tensor, timesteps: torch.Tensor,
+                          cond: Any) -> tuple[torch.Tensor, float]:
+    """``policy.predict_noise`` without autograd (grad mode is per thread: set here), and its seconds."""
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        eps = policy.predict_noise(sample, timesteps, cond)
+    return eps, time.perf_counter() - t0
+
+
 def _infer_batch_size(cond: Any) -> int | None:
     if isinstance(cond, torch.Tensor):
         return int(cond.shape[0]) if cond.dim() > 0 else None
@@ -174,6 +191,8 @@ def guided_ddim_sample(
     initial_noise: torch.Tensor | None = None,
     generator: GeneratorArg = None,
     batch_size: int | None = None,
+    guided_steps: int | None = None,
+    policy_executor: Executor | None = None,
 ) -> GuidedSample:
     """Sample an action chunk with DDIM, steered by ``objective`` (Algorithm 1 of the paper).
 
@@ -188,6 +207,9 @@ def guided_ddim_sample(
         initial_noise: ``(B, T, A)`` starting noise aᴷ; drawn from ``generator`` when None.
         generator: torch generator(s) for the initial noise and re-noising (one per sample allowed).
         batch_size: B, needed only when neither ``initial_noise`` nor ``cond`` reveals it.
+        guided_steps: guide (and repeat M times) only the last ``guided_steps`` DDIM steps; None = all.
+        policy_executor: run ``policy.predict_noise`` on this executor while the objective's gradient is
+            computed on the calling thread (same result; faster when a second core is free).
 
     Returns:
         :class:`GuidedSample` with normalised ``actions (B, T, A)``; every returned tensor is detached.
@@ -200,6 +222,8 @@ def guided_ddim_sample(
     scale = float(scale)
     if not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
+    if guided_steps is not None and (not isinstance(guided_steps, int) or guided_steps < 1):
+        raise ValueError(f"guided_steps must be None (all steps) or an integer >= 1, got {guided_steps!r}")
     guided = objective is not None and scale != 0.0
 
     device, dtype = _policy_device_dtype(policy)
@@ -220,28 +244,37 @@ def guided_ddim_sample(
     policy_s = guidance_s = 0.0
     policy_calls = guidance_calls = 0
 
-    for timestep_tensor in scheduler.timesteps:
+    n_steps = len(scheduler.timesteps)
+    first_guided = 0 if guided_steps is None else max(0, n_steps - guided_steps)
+    for step_index, timestep_tensor in enumerate(scheduler.timesteps):
         timestep = int(timestep_tensor)
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=sample.device)
         guidance_coef = scale * math.sqrt(1.0 - float(alpha_bar(scheduler, timestep)))
-        for repeat in range(stochastic_steps):
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                eps = policy.predict_noise(sample, timesteps, cond)
-            policy_s += time.perf_counter() - t0
+        guide_now = guided and step_index >= first_guided
+        repeats = stochastic_steps if guide_now or not guided else 1
+        for repeat in range(repeats):
+            future = None
+            if guide_now and policy_executor is not None:
+                future = policy_executor.submit(_timed_noise_estimate, policy, sample, timesteps, cond)
+            else:
+                eps, seconds = _timed_noise_estimate(policy, sample, timesteps, cond)
+            if guide_now:
+                t0 = time.perf_counter()
+                _, grad = objective_value_and_grad(objective, sample)
+                guidance_s += time.perf_counter() - t0
+                guidance_calls += 1
+                if future is not None:
+                    eps, seconds = future.result()
+            policy_s += seconds
             policy_calls += 1
             if eps.shape != sample.shape:
                 raise ValueError(f"policy.predict_noise returned shape {tuple(eps.shape)}, "
                                  f"expected {tuple(sample.shape)}")
-            if guided:
-                t0 = time.perf_counter()
-                _, grad = objective_value_and_grad(objective, sample)
+            if guide_now:
                 eps = eps - guidance_coef * grad
-                guidance_s += time.perf_counter() - t0
-                guidance_calls += 1
             with torch.no_grad():
                 denoised = scheduler.step(eps, timestep, sample).prev_sample
-                if stochastic_mode == "renoise" and repeat < stochastic_steps - 1:
+                if stochastic_mode == "renoise" and repeat < repeats - 1:
                     noise = sample_noise(sample.shape, generator, sample.device, sample.dtype)
                     sample = renoise(denoised, scheduler, previous_timestep(scheduler, timestep), timestep, noise)
                 else:

@@ -1,4 +1,5 @@
-"""``dynaguide blocktouch collect | train-policy | train-dynamics | eval | report | run [--quick] | sweep | diagnose``."""
+"""``dynaguide blocktouch collect | train-policy | train-dynamics | eval | report | run [--quick] | sweep |
+diagnose``."""
 
 from __future__ import annotations
 

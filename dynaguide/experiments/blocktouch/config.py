@@ -59,7 +59,8 @@ class EvalConfig:
     """"repeat" (official code) drives unguided chunks to the clip boundary here; see config/blocktouch.yaml."""
     other_weight: float = -0.33
     sampling_num: int = 10
-    latent_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(sigma=1.0, scale=0.5, stochastic_steps=4,
+    latent_guidance: GuidanceConfig = field(default_factory=lambda: GuidanceConfig(sigma=1.0, scale=0.5,
+                                                                                   stochastic_steps=4,
                                                                                            stochastic_mode="renoise"))
     latent_scale_match: bool = True
     """Replace ``latent_guidance.scale`` by the value matching (a)'s gradient strength (see
@@ -151,6 +152,7 @@ def quick_config(base: BlockTouchConfig | None = None) -> BlockTouchConfig:
         embedder=replace(cfg.embedder, image_size=32, patch_size=8, dim=16),
         dynamics=replace(cfg.dynamics, embed_tokens=16, embed_dim=16, pool=2, model_dim=32, n_layers=1, n_heads=2),
         dynamics_train=tiny_train,
-        eval=replace(cfg.eval, methods=METHOD_NAMES, rollouts=4, horizon=24, goals_per_class=2, sampling_num=2, stochastic_steps=2,
+        eval=replace(cfg.eval, methods=METHOD_NAMES, rollouts=4, horizon=24, goals_per_class=2, sampling_num=2,
+                     stochastic_steps=2,
                      latent_guidance=replace(cfg.eval.latent_guidance, stochastic_steps=2), trajectories_plotted=4),
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import h5py
 import numpy as np
@@ -141,7 +141,8 @@ def policy_batch(demos: DemoArrays, idx: torch.Tensor, n_obs_steps: int, horizon
 
 
 def classifier_batch(demos: DemoArrays, idx: torch.Tensor, horizon: int, plan_tail: bool = True) -> dict:
-    """Chunks from :func:`outcome_chunk`.  ``{"image": (B, 3, S, S), "proprio": (B, 2), "actions": (B, T, 2) raw, "label": (B,) touched class}``."""
+    """Chunks from :func:`outcome_chunk`.  ``{"image": (B, 3, S, S), "proprio": (B, 2), "actions": (B, T, 2) raw,
+    "label": (B,) touched class}``."""
     return {"image": demos.images[idx].float() / 255.0, "proprio": demos.proprio[idx],
             "actions": outcome_chunk(demos, idx, horizon, plan_tail), "label": demos.touched[demos.episode[idx]]}
 

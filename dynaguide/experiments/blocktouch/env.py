@@ -79,7 +79,8 @@ def px_to_unit(px: np.ndarray, arena_px: float = 512.0) -> np.ndarray:
     return np.asarray(px, dtype=np.float64) / arena_px * 2.0 - 1.0
 
 
-def pd_substep(pos: np.ndarray, vel: np.ndarray, target_px: np.ndarray, cfg: BlockTouchEnvConfig) -> tuple[np.ndarray, np.ndarray]:
+def pd_substep(pos: np.ndarray, vel: np.ndarray, target_px: np.ndarray,
+               cfg: BlockTouchEnvConfig) -> tuple[np.ndarray, np.ndarray]:
     """One physics step: ``pos, vel, target_px (B, 2)`` (px, px/s) -> new ``(pos, vel)``."""
     acc = np.clip(cfg.kp * (target_px - pos) - cfg.kd * vel, -cfg.acc_limit, cfg.acc_limit)
     vel = vel + acc * cfg.dt
@@ -102,7 +103,8 @@ def circle_square_distance(center: np.ndarray, block_pos: np.ndarray, block_yaw:
     return np.hypot(ex, ey)
 
 
-def touched_block(agent_pos: np.ndarray, block_pos: np.ndarray, block_yaw: np.ndarray, cfg: BlockTouchEnvConfig) -> np.ndarray:
+def touched_block(agent_pos: np.ndarray, block_pos: np.ndarray, block_yaw: np.ndarray,
+                  cfg: BlockTouchEnvConfig) -> np.ndarray:
     """Index of the block the agent circle touches, or -1: ``agent_pos (B, 2)``, ``block_pos (B, K, 2)`` -> ``(B,)``."""
     dist = circle_square_distance(agent_pos[:, None, :], block_pos, block_yaw, cfg.block_size / 2)
     closest = np.argmin(dist, axis=1)
@@ -138,7 +140,8 @@ def render_static(block_pos: np.ndarray, block_yaw: np.ndarray, cfg: BlockTouchE
     gx, gy = np.meshgrid(coords, coords)  # gx varies along columns (x), gy along rows (y)
     img = np.empty((b, len(coords), len(coords), 3), dtype=np.float32)
     img[:] = BACKGROUND_RGB
-    wall = (gx < cfg.wall_px) | (gx > cfg.arena_px - cfg.wall_px) | (gy < cfg.wall_px) | (gy > cfg.arena_px - cfg.wall_px)
+    far = cfg.arena_px - cfg.wall_px
+    wall = (gx < cfg.wall_px) | (gx > far) | (gy < cfg.wall_px) | (gy > far)
     img[:, wall] = WALL_RGB
     half = cfg.block_size / 2
     for k in range(block_pos.shape[1]):

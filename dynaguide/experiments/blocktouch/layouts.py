@@ -72,7 +72,8 @@ LAYOUTS: dict[str, LayoutSpec] = {
 
 @dataclass
 class Scenes:
-    """A batch of initial conditions: ``agent (B, 2)`` px, ``blocks (B, 4, 2)`` px, ``yaw (B, 4)`` rad, ``target (B,)``."""
+    """A batch of initial conditions: ``agent (B, 2)`` px, ``blocks (B, 4, 2)`` px, ``yaw (B, 4)`` rad,
+    ``target (B,)``."""
 
     agent: np.ndarray
     blocks: np.ndarray
@@ -96,7 +97,8 @@ def valid_scenes(agent: np.ndarray, blocks: np.ndarray, env_cfg: BlockTouchEnvCo
     return ok
 
 
-def _rejection(draw, rng: np.random.Generator, n: int, env_cfg: BlockTouchEnvConfig | None) -> tuple[np.ndarray, np.ndarray]:
+def _rejection(draw, rng: np.random.Generator, n: int,
+               env_cfg: BlockTouchEnvConfig | None) -> tuple[np.ndarray, np.ndarray]:
     agents, blocks, have = [], [], 0
     for _ in range(10_000):
         a, b = draw(rng, max(2 * (n - have), 16))
@@ -110,7 +112,8 @@ def _rejection(draw, rng: np.random.Generator, n: int, env_cfg: BlockTouchEnvCon
 
 
 def sample_random_scenes(rng: np.random.Generator, n: int, env_cfg: BlockTouchEnvConfig | None = None) -> Scenes:
-    """Random reset: agent and blocks at integer px in [40, 470), pairwise ≥ 60 px, yaw U[0, π/2); target cycles 0..3."""
+    """Random reset: agent and blocks at integer px in [40, 470), pairwise ≥ 60 px, yaw U[0, π/2); target cycles
+    0..3."""
     def draw(r: np.random.Generator, m: int):
         pts = r.integers(40, 470, size=(m, NUM_BLOCKS + 1, 2)).astype(np.float64)
         return pts[:, 0], pts[:, 1:]

@@ -19,7 +19,8 @@ still one batched call of the method core).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,7 +33,8 @@ METHOD_NAMES: tuple[str, ...] = ("base", "dynaguide_classifier", "dynaguide_late
 
 
 class ChunkSampler(Protocol):
-    def __call__(self, obs: dict[str, torch.Tensor], targets: np.ndarray, generator: torch.Generator) -> torch.Tensor: ...
+    def __call__(self, obs: dict[str, torch.Tensor], targets: np.ndarray,
+                 generator: torch.Generator) -> torch.Tensor: ...
 
 
 def class_weights(target: int, num_classes: int = 4, other_weight: float = -0.33) -> torch.Tensor:
@@ -174,5 +176,6 @@ class GoalConditionedSampler:
         if "goal_image" not in obs:
             raise ValueError("the goal-conditioned sampler needs obs['goal_image'] (B, 3, S, S)")
         policy_obs = {k: v for k, v in obs.items() if k != "goal_image"}
-        sample = goal_conditioned_sample(self.policy, policy_obs, obs["goal_image"], ddim=self.ddim, generator=generator)
+        sample = goal_conditioned_sample(self.policy, policy_obs, obs["goal_image"], ddim=self.ddim,
+                                         generator=generator)
         return self.policy.unnormalize_actions(sample.actions)

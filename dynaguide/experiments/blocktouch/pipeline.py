@@ -21,8 +21,9 @@ import json
 import shutil
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -170,15 +171,15 @@ def stage_train_policy(cfg: BlockTouchConfig, force: bool = False) -> None:
         policy = DiffusionPolicy(pcfg)
         _unit_stats(policy)
 
-        def make_batch(idx, _goal=with_goal, _cfg=pcfg):
-            batch = ds.policy_batch(demos, idx, _cfg.n_obs_steps, _cfg.horizon, IMAGE_KEY)
+        def make_batch(idx, _goal=with_goal, _cfg=pcfg, _demos=demos):
+            batch = ds.policy_batch(_demos, idx, _cfg.n_obs_steps, _cfg.horizon, IMAGE_KEY)
             if _goal:
-                batch[_cfg.goal_key] = demos.final_images[demos.episode[idx]].float() / 255.0
+                batch[_cfg.goal_key] = _demos.final_images[_demos.episode[idx]].float() / 255.0
             return batch
 
         _log(f"{name}: {tcfg.steps} steps on {len(train_idx)} frames")
-        _timed(paths, name, lambda: train_policy(policy, FrameItems(make_batch, train_idx), tcfg, directory,
-                                                 FrameItems(make_batch, val_idx) if len(val_idx) else None))
+        _timed(paths, name, partial(train_policy, policy, FrameItems(make_batch, train_idx), tcfg, directory,
+                                    FrameItems(make_batch, val_idx) if len(val_idx) else None))
 
 
 def stage_train_dynamics(cfg: BlockTouchConfig, force: bool = False) -> None:
@@ -306,7 +307,8 @@ def _build_sampler(method: str, models: _Models, cfg: BlockTouchConfig, goals: d
         return ClassifierGuidedSampler(models.policy, models.classifier, ddim, e.classifier_scale, e.stochastic_steps,
                                        e.stochastic_mode, e.other_weight, IMAGE_KEY)
     if method == "sampling":
-        return SamplingBaselineSampler(models.policy, models.classifier, ddim, e.sampling_num, e.other_weight, IMAGE_KEY)
+        return SamplingBaselineSampler(models.policy, models.classifier, ddim, e.sampling_num, e.other_weight,
+                                       IMAGE_KEY)
     if method == "dynaguide_latent":
         assert goals is not None
         sets = {}
@@ -314,7 +316,8 @@ def _build_sampler(method: str, models: _Models, cfg: BlockTouchConfig, goals: d
             if len(goals[target]) == 0:
                 continue
             others = [goals[c] for c in range(NUM_BLOCKS) if c != target and len(goals[c])]
-            neg = torch.from_numpy(np.moveaxis(np.concatenate(others), -1, -3).copy()) if (others and e.latent_negatives) else None
+            neg = (torch.from_numpy(np.moveaxis(np.concatenate(others), -1, -3).copy())
+                   if (others and e.latent_negatives) else None)
             pos = torch.from_numpy(np.moveaxis(goals[target], -1, -3).copy())
             sets[target] = GuidanceSet.from_images(models.embedder, models.dynamics, pos, neg, e.latent_guidance)
         return LatentGuidedSampler(models.policy, models.dynamics, models.embedder, sets, ddim, IMAGE_KEY)
@@ -362,7 +365,7 @@ def evaluate_cell(layout: str, method: str, cfg: BlockTouchConfig, models: _Mode
     return summary
 
 
-def calibrate_latent_scale(cfg: BlockTouchConfig, models: "_Models", num_frames: int = 64) -> dict:
+def calibrate_latent_scale(cfg: BlockTouchConfig, models: _Models, num_frames: int = 64) -> dict:
     """Scale s for DynaGuide (b) giving it the same guidance strength as (a) at ``classifier_scale``.
 
     On ``num_frames`` training frames (fixed seed; no evaluation scene is used) the demonstrated chunk is
@@ -402,7 +405,7 @@ def calibrate_latent_scale(cfg: BlockTouchConfig, models: "_Models", num_frames:
             "median_grad_norm_latent": norm_b, "frames": len(idx)}
 
 
-def _effective_cfg(cfg: BlockTouchConfig, models: "_Models") -> tuple[BlockTouchConfig, dict | None]:
+def _effective_cfg(cfg: BlockTouchConfig, models: _Models) -> tuple[BlockTouchConfig, dict | None]:
     """Apply the latent scale calibration (cached in ``<work_dir>/eval/calibration.json``) when enabled."""
     if not cfg.eval.latent_scale_match or "dynaguide_latent" not in cfg.eval.methods:
         return cfg, None
@@ -436,7 +439,7 @@ def stage_eval(cfg: BlockTouchConfig, force: bool = False, command: str = "") ->
                 _log(f"eval {layout}/{method}: done, skipping")
                 continue
             if goals is None and method in ("dynaguide_latent", "goal_conditioned"):
-                goals = _timed(paths, "goal_frames", lambda: layout_goal_frames(layout, cfg))
+                goals = _timed(paths, "goal_frames", partial(layout_goal_frames, layout, cfg))
             t0 = time.perf_counter()
             summary = evaluate_cell(layout, method, cfg, models, goals)
             record_stage(paths, "eval", time.perf_counter() - t0)
@@ -458,7 +461,7 @@ def write_results(cfg: BlockTouchConfig, command: str = "") -> dict:
                 layouts.setdefault(layout, {})[method] = summary
     mean = {}
     for method in cfg.eval.methods:
-        rates = [layouts[l][method]["rate"] for l in cfg.eval.layouts if method in layouts.get(l, {})]
+        rates = [layouts[lay][method]["rate"] for lay in cfg.eval.layouts if method in layouts.get(lay, {})]
         if len(rates) == len(cfg.eval.layouts):
             mean[method] = float(np.mean(rates))
     stages = json.loads(paths.stages.read_text()) if paths.stages.exists() else {}

@@ -41,7 +41,8 @@ def target_checks(results: dict) -> list[str]:
                              f"(target >= +{TARGET_GAP:.0%})")
     for layout in ("random", "early_decision"):
         if "base" in lay.get(layout, {}):
-            lines.append(f"info: base policy on {layout} = {lay[layout]['base']['rate']:.1%} (paper: near chance, 25 %)")
+            lines.append(f"info: base policy on {layout} = {lay[layout]['base']['rate']:.1%} "
+                         "(paper: near chance, 25 %)")
     total = results.get("total_s")
     if total is not None:
         lines.append(f"{'PASS' if total <= 3600 else 'MISS'}: total stage time {total / 60:.1f} min (target <= 60 min)")
@@ -64,7 +65,8 @@ def markdown_table(results: dict) -> str:
     mean = results.get("mean_over_layouts", {})
     if mean:
         out.append("| **mean** | " + " | ".join(f"{mean[m]:.1%}" if m in mean else "–" for m in methods) + " |")
-    out += ["", "Stage wall-clock times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in results.get("stages_s", {}).items())
+    out += ["", "Stage wall-clock times (s): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in results.get("stages_s", {}).items())
             + f"; total {results.get('total_s', 0) / 60:.1f} min", "", "Targets:", ""]
     out += [f"- {line}" for line in target_checks(results)]
     return "\n".join(out) + "\n"

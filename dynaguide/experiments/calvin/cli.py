@@ -22,12 +22,15 @@ DEFAULT_CONFIG = Path("config/calvin_experiment.yaml")
 def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
     cfg = CalvinExperimentConfig.load(args.config if args.config.is_file() or args.config != DEFAULT_CONFIG else None)
     ev = cfg.eval
-    overrides = {k: v for k, v in {"trials": getattr(args, "trials", None), "batch_envs": getattr(args, "batch_envs", None),
-                                   "horizon": getattr(args, "horizon", None)}.items() if v is not None}
+    overrides = {k: v for k, v in {"trials": getattr(args, "trials", None),
+                                   "batch_envs": getattr(args, "batch_envs", None),
+                                   "horizon": getattr(args, "horizon", None),
+                                   "latency_steps": getattr(args, "latency_steps", None)}.items() if v is not None}
     if getattr(args, "quick", False):
         overrides = {"trials": 2, "horizon": 120, **overrides}
     guidance = {k: v for k, v in {"scale": getattr(args, "scale", None), "sigma": getattr(args, "sigma", None),
-                                  "stochastic_steps": getattr(args, "stochastic_steps", None)}.items() if v is not None}
+                                  "stochastic_steps": getattr(args, "stochastic_steps", None),
+                                  "guided_steps": getattr(args, "guided_steps", None)}.items() if v is not None}
     if guidance:
         overrides["guidance"] = dataclasses.replace(ev.guidance, **guidance)
     if getattr(args, "split", None) == "validation":
@@ -100,7 +103,8 @@ def register_into(sub) -> None:
 
     p = sub.add_parser("check-dynamics", help="does the predicted outcome tell behaviours apart? (validation)")
     common(p)
-    p.add_argument("--noise-steps", default="0,5,10,20,50,90", help="train-scale noise levels k of the chunk (0..num_train_timesteps-1)")
+    p.add_argument("--noise-steps", default="0,5,10,20,50,90",
+                   help="train-scale noise levels k of the chunk (0..num_train_timesteps-1)")
     p.add_argument("--max-segments", type=int, default=140)
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_check)
@@ -123,6 +127,10 @@ def register_into(sub) -> None:
     p.add_argument("--scale", type=float, default=None)
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--stochastic-steps", type=int, default=None)
+    p.add_argument("--guided-steps", type=int, default=None,
+                   help="guide only the last k DDIM steps (GuidanceConfig.guided_steps; 0 = all)")
+    p.add_argument("--latency-steps", type=int, default=None,
+                   help="wall-clock execution: chunks arrive this many control steps after their observation")
     p.add_argument("--negatives", choices=("none", "others"), default=None)
     p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
                    help="validation: trial seeds from the validation range (for choosing s, sigma, M)")

@@ -66,7 +66,14 @@ class TrainingConfig:
 class EvalConfig:
     """Protocol of the paper's appendix: ``trials`` per (target, method), ``horizon`` control steps, stop
     at the first detected behaviour; start robot poses from validation segments; trial ``i`` of a cell
-    uses episode seed ``seed + 1000 * target_index + i`` (the same scenes for every method)."""
+    uses episode seed ``seed + 1000 * target_index + i`` (the same scenes for every method).
+
+    ``latency_steps = d > 0`` evaluates wall-clock execution instead of lockstep: a chunk planned from the
+    observation at step t reaches the robot d control steps later, so it is executed from its step d on while
+    the previous chunk's steps ``n_action_steps … n_action_steps + d − 1`` run meanwhile (the robot holds at
+    the start of a trial) — what the bridge's executor does with back-to-back replanning when a chunk takes
+    d · dt to compute (d = ceil(p95 compute / dt) from ``dynaguide bench realtime``).  Needs
+    ``n_action_steps + d ≤ horizon``."""
 
     trials: int = 20
     horizon: int = 400
@@ -78,11 +85,14 @@ class EvalConfig:
     negatives: str = "none"               # "none" or "others": the other behaviours' goals as negatives
     gpc_samples: int = 10
     itps_scale: float = 1.0
+    latency_steps: int = 0                # 0 = lockstep; d > 0: chunks arrive d control steps after their observation
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def __post_init__(self) -> None:
         if self.trials < 1 or self.horizon < 1 or self.batch_envs < 1:
             raise ValueError("trials, horizon and batch_envs must be >= 1")
+        if not isinstance(self.latency_steps, int) or self.latency_steps < 0:
+            raise ValueError(f"latency_steps must be an integer >= 0, got {self.latency_steps!r}")
         if self.negatives not in ("none", "others"):
             raise ValueError(f"negatives must be 'none' or 'others', got {self.negatives!r}")
         if self.goal_set not in ("heldout", "underspecified"):
@@ -103,5 +113,5 @@ class CalvinExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> "CalvinExperimentConfig":
+    def load(cls, path: str | Path | None) -> CalvinExperimentConfig:
         return cls() if path is None else load_config(cls, path)

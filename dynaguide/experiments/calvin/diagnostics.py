@@ -44,7 +44,7 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
         goal_latents[label] = dynamics.outcome_latent(embedder(to_image_tensor(frames)))
 
     def nearest(pred: torch.Tensor) -> torch.Tensor:   # (B, N, D) → (B, labels) nearest-goal distance
-        return torch.stack([goal_distances(pred, goal_latents[l]).min(dim=1).values for l in labels], dim=1)
+        return torch.stack([goal_distances(pred, goal_latents[label]).min(dim=1).values for label in labels], dim=1)
 
     gen = torch.Generator().manual_seed(seed)
     sched = dynamics.noise_scheduler
@@ -66,7 +66,8 @@ def check_dynamics(cfg: CalvinExperimentConfig, noise_steps: tuple[int, ...] = (
                 t = int(round(frac * last))
                 tokens = embedder(to_image_tensor(frames[t][None]))
                 entry[f"current@{frac}"] = nearest(dynamics.outcome_latent(tokens))[0]
-                chunk = dynamics.action_normalizer.normalize(torch.from_numpy(action_chunk(actions, t, horizon)).float())[None]
+                raw = torch.from_numpy(action_chunk(actions, t, horizon)).float()
+                chunk = dynamics.action_normalizer.normalize(raw)[None]
                 pro = torch.from_numpy(proprio[t][None]).float()
                 for k in noise_steps:
                     noisy = chunk
@@ -114,7 +115,8 @@ def guidance_effect(cfg: CalvinExperimentConfig, target: str, scales: tuple[floa
     check_embedder(dynamics, embedder)
     with h5py.File(cfg.data.validation, "r") as f:
         names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))[:starts]
-        frames = np.stack([np.stack([f["data"][n][f"obs/{cfg.data.camera}"][0]] * policy.cfg.n_obs_steps) for n in names])
+        frames = np.stack([np.stack([f["data"][n][f"obs/{cfg.data.camera}"][0]] * policy.cfg.n_obs_steps)
+                           for n in names])
         proprio = np.stack([np.stack([f["data"][n]["obs/proprio"][0]] * policy.cfg.n_obs_steps) for n in names])
     images = to_image_tensor(frames)
     goals = {target: load_goal_images(cfg.data.goals, target, cfg.eval.goal_set, cfg.eval.goals_per_target)}

@@ -11,7 +11,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -123,7 +123,8 @@ def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequenc
     behaviours: dict[str, dict] = {}
     for target in EXPERIMENTS[experiment]:
         for method in METHODS:
-            trials = [t for t in read_trials(out / "trials" / f"{target}__{method}.jsonl") if t["trial"] < cfg.eval.trials]
+            trials = [t for t in read_trials(out / "trials" / f"{target}__{method}.jsonl")
+                      if t["trial"] < cfg.eval.trials]
             if trials:
                 behaviours.setdefault(target, {})[method] = summarise(trials, target)
     stages_all = {**previous.get("stages_s", {}), **(stages or {})}

@@ -30,7 +30,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import h5py
 import numpy as np
@@ -47,7 +47,7 @@ from dynaguide.guidance.goals import GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
 
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig, EvalConfig
+from dynaguide.experiments.calvin.config import EvalConfig
 
 #: the policy's camera name (the env's ``rgb_static``)
 POLICY_CAMERA = "rgb_static"
@@ -159,7 +159,7 @@ class Planners:
             return lambda obs: guided_ddim_sample(
                 self.policy, self._cond(obs), self._objective(obs, guidance), scale=g.scale, ddim=self.ddim,
                 stochastic_steps=g.stochastic_steps, stochastic_mode=g.stochastic_mode,
-                generator=obs.generators).actions
+                guided_steps=g.sampler_guided_steps, generator=obs.generators).actions
         if method == "gpc":
             guidance = self.guidance_set(target)
             return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
@@ -167,7 +167,8 @@ class Planners:
                                                  generator=obs.generators).actions
         if method == "itps":
             def itps(obs: Observation) -> torch.Tensor:
-                objective = PositionGuidanceObjective(obs.targets, obs.proprio[:, -1, :3], self.policy.unnormalize_actions,
+                objective = PositionGuidanceObjective(obs.targets, obs.proprio[:, -1, :3],
+                                                      self.policy.unnormalize_actions,
                                                       step_scale=self.max_rel_pos, reduction="min")
                 return guided_ddim_sample(self.policy, self._cond(obs), objective, scale=self.cfg.itps_scale,
                                           ddim=self.ddim, stochastic_steps=g.stochastic_steps,
@@ -195,6 +196,8 @@ class _Slot:
     steps: int = 0
     started: float = 0.0
     label: str | None = None
+    previous: np.ndarray | None = None  # the last chunk (raw, (T, A)): runs on while the next one is computed
+    hold: np.ndarray | None = None      # the action that holds the pose (start of a wall-clock trial)
 
 
 def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
@@ -227,11 +230,28 @@ class CellRunner:
         rng = np.random.default_rng(seed)
         pose = self.start_poses[int(rng.integers(len(self.start_poses)))]
         scene = behaviour_scene(env, target, rng)
-        env.reset(seed=seed, options={"scene": scene, "robot_joints": pose[:7], "gripper": float(np.sign(pose[7]) or 1.0)})
+        env.reset(seed=seed, options={"scene": scene, "robot_joints": pose[:7],
+                                      "gripper": float(np.sign(pose[7]) or 1.0)})
         image = env.render_cameras()["rgb_static"]
         proprio = env.robot.robot_obs()
+        hold = np.zeros(7)
+        hold[6] = float(np.sign(pose[7]) or 1.0)
         return _Slot(trial, seed, [image] * self.n_obs_steps, [proprio] * self.n_obs_steps,
-                     target_point(env, target), torch.Generator().manual_seed(seed), started=time.perf_counter())
+                     target_point(env, target), torch.Generator().manual_seed(seed), started=time.perf_counter(),
+                     hold=hold)
+
+    def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray) -> np.ndarray:
+        """The ``n_action_steps`` actions executed between two replanning ticks: the new chunk's first ones in
+        lockstep; with ``latency_steps = d`` first the previous chunk's steps P … P + d − 1 (the pose held at
+        the start of a trial), then the new chunk's steps d … P − 1."""
+        d, p = self.cfg.latency_steps, self.n_action_steps
+        if d == 0:
+            return chunk[:p]
+        if p + d > chunk.shape[0]:
+            raise ValueError(f"latency_steps {d} + n_action_steps {p} exceed the chunk's {chunk.shape[0]} steps")
+        before = slot.previous[p:p + d] if slot.previous is not None else np.repeat(slot.hold[None], d, axis=0)
+        slot.previous = chunk
+        return np.concatenate([before, chunk[d:p]])
 
     def run_cell(self, target: str, target_index: int, planner: Planner, done: set[int],
                  record: Callable[[dict], None], progress: bool = True, desc: str = "") -> None:
@@ -257,8 +277,8 @@ class CellRunner:
                 raw = self.unnormalize(chunk).cpu().numpy()
             for row, i in enumerate(active):
                 slot, env = slots[i], self.envs[i]
-                for k in range(self.n_action_steps):
-                    obs_k, _, _, _, info = env.step(raw[row, k])
+                for k, action in enumerate(self._actions_of_tick(slot, raw[row])):
+                    obs_k, _, _, _, info = env.step(action)
                     slot.steps += 1
                     if info["behaviour"] != "no_behaviour":
                         slot.label = info["behaviour"]

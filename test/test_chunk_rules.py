@@ -1,0 +1,80 @@
+"""One set of chunk rules: the simulation bridge's schedule, the ROS message decoder and the ARX5 chunk
+executor reject the same bad chunk for the same reason (``dynaguide.execution``), and the ARX5 executor
+keeps its own ``max_future_s``."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from arx5_driver.backends import load_sdk_configs
+from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected
+from arx5_driver.config import ExecutorConfig
+from arx5_driver.kinematics import Kinematics
+from dynaguide.execution import ActionSchedule
+from dynaguide_ros.conversions import MessageError, chunk_from_msg, chunk_to_msg, seconds_to_time
+
+NOW = 5.0
+
+
+@pytest.fixture(scope="module")
+def arx5():
+    rc, _ = load_sdk_configs("X5")
+    return rc, Kinematics(rc)
+
+
+def _rows(n: int = 4) -> np.ndarray:
+    return np.hstack([np.full((n, 6), 0.1), np.full((n, 1), 0.02)])
+
+
+def _reasons(arx5, actions: np.ndarray, stamp: float, dt: float, start_index: int,
+             max_future_s: float = 0.1) -> dict[str, str]:
+    """The rejection reason of each consumer (``""``: accepted)."""
+    out = {}
+    try:
+        ActionSchedule(7, 0.1, max_future_s=max_future_s).add_chunk(actions, stamp, dt, start_index, now=NOW)
+        out["schedule"] = ""
+    except ValueError as exc:
+        out["schedule"] = str(exc)
+    msg = chunk_to_msg(np.zeros_like(actions), "joint_position", seconds_to_time(stamp), 0.1)
+    msg.actions = actions.astype(np.float32).ravel().tolist()
+    msg.dt, msg.start_index = dt, start_index
+    try:
+        chunk_from_msg(msg)
+        out["message"] = ""
+    except MessageError as exc:
+        out["message"] = str(exc)
+    ex = ChunkExecutor(arx5[0], arx5[1], ExecutorConfig(max_future_s=max_future_s))
+    try:
+        ex.plan(ActionChunk(stamp, "joint_position", actions, start_index, dt), NOW, None)
+        out["arx5"] = ""
+    except ChunkRejected as exc:
+        out["arx5"] = str(exc)
+    return out
+
+
+@pytest.mark.parametrize("actions, dt, start_index, reason", [
+    (np.where(np.eye(4, 7) > 0, np.nan, _rows()), 0.1, 0, "chunk contains NaN or infinite actions"),
+    (_rows(), 0.0, 0, "chunk dt must be positive and finite, got 0.0"),
+    (_rows(), float("inf"), 0, "chunk dt must be positive and finite, got inf"),
+    (_rows(), 0.1, 4, "start_index 4 outside [0, 4)"),
+])
+def test_content_rules_are_shared(arx5, actions, dt, start_index, reason):
+    reasons = _reasons(arx5, actions, NOW, dt, start_index)
+    assert reasons["schedule"] == reason and reasons["message"] == reason
+    assert reasons["arx5"] == f"joint_position: {reason}"
+
+
+def test_stamp_rules_are_shared_and_max_future_s_is_kept(arx5):
+    reasons = _reasons(arx5, _rows(), NOW + 0.5, 0.1, 0)
+    assert reasons["message"] == ""                       # a message carries no clock to check against
+    assert "in the future of the clock" in reasons["schedule"]
+    assert reasons["arx5"] == f"joint_position: {reasons['schedule']}"
+    # with a larger max_future_s both accept the same stamp
+    assert _reasons(arx5, _rows(), NOW + 0.5, 0.1, 0, max_future_s=1.0) == {"schedule": "", "message": "",
+                                                                          "arx5": ""}
+    with pytest.raises(ChunkRejected, match="out of order: chunk stamp 5.000000 is not newer"):
+        ex = ChunkExecutor(arx5[0], arx5[1], ExecutorConfig())
+        chunk = ActionChunk(NOW, "joint_position", _rows(), 0, 0.1)
+        ex.accept(chunk.stamp, ex.plan(chunk, NOW, None), NOW, np.zeros(6), 0.0)
+        ex.plan(chunk, NOW + 0.01, None)

@@ -1,0 +1,73 @@
+"""Latency budget and wall-clock schedule (dynaguide.realtime, ``dynaguide bench realtime``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dynaguide.execution import ActionSchedule
+from dynaguide.realtime import bench_graph, load_graph_policy, simulate_wall_clock
+
+ROOT = Path(__file__).resolve().parents[1]
+DT = 1 / 30
+
+
+@pytest.mark.parametrize("compute_s", [0.0, 0.05, 0.2, 0.26])
+def test_compute_within_budget_never_leaves_the_robot_without_an_action(compute_s):
+    sim = simulate_wall_clock([compute_s], horizon=16, action_dt=DT, replan_period_s=8 * DT, chunks=20)
+    assert sim.held == 0 and sim.dropped_fraction == 0.0
+    assert sim.executed_index_max < 16
+    # the chunk's first steps were computed away: about compute / dt of them per chunk
+    assert sim.stale_on_arrival <= 20 * (round(compute_s / DT) + 1)
+
+
+@pytest.mark.parametrize("compute_s", [0.3, 0.5])
+def test_compute_over_budget_starves_the_robot(compute_s):
+    sim = simulate_wall_clock([compute_s], horizon=16, action_dt=DT, replan_period_s=8 * DT, chunks=20)
+    assert sim.dropped_fraction > 0.05
+
+
+def test_one_slow_chunk_in_ten_costs_a_few_ticks():
+    sim = simulate_wall_clock([0.2] * 9 + [0.4], horizon=16, action_dt=DT, replan_period_s=8 * DT, chunks=40)
+    assert 0 < sim.dropped_fraction < 0.2
+
+
+def test_simulate_rejects_bad_inputs():
+    with pytest.raises(ValueError):
+        simulate_wall_clock([], horizon=16, action_dt=DT, replan_period_s=0.2)
+    with pytest.raises(ValueError):
+        simulate_wall_clock([float("nan")], horizon=16, action_dt=DT, replan_period_s=0.2)
+
+
+def test_schedule_does_not_queue_actions_already_due_on_arrival():
+    schedule = ActionSchedule(1, DT)
+    schedule.add_chunk(np.arange(16.0)[:, None], stamp=0.0, dt=DT, now=5 * DT)  # arrived 5 steps late
+    assert schedule.stats.stale_on_arrival == 4  # steps 1..4 were due before it arrived (step 5 is due now)
+    assert schedule.next_action(5 * DT)[0] == 4.0  # action i is due at (i + 1) dt
+    assert schedule.stats.dropped_late == 0
+
+
+@pytest.mark.parametrize("name", ["calvin_sim", "real_arx5"])
+def test_graph_files_give_the_policy_node_settings(name):
+    settings = load_graph_policy(ROOT / "config" / f"{name}.yaml")
+    assert settings.action_dt > 0 and settings.replan_period_s > 0 and settings.camera_size > 0
+    if name == "calvin_sim":
+        assert (settings.runner.embed_tokens, settings.runner.embed_dim) == (64, 112)
+        assert settings.camera_size == 200
+    with_ckpt = load_graph_policy(ROOT / "config" / f"{name}.yaml", checkpoints="ckpt")
+    assert with_ckpt.runner.policy_checkpoint == str(Path("ckpt") / "policy")
+
+
+def test_bench_reports_budget_and_exact_variants_match(tmp_path):
+    settings = load_graph_policy(ROOT / "config" / "calvin_sim.yaml")  # untrained models: same cost, no files
+    settings.camera_size = 64
+    entry = bench_graph(settings, chunks=2, goals=3, warmup=1)
+    assert entry["budget_ms"] == pytest.approx(8 / 30 * 1e3, abs=0.2)
+    assert set(entry) >= {"p50_ms", "p95_ms", "budget_ms", "keeps_up", "dropped_fraction", "settings", "variants"}
+    exact = [row for name, row in entry["variants"].items() if row["exact"] and name != "configured"]
+    assert exact and all(row["max_abs_diff_vs_configured"] <= 1e-5 for row in exact)
+    assert entry["keeps_up"] == (entry["p95_ms"] <= entry["budget_ms"] and entry["dropped_fraction"] < 0.01)
+    json.dumps(entry)  # JSON-serialisable as written by --json
