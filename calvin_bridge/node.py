@@ -5,16 +5,20 @@ simulation's control rate (30 Hz) with :class:`dynaguide.execution.ActionSchedul
 by timestamp, hold when nothing is due), publishes ``camera/rgb_static`` and ``camera/rgb_gripper``
 (sensor_msgs/Image, sensor-data QoS) at ``camera_hz``, ``joint_states``, ``calvin/state`` (CalvinState)
 and ``calvin/behaviour`` events (e.g. "drawer_open detected"); serves ``calvin/reset`` (ResetScene).
+Once a second it publishes the executor's counts on ``/diagnostics`` (status ``calvin_bridge: execution``:
+``ticks``, ``executed``, ``held`` — control ticks with no action due, which in wall-clock mode means the robot
+waited for the policy —, ``dropped_late``, ``stale_on_arrival``, ``rejected``).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 
@@ -70,12 +74,14 @@ class CalvinBridgeNode(Node):
         self.joint_pub = self.create_publisher(JointState, "joint_states", RELIABLE)
         self.state_pub = self.create_publisher(CalvinState, "calvin/state", RELIABLE)
         self.event_pub = self.create_publisher(BehaviourEvent, "calvin/behaviour", RELIABLE)
+        self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
         io = MutuallyExclusiveCallbackGroup()
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, RELIABLE, callback_group=io)
         self.create_service(ResetScene, "calvin/reset", self._on_reset, callback_group=io)
         sim = MutuallyExclusiveCallbackGroup()
         self.create_timer(self.dt, self._control_tick, callback_group=sim)
         self.create_timer(1.0 / self.cfg.camera_hz, self._camera_tick, callback_group=sim)
+        self.create_timer(1.0, self._publish_execution_stats, callback_group=io)
         self.get_logger().info(f"calvin bridge ready (scene: {self.env.scene.source}, {env_cfg.control_hz} Hz)")
 
     def _now(self) -> float:
@@ -144,6 +150,19 @@ class CalvinBridgeNode(Node):
             stamp = self._stamp()
         for key, pub in self.image_pubs.items():
             pub.publish(rgb_to_image_msg(images[key], stamp=stamp, frame_id=f"{key}_camera"))
+
+    def _publish_execution_stats(self) -> None:
+        with self._lock:
+            stats = asdict(self.schedule.stats)
+            stamp = self._stamp()
+        stats["ticks"] = stats["executed"] + stats["held"]
+        status = DiagnosticStatus(name=f"{self.get_name()}: execution", hardware_id=self.get_name(),
+                                  level=DiagnosticStatus.OK,
+                                  message="lockstep (held = world paused)" if self.cfg.lockstep else "wall clock",
+                                  values=[KeyValue(key=k, value=str(v)) for k, v in sorted(stats.items())])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = stamp
+        self.status_pub.publish(array)
 
     def _on_reset(self, req: ResetScene.Request, res: ResetScene.Response) -> ResetScene.Response:
         options: dict = {}

@@ -21,6 +21,9 @@ COMMANDS: dict[str, str] = {
     "guide": "dynaguide_ros.guide_cli",
     "node": "dynaguide_ros.run_node",
     "interfaces": "dynaguide_ros.selfcheck",
+    "record": "dynaguide_ros.recorder",
+    "dataset": "dynaguide.recordings",
+    "train": "dynaguide.train_cli",
 }
 
 

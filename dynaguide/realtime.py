@@ -180,7 +180,8 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
         runner = replace(runner, policy_checkpoint=str(ckpt / "policy"), dynamics_checkpoint=str(ckpt / "dynamics"))
     embedding = _section(data, "embedding_node", path)
     embedder = from_dict(EmbedderConfig, embedding.get("embedder", {}), where=f"{path}:embedding_node.embedder")
-    camera = _section(data, "calvin_bridge", path).get("static_size") or _section(data, "camera_node", path).get("width")
+    camera = (_section(data, "calvin_bridge", path).get("static_size")
+              or _section(data, "camera_node", path).get("width"))
     return GraphPolicySettings(name=path.stem, runner=runner, action_dt=float(policy.get("action_dt", 1 / 30)),
                                replan_period_s=float(policy.get("replan_period_s", 0.5)),
                                camera_size=int(camera or runner.image_size), embedder=embedder)

@@ -29,6 +29,7 @@ from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+from dynaguide.policy.lerobot_adapter import POLICY_KINDS, LeRobotAdapterConfig, load_policy
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,14 @@ class RunnerConfig:
     seed: int = 0
     torch_threads: int = 1
     parallel_policy: bool = False
+    policy_kind: str = "dynaguide"   # "lerobot": policy_checkpoint is a LeRobot DiffusionPolicy save_pretrained dir
+    lerobot: LeRobotAdapterConfig = field(default_factory=LeRobotAdapterConfig)
+
+    def __post_init__(self) -> None:
+        if self.policy_kind not in POLICY_KINDS:
+            raise ValueError(f"runner.policy_kind must be one of {POLICY_KINDS}, got {self.policy_kind!r}")
+        if self.policy_kind != "dynaguide" and not self.policy_checkpoint:
+            raise ValueError(f"runner.policy_kind={self.policy_kind!r} needs runner.policy_checkpoint")
 
 
 @dataclass
@@ -122,7 +131,10 @@ class GuidedPolicyRunner:
     def from_config(cls, cfg: RunnerConfig) -> GuidedPolicyRunner:
         trained = bool(cfg.policy_checkpoint) and bool(cfg.dynamics_checkpoint)
         if cfg.policy_checkpoint:
-            policy, _ = load_checkpoint(Path(cfg.policy_checkpoint))
+            policy = load_policy(cfg.policy_kind, cfg.policy_checkpoint, image_keys=tuple(cfg.image_keys),
+                                 lerobot=cfg.lerobot)
+            if policy.cfg.proprio_dim != cfg.proprio_dim:
+                raise ValueError(f"runner.proprio_dim={cfg.proprio_dim} but the policy takes {policy.cfg.proprio_dim}")
         else:
             torch.manual_seed(cfg.seed)
             policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(
@@ -136,7 +148,7 @@ class GuidedPolicyRunner:
             torch.manual_seed(cfg.seed + 1)
             dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
                 embed_tokens=cfg.embed_tokens, embed_dim=cfg.embed_dim, proprio_dim=cfg.proprio_dim,
-                action_dim=cfg.action_dim, horizon=policy.horizon))
+                action_dim=policy.action_dim, horizon=policy.horizon))
         return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed,
                    torch_threads=cfg.torch_threads, parallel_policy=cfg.parallel_policy)
 
@@ -227,12 +239,9 @@ class GuidedPolicyRunner:
             cond = self.policy.encode_observation(obs)
         fallback = ""
         try:
-            sample = guided_ddim_sample(
-                self.policy, cond, objective, scale=guidance.scale if objective else 0.0, ddim=self.policy.cfg.ddim,
-                stochastic_steps=guidance.stochastic_steps if objective else 1,
-                stochastic_mode=guidance.config.stochastic_mode if objective else "repeat",
-                guided_steps=guidance.config.sampler_guided_steps if objective else None,
-                policy_executor=self.policy_executor, generator=self.generator)
+            sampling = guidance.config.sampler_kwargs() if objective else {"scale": 0.0}
+            sample = guided_ddim_sample(self.policy, cond, objective, ddim=self.policy.cfg.ddim,
+                                        policy_executor=self.policy_executor, generator=self.generator, **sampling)
             if objective is not None and not torch.isfinite(sample.actions).all():
                 raise ValueError("the guided chunk is not finite")
         except ValueError as exc:

@@ -63,6 +63,7 @@ def _run(args) -> int:
     apply_localhost_defaults()
     import rclpy
     from PIL import Image as PILImage
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
 
     from dynaguide_msgs.msg import BehaviourEvent, PolicyDiagnostics
@@ -97,6 +98,13 @@ def _run(args) -> int:
     node.create_subscription(Image, "camera/rgb_static", lambda m: frames.append((time.monotonic(), m)), SENSOR)
     node.create_subscription(BehaviourEvent, "calvin/behaviour", events.append, RELIABLE)
     node.create_subscription(PolicyDiagnostics, "policy/diagnostics", diags.append, RELIABLE)
+    execution: dict = {}  # the bridge's latest executor counts (/diagnostics "calvin_bridge: execution")
+
+    def on_status(msg) -> None:
+        for status in msg.status:
+            if status.name.endswith(": execution"):
+                execution.update({kv.key: int(kv.value) for kv in status.values if kv.value.lstrip("-").isdigit()})
+    node.create_subscription(DiagnosticArray, "/diagnostics", on_status, RELIABLE)
     launcher.start()
     summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed,
                      "trained_models": trained, "duration_s": args.duration}
@@ -127,6 +135,7 @@ def _run(args) -> int:
             return now - first_stamp
 
         frames.clear()
+        execution_at_start = dict(execution)
         while time.monotonic() - start < args.duration:
             rclpy.spin_once(node, timeout_sec=0.1)
             if args.sim_seconds and sim_elapsed() >= args.sim_seconds:
@@ -149,7 +158,13 @@ def _run(args) -> int:
         # observation stamp -> chunk published, in the graph's clock (≈ 0 in lockstep: the world waits)
         "median_latency_ms": float(np.median([d.latency_ms for d in guided])) if guided else None,
         "frames_recorded": len(frames),
+        "compute_p95_ms": float(np.percentile([d.compute_ms for d in guided], 95)) if guided else None,
+        "budget_ms": float(diags[-1].budget_ms) if diags else None,
     })
+    if execution and execution_at_start:  # executor counts over the guided run (lockstep: held = world paused)
+        run = {k: execution[k] - execution_at_start.get(k, 0) for k in execution}
+        run["held_fraction"] = round(run["held"] / run["ticks"], 4) if run.get("ticks") else None
+        summary["execution"] = run
     if frames:
         pick = np.linspace(0, len(frames) - 1, num=min(8, len(frames))).astype(int)
         strip = np.concatenate([rgb_from_image_msg(frames[i][1]) for i in pick], axis=1)
@@ -163,6 +178,13 @@ def _run(args) -> int:
               f"observation-to-chunk latency {summary['median_latency_ms']:.0f} ms ({summary['clock']} clock)"
               if guided else f"{summary['chunks']} chunks, none guided")
     print(f"[demo] behaviours detected: {behaviours or ['none']} (target: {summary['behaviour_target']}); {timing}")
+    if summary.get("execution", {}).get("ticks"):
+        ex = summary["execution"]
+        print(f"[demo] executor: {ex['ticks']} control ticks, {ex['held']} without an action due "
+              f"({100 * ex['held_fraction']:.1f} %; {'world paused' if not args.wall_clock else 'robot held'}), "
+              f"{ex.get('stale_on_arrival', 0)} chunk steps stale on arrival; compute p95 "
+              f"{summary['compute_p95_ms'] or float('nan'):.0f} ms vs budget "
+              f"{summary['budget_ms'] or float('nan'):.0f} ms")
     print(f"[demo] wrote {out / 'summary.json'} and {summary.get('strip', 'no strip')}")
     return 0
 

@@ -313,15 +313,15 @@ def test_goal_conditioned_sample_uses_goal_image():
         goal_conditioned_sample(plain, obs, goal, ddim=FAST)
 
 
-def test_sample_with_guidance_set_uses_its_scale_and_m():
-    from dynaguide.guidance import sample_with_guidance_set
-
+def test_guidance_config_sampler_kwargs_drive_the_one_sampling_loop():
     policy = GaussianDataPolicy()
     noise = torch.randn(3, T, A, generator=torch.Generator().manual_seed(4))
-    gset = GuidanceSet.from_latents(torch.full((1, 1, A), 0.5), None,
-                                    GuidanceConfig(sigma=1.0, scale=0.7, stochastic_steps=2, stochastic_mode="repeat"))
+    cfg = GuidanceConfig(sigma=1.0, scale=0.7, stochastic_steps=2, stochastic_mode="repeat", guided_steps=3)
+    gset = GuidanceSet.from_latents(torch.full((1, 1, A), 0.5), None, cfg)
     objective = DynaGuideObjective(MeanActionDynamics(), torch.zeros(1, 1, 1), torch.zeros(1, 1), gset)
-    out = sample_with_guidance_set(policy, None, objective, gset, ddim=FAST, initial_noise=noise)
-    ref = guided_ddim_sample(policy, None, objective, scale=0.7, stochastic_steps=2, ddim=FAST, initial_noise=noise)
-    assert torch.equal(out.actions, ref.actions) and out.timings.policy_calls == 2 * 4
-    assert (gset.scale, gset.stochastic_steps, gset.sigma) == (0.7, 2, 1.0)
+    out = guided_ddim_sample(policy, None, objective, ddim=FAST, initial_noise=noise, **cfg.sampler_kwargs())
+    ref = guided_ddim_sample(policy, None, objective, scale=0.7, stochastic_steps=2, stochastic_mode="repeat",
+                             guided_steps=3, ddim=FAST, initial_noise=noise)
+    assert torch.equal(out.actions, ref.actions)
+    assert out.timings.guidance_calls == 2 * 3 and out.timings.policy_calls == 1 + 2 * 3  # FAST: 4 DDIM steps
+    assert GuidanceConfig().sampler_kwargs()["guided_steps"] is None  # 0 = guide every step

@@ -369,3 +369,22 @@ def test_guided_steps_must_be_positive():
     with pytest.raises(ValueError, match="guided_steps"):
         guided_ddim_sample(TinyPolicy(), cond, mean_objective(torch.ones(1, 1, A)), scale=1.0, initial_noise=noise,
                            guided_steps=0)
+
+
+def test_denoised_guidance_input_scores_the_policys_clean_estimate():
+    """With a policy that predicts ε = 0, â⁰ = aᵏ/√ᾱ_k: the objective must see that (clipped) chunk."""
+    seen = []
+
+    class Recording:
+        def __call__(self, actions):
+            seen.append(actions.detach().clone())
+            return -(actions - 0.5).square().flatten(1).sum(1)
+
+    noise = 0.5 * torch.randn(2, T, A, generator=torch.Generator().manual_seed(1))
+    ddim = DDIMConfig(num_inference_steps=2)
+    guided_ddim_sample(ZeroNoisePolicy(), None, Recording(), scale=1.0, ddim=ddim, initial_noise=noise,
+                       guidance_input="denoised")
+    ab = make_ddim_scheduler(ddim).alphas_cumprod[50]
+    torch.testing.assert_close(seen[0], (noise / ab.sqrt()).clamp(-1, 1))
+    with pytest.raises(ValueError, match="guidance_input"):
+        guided_ddim_sample(ZeroNoisePolicy(), None, Recording(), scale=1.0, initial_noise=noise, guidance_input="x")

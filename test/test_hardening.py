@@ -231,7 +231,9 @@ def test_demo_sends_the_managers_defaults_unless_told():
     from dynaguide_ros.demo import register
 
     args = _parse(register, "demo")
-    assert (args.scale, args.sigma, args.stochastic_steps) == (0.0, 0.0, 0)  # 0 keeps: GuidanceConfig's
+    # no scale (None) and 0 for sigma/M keep the manager's values, i.e. GuidanceConfig's; --scale 0 means s = 0
+    assert (args.scale, args.sigma, args.stochastic_steps) == (None, 0.0, 0)
+    assert _parse(register, "demo", "--scale", "0").scale == 0.0
 
 
 # ------------------------------------------------------------------------------- 8. launcher budget

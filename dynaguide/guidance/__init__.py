@@ -1,6 +1,6 @@
 """DynaGuide guidance: Eq. 2 metric, goal sets, objectives and the guided DDIM sampler (Algorithm 1)."""
 
-from dynaguide.guidance.goals import FinalFrames, GuidanceConfig, GuidanceSet, sample_with_guidance_set
+from dynaguide.guidance.goals import FinalFrames, GuidanceConfig, GuidanceSet
 from dynaguide.guidance.metric import goal_distances, latent_guidance_metric
 from dynaguide.guidance.objectives import (
     ClassifierObjective,
@@ -14,7 +14,6 @@ from dynaguide.guidance.sampler import (
     guided_ddim_sample,
     objective_value_and_grad,
     renoise,
-    unguided_ddim_sample,
 )
 
 __all__ = [
@@ -32,6 +31,4 @@ __all__ = [
     "latent_guidance_metric",
     "objective_value_and_grad",
     "renoise",
-    "sample_with_guidance_set",
-    "unguided_ddim_sample",
 ]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from dynaguide.guidance.metric import latent_guidance_metric
-from dynaguide.guidance.sampler import STOCHASTIC_MODES, GuidedSample, guided_ddim_sample
+from dynaguide.guidance.sampler import GUIDANCE_INPUTS, STOCHASTIC_MODES
 
 MIN_SIGMA = 1e-3
 """Smallest usable σ: below it ``dist / σ`` can overflow float32 and the guidance gradient is not finite
@@ -50,7 +50,9 @@ class GuidanceConfig:
     ``scale = 0`` is allowed and gives the unguided sampler.
     ``guided_steps = k > 0`` guides (with the M repeats) only the last k DDIM steps — cheaper, but a different
     computation whose effect on steering must be measured (``dynaguide bench realtime``, the CALVIN harness);
-    0 = every step, as the paper.
+    0 = every step, as the paper.  ``guidance_input``: ``"noisy"`` (the paper: the dynamics model scores the
+    noisy chunk) or ``"denoised"`` (it scores the policy's denoised estimate; see
+    :data:`dynaguide.guidance.sampler.GUIDANCE_INPUTS`).
     """
 
     sigma: float = 30.0
@@ -59,6 +61,7 @@ class GuidanceConfig:
     stochastic_mode: str = "renoise"
     squared: bool = False
     guided_steps: int = 0
+    guidance_input: str = "noisy"
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma) and self.sigma >= MIN_SIGMA):
@@ -69,13 +72,17 @@ class GuidanceConfig:
             raise ValueError(f"stochastic_steps must be an integer >= 1, got {self.stochastic_steps!r}")
         if self.stochastic_mode not in STOCHASTIC_MODES:
             raise ValueError(f"stochastic_mode must be one of {STOCHASTIC_MODES}, got {self.stochastic_mode!r}")
+        if self.guidance_input not in GUIDANCE_INPUTS:
+            raise ValueError(f"guidance_input must be one of {GUIDANCE_INPUTS}, got {self.guidance_input!r}")
         if not isinstance(self.guided_steps, int) or self.guided_steps < 0:
             raise ValueError(f"guided_steps must be an integer >= 0 (0 = every DDIM step), got {self.guided_steps!r}")
 
-    @property
-    def sampler_guided_steps(self) -> int | None:
-        """``guided_steps`` as :func:`~dynaguide.guidance.sampler.guided_ddim_sample` takes it (None = all)."""
-        return self.guided_steps or None
+    def sampler_kwargs(self) -> dict[str, Any]:
+        """s, M, the stochastic mode and ``guided_steps`` as keyword arguments of
+        :func:`~dynaguide.guidance.sampler.guided_ddim_sample` (the one sampling loop)."""
+        return {"scale": self.scale, "stochastic_steps": self.stochastic_steps,
+                "stochastic_mode": self.stochastic_mode, "guided_steps": self.guided_steps or None,
+                "guidance_input": self.guidance_input}
 
 
 @dataclass
@@ -284,20 +291,3 @@ class GuidanceSet:
         """A copy with the latents moved/cast (the config is shared)."""
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return replace(self, positives=move(self.positives), negatives=move(self.negatives))
-
-
-def sample_with_guidance_set(
-    policy: Any,
-    cond: Any,
-    objective: Callable[[torch.Tensor], torch.Tensor] | None,
-    guidance_set: GuidanceSet,
-    **kwargs: Any,
-) -> GuidedSample:
-    """:func:`~dynaguide.guidance.sampler.guided_ddim_sample` with s, M and the mode taken from
-    ``guidance_set.config``; other keyword arguments (``ddim``, ``initial_noise``, ``generator``,
-    ``batch_size``) are passed through."""
-    cfg = guidance_set.config
-    return guided_ddim_sample(
-        policy, cond, objective, scale=cfg.scale, stochastic_steps=cfg.stochastic_steps,
-        stochastic_mode=cfg.stochastic_mode, **kwargs,
-    )

@@ -27,9 +27,10 @@ Engineering guarantees (all tested):
   objective's gradient — both read the same noisy chunk aᵏ and neither depends on the other — and gives
   bit for bit the same chunk as the sequential loop (the operations and their order per tensor are unchanged).
 
-One option changes the computation (a speed/quality trade-off, off by default): ``guided_steps = k``
-applies guidance (and the M stochastic repeats) only on the last k of the DDIM steps; the earlier, noisiest
-steps are plain DDIM steps.
+Two options change the computation (off by default): ``guided_steps = k`` applies guidance (and the M
+stochastic repeats) only on the last k of the DDIM steps, the earlier, noisiest steps are plain DDIM steps
+(cheaper); ``guidance_input = "denoised"`` scores the policy's denoised estimate instead of the noisy chunk
+(:data:`GUIDANCE_INPUTS`; the policy's noise estimate is then needed first, so it runs sequentially).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ from dynaguide.interfaces import GuidanceObjective, NoisePredictionPolicy
 
 StochasticMode = Literal["repeat", "renoise"]
 STOCHASTIC_MODES: tuple[str, ...] = ("repeat", "renoise")
+GUIDANCE_INPUTS: tuple[str, ...] = ("noisy", "denoised")
+"""What the objective scores at step k: the noisy chunk aᵏ (the paper's Eq. 3) or the policy's denoised
+estimate â⁰ = clip((aᵏ − √(1 − ᾱ_k) ε_θ) / √ᾱ_k) — whose gradient w.r.t. â⁰ then replaces ∇_{aᵏ} d in Eq. 3
+(the Jacobian of ε_θ is not taken: no backward pass through the policy)."""
 
 GeneratorArg = torch.Generator | Sequence[torch.Generator] | None
 """One generator for the whole batch, or one per sample (then batched = sequential exactly)."""
@@ -192,6 +197,7 @@ def guided_ddim_sample(
     generator: GeneratorArg = None,
     batch_size: int | None = None,
     guided_steps: int | None = None,
+    guidance_input: str = "noisy",
     policy_executor: Executor | None = None,
 ) -> GuidedSample:
     """Sample an action chunk with DDIM, steered by ``objective`` (Algorithm 1 of the paper).
@@ -208,6 +214,7 @@ def guided_ddim_sample(
         generator: torch generator(s) for the initial noise and re-noising (one per sample allowed).
         batch_size: B, needed only when neither ``initial_noise`` nor ``cond`` reveals it.
         guided_steps: guide (and repeat M times) only the last ``guided_steps`` DDIM steps; None = all.
+        guidance_input: ``"noisy"`` (Eq. 3) or ``"denoised"``: see :data:`GUIDANCE_INPUTS`.
         policy_executor: run ``policy.predict_noise`` on this executor while the objective's gradient is
             computed on the calling thread (same result; faster when a second core is free).
 
@@ -224,7 +231,10 @@ def guided_ddim_sample(
         raise ValueError(f"guidance scale must be finite and >= 0, got {scale}")
     if guided_steps is not None and (not isinstance(guided_steps, int) or guided_steps < 1):
         raise ValueError(f"guided_steps must be None (all steps) or an integer >= 1, got {guided_steps!r}")
+    if guidance_input not in GUIDANCE_INPUTS:
+        raise ValueError(f"guidance_input must be one of {GUIDANCE_INPUTS}, got {guidance_input!r}")
     guided = objective is not None and scale != 0.0
+    on_denoised = guidance_input == "denoised"
 
     device, dtype = _policy_device_dtype(policy)
     if initial_noise is None:
@@ -254,13 +264,17 @@ def guided_ddim_sample(
         repeats = stochastic_steps if guide_now or not guided else 1
         for repeat in range(repeats):
             future = None
-            if guide_now and policy_executor is not None:
+            if guide_now and policy_executor is not None and not on_denoised:
                 future = policy_executor.submit(_timed_noise_estimate, policy, sample, timesteps, cond)
             else:
                 eps, seconds = _timed_noise_estimate(policy, sample, timesteps, cond)
             if guide_now:
                 t0 = time.perf_counter()
-                _, grad = objective_value_and_grad(objective, sample)
+                scored = sample
+                if on_denoised:
+                    a = float(alpha_bar(scheduler, timestep))
+                    scored = ((sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)).clamp(-1.0, 1.0)
+                _, grad = objective_value_and_grad(objective, scored)
                 guidance_s += time.perf_counter() - t0
                 guidance_calls += 1
                 if future is not None:
@@ -287,9 +301,3 @@ def guided_ddim_sample(
     total_ms = (time.perf_counter() - start) * 1e3
     timings = SampleTimings(total_ms, policy_s * 1e3, guidance_s * 1e3, policy_calls, guidance_calls)
     return GuidedSample(actions=sample.detach(), objective=final_objective, timings=timings)
-
-
-def unguided_ddim_sample(policy: NoisePredictionPolicy, cond: Any, **kwargs: Any) -> GuidedSample:
-    """The base policy: :func:`guided_ddim_sample` with no objective (``scale`` ignored)."""
-    kwargs.setdefault("scale", 0.0)
-    return guided_ddim_sample(policy, cond, None, **kwargs)

@@ -243,13 +243,10 @@ class DiffusionPolicy(nn.Module):
 
     @torch.no_grad()
     def sample_actions(self, obs: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Unguided DDIM sampling → raw-unit actions ``(B, T, A)`` (convenience; guidance uses its own sampler)."""
-        scheduler = make_ddim_scheduler(self.cfg.ddim)
-        cond = self.encode_observation(obs)
-        b = cond.shape[0]
-        gen_device = generator.device if generator is not None else cond.device
-        x = torch.randn((b, self.horizon, self.action_dim), generator=generator, device=gen_device).to(cond.device)
-        for t in scheduler.timesteps:
-            eps = self.predict_noise(x, torch.full((b,), int(t), dtype=torch.long, device=x.device), cond)
-            x = scheduler.step(eps, int(t), x).prev_sample
-        return self.unnormalize_actions(x)
+        """Unguided DDIM sampling → raw-unit actions ``(B, T, A)``: the one sampling loop
+        (:func:`dynaguide.guidance.sampler.guided_ddim_sample`) without an objective."""
+        from dynaguide.guidance.sampler import guided_ddim_sample
+
+        sample = guided_ddim_sample(self, self.encode_observation(obs), None, scale=0.0, ddim=self.cfg.ddim,
+                                    generator=generator)
+        return self.unnormalize_actions(sample.actions)

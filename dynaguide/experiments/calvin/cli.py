@@ -30,7 +30,8 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
         overrides = {"trials": 2, "horizon": 120, **overrides}
     guidance = {k: v for k, v in {"scale": getattr(args, "scale", None), "sigma": getattr(args, "sigma", None),
                                   "stochastic_steps": getattr(args, "stochastic_steps", None),
-                                  "guided_steps": getattr(args, "guided_steps", None)}.items() if v is not None}
+                                  "guided_steps": getattr(args, "guided_steps", None),
+                                  "guidance_input": getattr(args, "guidance_input", None)}.items() if v is not None}
     if guidance:
         overrides["guidance"] = dataclasses.replace(ev.guidance, **guidance)
     if getattr(args, "split", None) == "validation":
@@ -129,6 +130,8 @@ def register_into(sub) -> None:
     p.add_argument("--stochastic-steps", type=int, default=None)
     p.add_argument("--guided-steps", type=int, default=None,
                    help="guide only the last k DDIM steps (GuidanceConfig.guided_steps; 0 = all)")
+    p.add_argument("--guidance-input", choices=("noisy", "denoised"), default=None,
+                   help="what the dynamics model scores: the noisy chunk (paper) or the denoised estimate")
     p.add_argument("--latency-steps", type=int, default=None,
                    help="wall-clock execution: chunks arrive this many control steps after their observation")
     p.add_argument("--negatives", choices=("none", "others"), default=None)

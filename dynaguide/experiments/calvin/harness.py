@@ -157,9 +157,8 @@ class Planners:
         if method == "dynaguide":
             guidance = self.guidance_set(target)
             return lambda obs: guided_ddim_sample(
-                self.policy, self._cond(obs), self._objective(obs, guidance), scale=g.scale, ddim=self.ddim,
-                stochastic_steps=g.stochastic_steps, stochastic_mode=g.stochastic_mode,
-                guided_steps=g.sampler_guided_steps, generator=obs.generators).actions
+                self.policy, self._cond(obs), self._objective(obs, guidance), ddim=self.ddim,
+                generator=obs.generators, **g.sampler_kwargs()).actions
         if method == "gpc":
             guidance = self.guidance_set(target)
             return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
