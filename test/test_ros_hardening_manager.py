@@ -69,9 +69,22 @@ class Graph:
                                         "-p", f"state_dir:={self.state_dir}", "-p", "default_stochastic_steps:=1")
 
     def wait_for_services(self) -> None:
+        from dynaguide_msgs.srv import SetGuidance
+
         self.manager.wait_for_log("guidance manager ready", timeout=180)
         for c in [*self.clients, self.deep, self.clear]:
             assert c.wait_for_service(timeout_sec=60), self.manager.log()[-3000:]
+        # A service that is "ready" may not yet have matched this client's response reader (a DDS discovery
+        # race after a restart: the first answer can be lost).  Round-trip one request the manager rejects
+        # without touching its state (no images) on every SetGuidance client before testing anything.
+        for c in [*self.clients, self.deep]:
+            for _attempt in range(5):
+                future = c.call_async(SetGuidance.Request())
+                if spin_until(self.probe, future.done, 5.0):
+                    assert not future.result().success
+                    break
+            else:
+                raise AssertionError(f"no round trip through a SetGuidance client:\n{self.manager.log()[-3000:]}")
 
     def restart_manager(self, before_start=None) -> None:
         assert self.manager.stop(timeout=20) == 0, self.manager.log_path.read_text()[-3000:]
