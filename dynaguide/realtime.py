@@ -319,8 +319,11 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
 def run_realtime_bench(args: argparse.Namespace) -> int:
     """``dynaguide bench realtime``: compute p50/p95 per guided chunk against the execution budget."""
     report = {}
-    for path in args.config:
-        settings = load_graph_policy(path, args.checkpoints if len(args.config) == 1 or args.checkpoints else None)
+    checkpoints = args.checkpoints or ["none"] * len(args.config)
+    if len(checkpoints) != len(args.config):
+        raise SystemExit(f"give --checkpoints once per --config ({len(args.config)}), 'none' for the file's own")
+    for path, ckpt in zip(args.config, checkpoints):
+        settings = load_graph_policy(path, None if ckpt == "none" else ckpt)
         if args.threads:
             settings.runner = replace(settings.runner, torch_threads=args.threads)
         entry = bench_graph(settings, chunks=args.chunks, goals=args.goals, seed=args.seed)
@@ -350,10 +353,10 @@ def add_realtime_parser(sub: argparse._SubParsersAction) -> None:
                             description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", required=True,
                         help="graph parameter file (config/calvin_sim.yaml, config/real_arx5.yaml); repeatable")
-    parser.add_argument("--checkpoints", default=None,
-                        help="directory with policy/ and dynamics/ replacing the file's runner checkpoints "
-                             "(e.g. checkpoints/calvin_effnet); none = the file's (empty: untrained models, "
-                             "same cost)")
+    parser.add_argument("--checkpoints", action="append", default=None,
+                        help="per --config, in order: a directory with policy/ and dynamics/ replacing the file's "
+                             "runner checkpoints (e.g. checkpoints/calvin_effnet), or 'none' for the file's own "
+                             "(empty in the shipped files: untrained models of the configured size, same cost)")
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per variant")
     parser.add_argument("--goals", type=int, default=20, help="K positive goal images (paper: 20)")
     parser.add_argument("--threads", type=int, default=0, help="override runner.torch_threads (0 = the file's)")

@@ -12,6 +12,16 @@ A chunk that should have been guided but whose guidance was not finite is sample
 
 When the dynamics checkpoint records its embedder, embeddings and guidance whose ``embedder_id`` names
 another embedder are refused with a warning (the last good embedding / guidance stays in force).
+
+Real time: sampling runs on its own thread, so in wall-clock mode the robot executes the previous chunk while
+the next one is computed; the next chunk starts as soon as the newest observation is ``replan_period_s`` newer
+than the last one used, or as soon as the sampler is free when a chunk takes longer than that (back-to-back).
+The executor (bridge or driver) splices it in from its first action still in the future
+(:mod:`dynaguide.execution`), so every executed action comes from an observation c to c + ``replan_period_s``
+old (c = compute time).  ``policy/diagnostics`` carries the compute p95 over the last 20 chunks against the
+execution budget ``n_action_steps · action_dt`` and a WARN is logged while it is over budget;
+``dynaguide bench realtime --config <graph.yaml>`` measures the same before a robot is involved
+(:mod:`dynaguide.realtime`).
 """
 
 from __future__ import annotations

@@ -79,8 +79,13 @@ def test_guidance_steers_chunks_moves_robot_changes_live_and_survives_manager_re
     from dynaguide_ros.guide_cli import call_clear_guidance, call_set_guidance
     from dynaguide_ros.qos import LATCHED, RELIABLE
 
+    from diagnostic_msgs.msg import DiagnosticArray
+
     launcher, buf = graph
-    chunks, diags, states, guidance = [], [], [], []
+    chunks, diags, states, guidance, statuses = [], [], [], [], []
+    ros_node.create_subscription(DiagnosticArray, "/diagnostics",
+                                 lambda m: statuses.extend(s for s in m.status if s.name.endswith(": execution")),
+                                 RELIABLE)
     ros_node.create_subscription(ActionChunk, "action_chunk", chunks.append, RELIABLE)
     ros_node.create_subscription(PolicyDiagnostics, "policy/diagnostics", diags.append, RELIABLE)
     ros_node.create_subscription(CalvinState, "calvin/state", states.append, RELIABLE)
@@ -92,6 +97,10 @@ def test_guidance_steers_chunks_moves_robot_changes_live_and_survives_manager_re
     tcp0 = np.array(states[0].robot_obs[:3])
     assert spin_until(ros_node, lambda: np.linalg.norm(np.array(states[-1].robot_obs[:3]) - tcp0) > 0.01, 30), \
         "the robot did not move under the policy's chunks"
+    # the bridge reports its executor: actions executed from the chunks, ticks = executed + held
+    assert spin_until(ros_node, lambda: bool(statuses), 10)
+    counts = {kv.key: int(kv.value) for kv in statuses[-1].values}
+    assert counts["executed"] > 0 and counts["ticks"] == counts["executed"] + counts["held"], counts
 
     # set guidance: chunks become guided with a finite metric
     res = call_set_guidance(_images(2, 1), _images(1, 2), scale=2.0, node=ros_node)

@@ -25,7 +25,10 @@ from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, M
 from dynaguide.experiments.calvin.harness import (CellRunner, Planners, load_goal_images, load_start_poses,
                                                   read_trials, summarise)
 
-EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS}
+EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS,
+               "underspecified": ARTICULATED_TARGETS}
+#: experiments that differ from another one only in their goal images (same targets, same trial seeds)
+EXPERIMENT_GOAL_SETS = {"underspecified": "underspecified"}
 
 
 def env_config_for(cfg: CalvinExperimentConfig) -> CalvinEnvConfig:
@@ -68,6 +71,8 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {METHODS}")
     targets = tuple(targets or EXPERIMENTS[experiment])
+    if experiment in EXPERIMENT_GOAL_SETS:   # e.g. UnderspecifiedObjectives: ArticulatedParts with lesser goals
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, goal_set=EXPERIMENT_GOAL_SETS[experiment]))
     torch.set_num_threads(1)
     out = Path(out_dir)
     (out / "trials").mkdir(parents=True, exist_ok=True)
