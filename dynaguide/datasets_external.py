@@ -1,0 +1,230 @@
+"""Users' datasets → our HDF5 layout: LeRobotDataset directories (v3.0, as LeRobot 0.4.x writes them).
+
+:func:`lerobot_episodes` yields one :class:`~dynaguide.data.Demo` per episode; :func:`write_lerobot_as_hdf5`
+streams them (optionally cut into fixed windows, :func:`window_segments`) into our layout with
+:func:`dynaguide.data.write_demo`, so the rest of training (embedding cache, ``DynamicsDataset``, noise
+augmentation) is the same code as for our own data.
+
+Reading.  The dataset is opened with LeRobot's own ``LeRobotDataset(repo_id, root=DIR)`` (metadata, episode
+index, the parquet frames through its ``hf_dataset``), never from the hub.  LeRobot's frame access
+(``dataset[i]``) cannot decode *videos* in this environment: its decoders are torchcodec (no wheel for this
+torch) or ``torchvision.io.VideoReader`` (removed from torchvision 0.28).  So video frames are decoded with
+PyAV (``av``, which LeRobot itself uses to encode them) at the timestamps LeRobot would query: the episode's
+``videos/<key>/from_timestamp`` plus the frame's ``timestamp``, each matched to the nearest decoded frame within
+half a frame period.  ``image``-dtype cameras come straight from the parquet files.
+
+Time convention (LeRobot's and ours agree): row ``t`` of an episode holds the observation at ``t`` and the
+action taken from it, so ``actions[t : t + T]`` is the chunk starting now and the episode's last frame is its
+outcome (segment by episode), or a window's last frame is (segment by window).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dynaguide.data import Demo
+
+
+class ExternalDatasetError(ValueError):
+    """A user's dataset cannot be read as asked (missing keys, wrong shapes, undecodable video...)."""
+
+
+def is_lerobot_dataset(path: str | Path) -> bool:
+    """True for a directory with LeRobot's ``meta/info.json``."""
+    return (Path(path) / "meta" / "info.json").is_file()
+
+
+def window_segments(length: int, window: int, stride: int = 0) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of ``window`` steps every ``stride`` steps (0 = ``window``) inside ``length``
+    steps; a sequence shorter than ``window`` gives none."""
+    if window < 1 or stride < 0:
+        raise ValueError(f"window must be >= 1 and stride >= 0, got {window}, {stride}")
+    step = stride or window
+    return [(s, s + window) for s in range(0, length - window + 1, step)]
+
+
+@dataclass
+class LeRobotKeys:
+    """Which LeRobot features become our camera, proprio and actions.
+
+    Attributes:
+        camera: an image or video feature, e.g. ``observation.images.top`` ("" = the dataset's only camera).
+        proprio: a float vector feature (``observation.state``; "" = none: proprio_dim 0).
+        action: the action feature (``action``).
+    """
+
+    camera: str = ""
+    proprio: str = "observation.state"
+    action: str = "action"
+
+
+def _open(root: Path):
+    from dynaguide.policy.lerobot_adapter import _import_torchvision
+
+    if not is_lerobot_dataset(root):
+        raise ExternalDatasetError(f"{root} is not a LeRobotDataset directory (no meta/info.json)")
+    _import_torchvision()  # LeRobot's dataset module imports torchvision (see lerobot_adapter)
+    try:
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    except ImportError as exc:
+        raise ExternalDatasetError(f"reading LeRobot datasets needs lerobot ({exc}): "
+                                   "pip install -e '.[lerobot]' && pip install --no-deps lerobot==0.4.4") from exc
+    try:
+        return LeRobotDataset(f"local/{root.name}", root=root)
+    except Exception as exc:  # version checks, missing files: LeRobot's own message says what
+        raise ExternalDatasetError(f"LeRobot cannot open {root}: {type(exc).__name__}: {exc}") from exc
+
+
+def _resolve_keys(meta, keys: LeRobotKeys) -> LeRobotKeys:
+    features = meta.features
+    cameras = list(meta.camera_keys)
+    camera = keys.camera
+    if not camera:
+        if len(cameras) != 1:
+            raise ExternalDatasetError(f"the dataset has cameras {cameras}: choose one with --camera")
+        camera = cameras[0]
+    if camera not in cameras:
+        raise ExternalDatasetError(f"camera {camera!r} is not an image/video feature; cameras: {cameras}")
+    for name, key in (("action", keys.action), ("proprio", keys.proprio)):
+        if not key:
+            if name == "action":
+                raise ExternalDatasetError("an action key is required")
+            continue
+        if key not in features:
+            raise ExternalDatasetError(f"{name} key {key!r} is not a feature of the dataset; features: "
+                                       f"{sorted(features)}")
+        ft = features[key]
+        if ft["dtype"] not in ("float32", "float64") or len(ft["shape"]) != 1:
+            raise ExternalDatasetError(f"{name} key {key!r} must be a float vector, got {ft['dtype']} {ft['shape']}")
+    return LeRobotKeys(camera=camera, proprio=keys.proprio, action=keys.action)
+
+
+def decode_video_frames(path: Path, timestamps: np.ndarray, tolerance_s: float) -> np.ndarray:
+    """Frames of the video at ``timestamps (N,)`` s (sorted) → ``(N, H, W, 3) uint8`` RGB, with PyAV.
+
+    Each timestamp takes the decoded frame nearest to it; a gap larger than ``tolerance_s`` raises
+    :class:`ExternalDatasetError` (the frame is missing, not a frame shifted in time).
+    """
+    import av
+
+    if not path.is_file():
+        raise ExternalDatasetError(f"video file {path} is missing")
+    lo, hi = float(timestamps.min()), float(timestamps.max())
+    times: list[float] = []
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if lo > 1.0 and stream.time_base is not None:
+                container.seek(int(max(0.0, lo - 1.0) / stream.time_base), stream=stream, backward=True,
+                               any_frame=False)
+            for frame in container.decode(stream):
+                t = float(frame.time) if frame.time is not None else float(frame.pts * stream.time_base)
+                if t < lo - tolerance_s:
+                    continue
+                if t > hi + tolerance_s:
+                    break
+                times.append(t)
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except av.error.FFmpegError as exc:
+        raise ExternalDatasetError(f"cannot decode {path}: {exc}") from exc
+    if not frames:
+        raise ExternalDatasetError(f"{path} has no frames between {lo:.3f} and {hi:.3f} s")
+    decoded = np.asarray(times)
+    idx = np.clip(np.searchsorted(decoded, timestamps), 1, len(decoded) - 1) if len(decoded) > 1 \
+        else np.zeros(len(timestamps), int)
+    if len(decoded) > 1:
+        left_closer = np.abs(timestamps - decoded[idx - 1]) <= np.abs(decoded[idx] - timestamps)
+        idx = np.where(left_closer, idx - 1, idx)
+    gap = np.abs(decoded[idx] - timestamps)
+    if gap.max() > tolerance_s:
+        worst = int(gap.argmax())
+        raise ExternalDatasetError(f"{path}: no frame within {tolerance_s:.4f} s of t = {timestamps[worst]:.4f} s "
+                                   f"(nearest {decoded[idx[worst]]:.4f} s)")
+    return np.stack([frames[i] for i in idx])
+
+
+def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Iterator[Demo]:
+    """One :class:`Demo` per episode of the LeRobotDataset at ``root``: ``images {"<camera key>": (L, H, W, 3)}``
+    uint8, ``proprio (L, P)``, ``actions (L, A)`` float32 raw; ``behavior`` = the episode's first task string."""
+    root = Path(root)
+    ds = _open(root)
+    meta = ds.meta
+    keys = _resolve_keys(meta, keys or LeRobotKeys())
+    is_video = keys.camera in meta.video_keys
+    columns = [keys.action, "timestamp", "episode_index"] + ([keys.proprio] if keys.proprio else []) + \
+        ([] if is_video else [keys.camera])
+    table = ds.hf_dataset.with_format("numpy", columns=columns)
+    tolerance = 0.5 / float(meta.fps)
+    for ep in meta.episodes:
+        lo, hi = int(ep["dataset_from_index"]), int(ep["dataset_to_index"])
+        if hi <= lo:
+            continue
+        rows = table[lo:hi]
+        if not np.all(rows["episode_index"] == ep["episode_index"]):
+            raise ExternalDatasetError(f"{root}: rows {lo}..{hi} are not all episode {ep['episode_index']}")
+        actions = np.asarray(rows[keys.action], np.float32)
+        proprio = (np.asarray(rows[keys.proprio], np.float32) if keys.proprio
+                   else np.zeros((hi - lo, 0), np.float32))
+        if is_video:
+            video = root / meta.get_video_file_path(int(ep["episode_index"]), keys.camera)
+            start = float(ep[f"videos/{keys.camera}/from_timestamp"])
+            images = decode_video_frames(video, start + np.asarray(rows["timestamp"], np.float64), tolerance)
+        else:
+            images = np.asarray(rows[keys.camera])
+            if images.dtype != np.uint8:  # float images in [0, 1]
+                images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
+            if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+                images = images.transpose(0, 2, 3, 1)
+        tasks = ep.get("tasks") or []
+        yield Demo(actions=actions, images={keys.camera: np.ascontiguousarray(images)}, proprio=proprio,
+                   behavior=str(tasks[0]) if tasks else None, name=f"episode_{int(ep['episode_index'])}")
+
+
+def write_lerobot_as_hdf5(root: str | Path, out: str | Path, keys: LeRobotKeys | None = None,
+                          segment: str = "episode", window: int = 0, stride: int = 0,
+                          compression: str | None = "gzip") -> dict:
+    """Write the episodes (``segment="episode"``) or fixed windows of them (``segment="window"``) of a
+    LeRobotDataset as ``data/demo_i`` of an HDF5 file; returns ``{"out", "segments", "episodes", "camera",
+    "frames"}``.  The camera is stored under its LeRobot key (``obs/observation.images.top``)."""
+    import h5py
+
+    from dynaguide.data import write_demo
+
+    if segment not in ("episode", "window"):
+        raise ValueError(f"segment must be 'episode' or 'window', got {segment!r}")
+    if segment == "window" and window < 1:
+        raise ValueError("segment='window' needs window >= 1")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    n_seg = n_ep = frames = 0
+    camera = ""
+    with h5py.File(tmp, "w") as f:
+        data = f.create_group("data")
+        data.attrs.update({"source": str(Path(root).resolve()), "source_format": "LeRobotDataset",
+                           "keys": json.dumps(keys.__dict__ if keys else LeRobotKeys().__dict__),
+                           "segment": segment, "window": int(window), "stride": int(stride)})
+        for demo in lerobot_episodes(root, keys):
+            n_ep += 1
+            frames += len(demo)
+            camera = next(iter(demo.images))
+            ranges = [(0, len(demo))] if segment == "episode" else window_segments(len(demo), window, stride)
+            for s, e in ranges:
+                part = Demo(actions=demo.actions[s:e], images={camera: demo.images[camera][s:e]},
+                            proprio=demo.proprio[s:e], behavior=demo.behavior)
+                write_demo(data, part, f"demo_{n_seg}", attrs={"episode": demo.name, "start": s, "end": e},
+                           compression=compression, compression_opts=1 if compression else None)
+                n_seg += 1
+        data.attrs["camera"] = camera
+    if n_seg == 0:
+        tmp.unlink()
+        raise ExternalDatasetError(f"{root}: no segments ({n_ep} episodes, {frames} frames; window {window} longer "
+                                   "than every episode?)")
+    tmp.replace(out)
+    return {"out": str(out), "segments": n_seg, "episodes": n_ep, "camera": camera, "frames": frames}
