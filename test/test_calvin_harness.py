@@ -151,3 +151,16 @@ def test_latency_beyond_the_chunk_is_refused():
         runner._actions_of_tick(slot, np.zeros((16, 7)))
     with pytest.raises(ValueError, match="latency_steps"):
         EvalConfig(latency_steps=-1)
+
+
+def test_underspecified_experiment_uses_the_underspecified_goals_and_articulated_seeds(tiny_setup, tmp_path):
+    root, cfg = tiny_setup
+    result = run_experiment(cfg, "underspecified", ["dynaguide"], tmp_path / "under", targets=["switch_on"],
+                            progress=False)
+    assert result["experiment"] == "underspecified"
+    assert result["settings"]["eval"]["goal_set"] == "underspecified"
+    trials = read_trials(tmp_path / "under" / "trials" / "switch_on__dynaguide.jsonl")
+    articulated = run_experiment(cfg, "articulated", ["base"], tmp_path / "art", targets=["switch_on"], progress=False)
+    assert articulated["settings"]["eval"]["goal_set"] == "heldout"
+    seeds = [t["seed"] for t in read_trials(tmp_path / "art" / "trials" / "switch_on__base.jsonl")]
+    assert sorted(t["seed"] for t in trials) == sorted(seeds)  # same scenes as ArticulatedParts
