@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynaguide.torchvision_compat import ensure_torchvision_importable
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -323,6 +325,7 @@ class DinoV2Embedder(nn.Module):
 
     def __init__(self, model, image_size: int = 224) -> None:
         super().__init__()
+        ensure_torchvision_importable()  # transformers imports it when installed
         from transformers import Dinov2Model
 
         if not isinstance(model, Dinov2Model):
@@ -346,6 +349,7 @@ class DinoV2Embedder(nn.Module):
     def from_pretrained(cls, name_or_path: str, image_size: int = 224,
                         local_files_only: bool = True) -> DinoV2Embedder:
         """Load weights from a local directory or hub id (no download unless ``local_files_only=False``)."""
+        ensure_torchvision_importable()  # transformers imports it when installed
         from transformers import Dinov2Model
 
         try:
@@ -357,6 +361,7 @@ class DinoV2Embedder(nn.Module):
     @classmethod
     def from_config(cls, config, image_size: int | None = None, seed: int = 0) -> DinoV2Embedder:
         """Random weights from a ``transformers.Dinov2Config`` (tests); ``image_size`` defaults to the config's."""
+        ensure_torchvision_importable()  # transformers imports it when installed
         from transformers import Dinov2Model
 
         torch.manual_seed(seed)

@@ -16,6 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from dynaguide.torchvision_compat import ensure_torchvision_importable
+
+# Test modules import transformers directly; with the LeRobot extra's torchvision installed that import needs
+# torchvision's op schemas declared first (dynaguide/torchvision_compat.py).
+ensure_torchvision_importable()
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 

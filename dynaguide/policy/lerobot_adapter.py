@@ -87,37 +87,21 @@ _DIFFUSERS_BETA_START, _DIFFUSERS_BETA_END, _DIFFUSERS_CLIP_RANGE = 0.0001, 0.02
 _SCHEDULES_WITHOUT_BETA_RANGE = ("squaredcos_cap_v2",)
 
 # ------------------------------------------------------------------------------------------- importing
-_TORCHVISION_FAKE_OPS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-)
-_torchvision_op_fragment: torch.library.Library | None = None  # kept alive: dropping it undefines the ops
 _version_warned = False
 import_notes: list[str] = []
 """What :func:`import_lerobot` had to work around in this process (empty when nothing)."""
 
 
 def _import_torchvision() -> Any:
-    """``import torchvision``, declaring ``torchvision::nms``/``qnms`` first if its compiled ops cannot load."""
-    global _torchvision_op_fragment
-    try:
-        import torchvision
+    """``import torchvision`` through :func:`dynaguide.torchvision_compat.ensure_torchvision_importable`."""
+    from dynaguide import torchvision_compat
 
-        return torchvision
-    except RuntimeError as exc:
-        if "torchvision::nms" not in str(exc):
-            raise
-    for name in [n for n in sys.modules if n == "torchvision" or n.startswith("torchvision.")]:
-        del sys.modules[name]  # the failed import's half-initialised submodules
-    fragment = torch.library.Library("torchvision", "FRAGMENT")
-    for schema in _TORCHVISION_FAKE_OPS:
-        fragment.define(schema)
-    _torchvision_op_fragment = fragment
-    import torchvision
-
-    import_notes.append(f"torchvision {torchvision.__version__}: compiled ops unavailable next to torch "
-                        f"{torch.__version__}; declared nms/qnms schemas so it imports (models/transforms work)")
-    return torchvision
+    module = torchvision_compat.ensure_torchvision_importable()
+    if module is None:
+        raise ModuleNotFoundError("torchvision is not installed (LeRobot's diffusion policy needs it: "
+                                  "pip install -e '.[lerobot]')")
+    import_notes.extend(n for n in torchvision_compat.notes if n not in import_notes)
+    return module
 
 
 def _import_lerobot_policies_package() -> None:
