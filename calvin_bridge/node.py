@@ -98,8 +98,10 @@ class CalvinBridgeNode(Node):
         try:
             actions = chunk_from_msg(msg)
             with self._lock:
+                # lockstep: only the committed actions, then the world waits for the policy's next chunk
+                # (the policy's closed loop as trained: replan after n_action_steps, no latency)
                 self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index,
-                                        now=self._now())
+                                        now=self._now(), commit_steps=msg.commit_steps if self.cfg.lockstep else 0)
         except (MessageError, ValueError) as exc:
             self.get_logger().warning(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
 

@@ -116,10 +116,14 @@ class ActionSchedule:
         self.stats = ScheduleStats()
 
     def add_chunk(self, actions: np.ndarray, stamp: float, dt: float, start_index: int = 0,
-                  now: float | None = None) -> None:
+                  now: float | None = None, commit_steps: int = 0) -> None:
         """Schedule ``actions (T, A)``; raises ``ValueError`` for a malformed, out-of-order or (given the
-        clock ``now``) future-stamped chunk."""
+        clock ``now``) future-stamped chunk.  ``commit_steps > 0`` queues only the first ``commit_steps``
+        actions from ``start_index`` (what the policy commits to; a lockstep simulator then waits for the next
+        chunk instead of running on into the chunk's uncommitted tail)."""
         actions = np.asarray(actions, dtype=np.float64)
+        if not isinstance(commit_steps, (int, np.integer)) or commit_steps < 0:
+            raise ValueError(f"commit_steps must be an integer >= 0, got {commit_steps!r}")
         self.stats.received += 1
         try:
             check_chunk(actions, dt, start_index, action_dim=self.action_dim)
@@ -128,8 +132,9 @@ class ActionSchedule:
             self.stats.rejected += 1
             raise
         self._last_stamp = stamp
-        times = stamp + (np.arange(start_index, len(actions)) - start_index + 1) * dt
-        actions = actions[start_index:]
+        end = len(actions) if commit_steps == 0 else min(len(actions), start_index + int(commit_steps))
+        times = stamp + (np.arange(start_index, end) - start_index + 1) * dt
+        actions = actions[start_index:end]
         if now is not None:  # already due before it arrived: never queued
             fresh = times >= now - 0.5 * self.control_dt
             self.stats.stale_on_arrival += int((~fresh).sum())

@@ -89,8 +89,9 @@ def rgb_from_image_msg(msg: Image, max_side: int = 4096, min_side: int = 1) -> n
 
 # ----------------------------------------------------------------------------------- action chunks
 def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float, start_index: int = 0,
-                 sequence: int = 0, guided: bool = False, frame_id: str = "") -> ActionChunk:
-    """``actions (T, A)`` (un-normalised, units of ``action_space``) → ``ActionChunk``."""
+                 sequence: int = 0, guided: bool = False, frame_id: str = "", commit_steps: int = 0) -> ActionChunk:
+    """``actions (T, A)`` (un-normalised, units of ``action_space``) → ``ActionChunk``; ``commit_steps``: the
+    policy's executed actions per chunk (0 = all)."""
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 2:
         raise MessageError(f"actions must be (T, A), got shape {actions.shape}")
@@ -106,6 +107,9 @@ def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float,
     msg.dt = float(dt)
     msg.sequence = int(sequence)
     msg.guided = bool(guided)
+    if commit_steps < 0:
+        raise MessageError(f"commit_steps must be >= 0, got {commit_steps}")
+    msg.commit_steps = int(commit_steps)
     return msg
 
 

@@ -89,6 +89,10 @@ class PolicyNode(Node):
         self.n_obs = self.runner.policy.n_obs_steps
         # compute against the time the chunk's committed actions last (dynaguide.realtime)
         self.latency = LatencyMonitor(self.runner.policy.n_action_steps * self.cfg.action_dt * 1e3)
+        # the actions executed before the next replan (a lockstep simulator runs exactly these, then waits): the
+        # replanning period in steps — with replan_period_s = n_action_steps * action_dt, the policy's n_action_steps
+        horizon_left = self.runner.policy.horizon - self.runner.action_offset
+        self.commit_steps = min(horizon_left, max(1, round(self.cfg.replan_period_s / self.cfg.action_dt)))
         self._lock = threading.Lock()
         self.frames: dict[str, deque] = {k: deque(maxlen=self.n_obs) for k in self.runner.policy.cfg.image_keys}
         self.proprio: deque = deque(maxlen=self.n_obs)
@@ -216,7 +220,8 @@ class PolicyNode(Node):
                 self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
                 return
             obs_stamp = min(f[-1][0] for f in self.frames.values())
-            if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 1e-6:
+            # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step
+            if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt:
                 return  # the last chunk is recent enough
             images = {k: np.stack([fr[1] for fr in self._padded(f)]) for k, f in self.frames.items()}
             proprio = np.stack(self._padded(self.proprio))
@@ -247,7 +252,7 @@ class PolicyNode(Node):
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
                              start_index=self.runner.action_offset, sequence=self.sequence, guided=result.guided,
-                             frame_id=self.cfg.frame_id)
+                             frame_id=self.cfg.frame_id, commit_steps=self.commit_steps)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
         self.latency.add(result.compute_ms)

@@ -71,3 +71,13 @@ def test_bench_reports_budget_and_exact_variants_match(tmp_path):
     assert exact and all(row["max_abs_diff_vs_configured"] <= 1e-5 for row in exact)
     assert entry["keeps_up"] == (entry["p95_ms"] <= entry["budget_ms"] and entry["dropped_fraction"] < 0.01)
     json.dumps(entry)  # JSON-serialisable as written by --json
+
+
+def test_commit_steps_queues_only_the_committed_actions():
+    schedule = ActionSchedule(1, DT)
+    schedule.add_chunk(np.arange(16.0)[:, None], stamp=0.0, dt=DT, now=0.0, commit_steps=8)
+    assert len(schedule) == 8
+    executed = [schedule.next_action((i + 1) * DT) for i in range(9)]
+    assert [a[0] for a in executed[:8]] == list(range(8)) and executed[8] is None  # then: wait for the policy
+    with pytest.raises(ValueError, match="commit_steps"):
+        schedule.add_chunk(np.zeros((16, 1)), stamp=1.0, dt=DT, commit_steps=-1)
