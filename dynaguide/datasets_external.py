@@ -1,4 +1,6 @@
-"""Users' datasets → our HDF5 layout: LeRobotDataset directories (v3.0, as LeRobot 0.4.x writes them).
+"""Users' datasets → our HDF5 layout: LeRobotDataset directories (v3.0, as LeRobot 0.4.x writes them); and back:
+:func:`export_hdf5_to_lerobot` (``dynaguide dataset export-lerobot``) writes our HDF5 segments as a LeRobotDataset
+with LeRobot's own writer, so LeRobot's training code can train on our sim data.
 
 :func:`lerobot_episodes` yields one :class:`~dynaguide.data.Demo` per episode; :func:`write_lerobot_as_hdf5`
 streams them (optionally cut into fixed windows, :func:`window_segments`) into our layout with
@@ -228,3 +230,133 @@ def write_lerobot_as_hdf5(root: str | Path, out: str | Path, keys: LeRobotKeys |
                                    "than every episode?)")
     tmp.replace(out)
     return {"out": str(out), "segments": n_seg, "episodes": n_ep, "camera": camera, "frames": frames}
+
+
+# ------------------------------------------------------------------------------------------------ export
+#: LeRobot feature names of the exported CALVIN data
+LEROBOT_CAMERA_PREFIX = "observation.images."
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """``(N, H, W, 3) uint8`` → ``(N, size, size, 3) uint8`` with bilinear, antialiased interpolation — the same
+    resize :class:`~dynaguide.policy.lerobot_adapter.LeRobotDiffusionAdapter` applies (``resize_images``) to
+    frames of another size at run time, so a policy trained on the export sees the same pixels live."""
+    import torch
+    import torch.nn.functional as F
+
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (N, H, W, 3), got {frames.shape}")
+    if frames.shape[1:3] == (size, size):
+        return frames
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255.0
+    y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (y.clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera: str = "third_person",
+                           lerobot_camera: str = "rgb_static", image_size: int = 0, fps: int = 30,
+                           repo_id: str = "", max_episodes: int = 0, only_success: bool = True,
+                           overwrite: bool = False, progress: bool = True) -> dict:
+    """Our HDF5 segments (``data/demo_i``: ``obs/<camera> (L, H, W, 3) uint8``, ``obs/proprio (L, P)``,
+    ``actions (L, A)``) → a LeRobotDataset v3.0 directory written with LeRobot's own
+    ``LeRobotDataset.create`` / ``add_frame`` / ``save_episode`` / ``finalize`` (as ``lerobot`` 0.4.x writes it).
+
+    One segment = one episode; its ``behavior`` attribute is the episode's task string.  Features:
+    ``observation.images.<lerobot_camera>`` (dtype ``image``: PNG frames in the parquet files, so LeRobot's
+    ``dataset[i]`` loads them without a video decoder — torchcodec is missing here), ``observation.state``
+    (P float32, raw units: CALVIN's 15-d ``robot_obs``) and ``action`` (A float32, raw: the 7-d relative
+    action).  Row t = observation at t and the action taken from it (LeRobot's convention and ours).
+
+    Args:
+        sources: HDF5 files in our layout, concatenated in order.
+        out: the dataset directory to create (must not exist unless ``overwrite``; written to
+            ``<out>.partial`` and renamed at the end, so a killed export leaves no half dataset behind).
+        camera: our camera key; ``image_size`` > 0 resizes frames to that square size (:func:`resize_frames`).
+        fps: control rate (CALVIN: 30 Hz).  ``max_episodes`` > 0 stops after that many; ``only_success``
+            skips segments whose ``success`` attribute is false.
+
+    Returns:
+        ``{"out", "episodes", "frames", "features", "lerobot_version", "seconds"}``.
+    """
+    import shutil
+    import time
+
+    import h5py
+
+    from dynaguide.policy.lerobot_adapter import import_lerobot
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            if is_lerobot_dataset(out):
+                info = json.loads((out / "meta" / "info.json").read_text())
+                return {"out": str(out), "episodes": int(info["total_episodes"]), "frames": int(info["total_frames"]),
+                        "features": sorted(info["features"]), "skipped": "exists (use --overwrite to rewrite)"}
+            raise ExternalDatasetError(f"{out} exists and is not a LeRobotDataset; remove it or pass overwrite")
+        shutil.rmtree(out)
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    version = import_lerobot()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    files = [Path(s) for s in sources]
+    for f in files:
+        if not f.is_file():
+            raise ExternalDatasetError(f"{f} does not exist")
+    with h5py.File(files[0], "r") as f:
+        names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
+        if not names:
+            raise ExternalDatasetError(f"{files[0]} has no segments")
+        g = f["data"][names[0]]
+        if f"obs/{camera}" not in g:
+            raise ExternalDatasetError(f"{files[0]}: no camera obs/{camera} (have {sorted(g['obs'])})")
+        h, w = g[f"obs/{camera}"].shape[1:3]
+        p, a = g["obs/proprio"].shape[1], g["actions"].shape[1]
+    hw = (image_size, image_size) if image_size else (int(h), int(w))
+    image_key = LEROBOT_CAMERA_PREFIX + lerobot_camera
+    features = {
+        image_key: {"dtype": "image", "shape": (hw[0], hw[1], 3), "names": ["height", "width", "channel"]},
+        "observation.state": {"dtype": "float32", "shape": (int(p),), "names": None},
+        "action": {"dtype": "float32", "shape": (int(a),), "names": None},
+    }
+    ds = LeRobotDataset.create(repo_id or f"local/{out.name}", fps=fps, features=features, root=partial,
+                               use_videos=False)
+    episodes = frames = 0
+    try:
+        from tqdm import tqdm
+
+        for path in files:
+            with h5py.File(path, "r") as f:
+                names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
+                for name in tqdm(names, desc=f"export {path.name}", disable=not progress):
+                    if max_episodes and episodes >= max_episodes:
+                        break
+                    g = f["data"][name]
+                    if only_success and not bool(g.attrs.get("success", True)):
+                        continue
+                    images = g[f"obs/{camera}"][()]
+                    if image_size:
+                        images = resize_frames(images, image_size)
+                    state = np.asarray(g["obs/proprio"][()], np.float32)
+                    actions = np.asarray(g["actions"][()], np.float32)
+                    if not (len(images) == len(state) == len(actions)) or len(actions) == 0:
+                        raise ExternalDatasetError(f"{path}:{name}: lengths differ or empty "
+                                                   f"({len(images)}, {len(state)}, {len(actions)})")
+                    task = str(g.attrs.get("behavior", "calvin"))
+                    for t in range(len(actions)):
+                        ds.add_frame({image_key: images[t], "observation.state": state[t], "action": actions[t],
+                                      "task": task})
+                    ds.save_episode()
+                    episodes += 1
+                    frames += len(actions)
+    finally:
+        ds.finalize()
+    if episodes == 0:
+        shutil.rmtree(partial)
+        raise ExternalDatasetError(f"no episodes exported from {[str(f) for f in files]}")
+    partial.rename(out)
+    return {"out": str(out), "episodes": episodes, "frames": frames, "features": sorted(features),
+            "image_size": list(hw), "fps": fps, "lerobot_version": version,
+            "seconds": round(time.perf_counter() - t0, 1)}

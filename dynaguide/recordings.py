@@ -409,8 +409,24 @@ def _from_mcap(args) -> int:
     return 0
 
 
+def _export_lerobot(args) -> int:
+    from dynaguide.datasets_external import export_hdf5_to_lerobot
+
+    try:
+        summary = export_hdf5_to_lerobot(args.data, args.out, camera=args.camera, lerobot_camera=args.lerobot_camera,
+                                         image_size=args.image_size, fps=args.fps, max_episodes=args.max_episodes,
+                                         only_success=not args.keep_failures, overwrite=args.overwrite,
+                                         progress=not args.no_progress)
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 def register(subparsers) -> None:
-    p = subparsers.add_parser("dataset", help="build training datasets (from an MCAP recording of the graph)")
+    p = subparsers.add_parser("dataset", help="build training datasets (from an MCAP recording of the graph; "
+                                              "our HDF5 → LeRobotDataset)")
     sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
     m = sub.add_parser("from-mcap", help="a `dynaguide record` MCAP file → HDF5 segments (data/demo_i/...)")
     m.add_argument("recording", help="the .mcap file")
@@ -425,3 +441,15 @@ def register(subparsers) -> None:
     m.add_argument("--max-image-age", type=float, default=0.5, help="s; steps with older frames are dropped")
     m.add_argument("--compression", choices=("gzip", "none"), default="gzip")
     m.set_defaults(func=_from_mcap)
+    e = sub.add_parser("export-lerobot", help="our HDF5 segments → a LeRobotDataset v3.0 directory (LeRobot's writer)")
+    e.add_argument("data", nargs="+", help="HDF5 files in our layout (data/demo_i/...), one episode per segment")
+    e.add_argument("--out", required=True, help="dataset directory to create")
+    e.add_argument("--camera", default="third_person", help="our camera key (obs/<key>)")
+    e.add_argument("--lerobot-camera", default="rgb_static", help="name of the observation.images.<name> feature")
+    e.add_argument("--image-size", type=int, default=0, help="resize frames to this square size (0 = as recorded)")
+    e.add_argument("--fps", type=int, default=30)
+    e.add_argument("--max-episodes", type=int, default=0, help="0 = all")
+    e.add_argument("--keep-failures", action="store_true", help="also export segments with success = false")
+    e.add_argument("--overwrite", action="store_true", help="rewrite an existing dataset directory")
+    e.add_argument("--no-progress", action="store_true")
+    e.set_defaults(func=_export_lerobot)

@@ -1,4 +1,6 @@
-"""``dynaguide train dynamics`` — a DynaGuide latent dynamics model from a user's dataset.
+"""``dynaguide train dynamics`` — a DynaGuide latent dynamics model from a user's dataset; ``dynaguide train
+lerobot`` — a LeRobot DiffusionPolicy on a LeRobotDataset with LeRobot's training components
+(:mod:`dynaguide.lerobot_training`).
 
 Inputs: our HDF5 layout (``dynaguide dataset from-mcap`` output, ``dynaguide calvin collect`` files, any
 robomimic-like file, :mod:`dynaguide.data`) or a LeRobotDataset directory (v3.0, LeRobot 0.4.x;
@@ -28,6 +30,7 @@ Action normalisation: guidance needs the dynamics model and the policy to normal
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -291,6 +294,25 @@ def _run_dynamics(args) -> int:
     return 0
 
 
+def _run_lerobot(args) -> int:
+    from dynaguide.lerobot_training import LeRobotTrainSettings, train_lerobot_diffusion
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = LeRobotTrainSettings(
+            dataset=args.dataset, out=args.out, camera=args.camera, steps=args.steps, batch_size=args.batch_size,
+            save_freq=args.save_freq, log_freq=args.log_freq, seed=args.seed, n_obs_steps=args.n_obs_steps,
+            horizon=args.horizon, n_action_steps=args.n_action_steps, crop=args.crop,
+            down_dims=tuple(int(d) for d in args.down_dims.split(",")), lr=args.lr, warmup_steps=args.warmup_steps,
+            num_inference_steps=args.num_inference_steps, threads=args.threads)
+        summary = train_lerobot_diffusion(settings, progress=not args.no_progress)
+    except (ValueError, OSError, ImportError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train models on your own data")
     sub = p.add_subparsers(dest="train_command", metavar="MODEL", required=True)
@@ -326,3 +348,24 @@ def register(subparsers) -> None:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--no-plot", action="store_true")
     d.set_defaults(func=_run_dynamics)
+    r = sub.add_parser("lerobot", help="a LeRobot DiffusionPolicy on a LeRobotDataset, with LeRobot's training "
+                                       "components (resumable; see dynaguide/lerobot_training.py)")
+    r.add_argument("--dataset", required=True, help="LeRobotDataset v3 directory")
+    r.add_argument("--out", required=True, help="run directory (checkpoints/, log.jsonl, pretrained_model/)")
+    r.add_argument("--camera", default="observation.images.rgb_static")
+    r.add_argument("--steps", type=int, default=2000)
+    r.add_argument("--batch-size", type=int, default=32)
+    r.add_argument("--save-freq", type=int, default=200)
+    r.add_argument("--log-freq", type=int, default=20)
+    r.add_argument("--seed", type=int, default=1000)
+    r.add_argument("--n-obs-steps", type=int, default=2)
+    r.add_argument("--horizon", type=int, default=16)
+    r.add_argument("--n-action-steps", type=int, default=8)
+    r.add_argument("--crop", type=int, default=56, help="square crop px (random in training; 0 = none)")
+    r.add_argument("--down-dims", default="64,128,256", help="U-Net widths")
+    r.add_argument("--lr", type=float, default=1e-4, help="DiffusionConfig.optimizer_lr (LeRobot preset)")
+    r.add_argument("--warmup-steps", type=int, default=500, help="DiffusionConfig.scheduler_warmup_steps")
+    r.add_argument("--num-inference-steps", type=int, default=10)
+    r.add_argument("--threads", type=int, default=1, help="torch threads")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run_lerobot)

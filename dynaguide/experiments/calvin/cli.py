@@ -87,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = run_experiment(cfg, args.experiment, args.methods.split(","), out,
                             targets=args.targets.split(",") if args.targets else None,
                             command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=args.policy,
-                            dynamics_dir=args.dynamics, gc_dir=args.gc_policy)
+                            dynamics_dir=args.dynamics, gc_dir=args.gc_policy, policy_kind=args.policy_kind)
     print(json.dumps({"means": result["means"], "out": str(out)}, indent=2))
     return 0
 
@@ -141,6 +141,8 @@ def register_into(sub) -> None:
                    help="validation: trial seeds from the validation range (for choosing s, sigma, M)")
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
     p.add_argument("--policy", default=None, help="policy checkpoint dir (default: training.export_dir/policy)")
+    p.add_argument("--policy-kind", choices=("dynaguide", "lerobot"), default="dynaguide",
+                   help="lerobot: --policy is a LeRobot DiffusionPolicy save_pretrained directory")
     p.add_argument("--dynamics", default=None)
     p.add_argument("--gc-policy", default=None, help="goal-conditioned policy checkpoint (method goal_conditioned)")
     p.add_argument("--out", type=Path, default=None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ from dynaguide.config import to_dict
 from dynaguide.embedders import embedder_id, make_embedder
 from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
                                                  CalvinExperimentConfig)
-from dynaguide.experiments.calvin.harness import (CellRunner, Planners, load_goal_images, load_start_poses,
-                                                  read_trials, summarise)
+from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, load_goal_images,
+                                                  load_start_poses, policy_to_dynamics_actions, read_trials, summarise)
+
+logger = logging.getLogger(__name__)
 
 EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS,
                "underspecified": ARTICULATED_TARGETS}
@@ -42,15 +45,51 @@ DYNAMICS_METHODS = ("dynaguide", "gpc")
 
 
 def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dynamics_dir: str | None = None,
-                need_dynamics: bool = True):
-    """``(policy, dynamics or None)`` from the export directory (or the given checkpoint directories)."""
+                need_dynamics: bool = True, policy_kind: str = "dynaguide", map_actions: bool = False):
+    """``(policy, dynamics or None)`` from the export directory (or the given checkpoint directories).
+
+    ``policy_kind``: ``"dynaguide"`` (our checkpoint) or ``"lerobot"`` (a LeRobot DiffusionPolicy
+    ``save_pretrained`` directory, :func:`dynaguide.policy.lerobot_adapter.load_policy`; its image feature
+    is fed the static camera, resized to the checkpoint's size).  ``map_actions``: accept a dynamics model
+    whose action normalisation (min/max) differs from the policy's — the caller maps chunks with
+    :func:`action_transform_for`; a horizon or action-dimension mismatch always raises.
+    """
+    from dynaguide.dynamics import check_action_space
+    from dynaguide.policy.lerobot_adapter import LeRobotAdapterConfig, load_policy
+
     export = Path(cfg.training.export_dir)
-    policy, _ = load_checkpoint(Path(policy_dir) if policy_dir else export / "policy")
+    path = Path(policy_dir) if policy_dir else export / "policy"
+    if policy_kind == "dynaguide":
+        policy, _ = load_checkpoint(path)
+    else:
+        policy = load_policy(policy_kind, path, image_keys=(POLICY_CAMERA,),
+                             lerobot=LeRobotAdapterConfig(resize_images=True))
     if not need_dynamics:
         return policy.eval(), None
     dynamics, _ = load_checkpoint(Path(dynamics_dir) if dynamics_dir else export / "dynamics")
-    dynamics.check_compatible_with(policy)
+    if map_actions:
+        check_action_space(dynamics, _ShapeOnly(policy))
+    else:
+        dynamics.check_compatible_with(policy)
     return policy.eval(), dynamics.eval()
+
+
+class _ShapeOnly:
+    """A policy's horizon and action dimension without its normaliser (for a shape-only compatibility check)."""
+
+    def __init__(self, policy) -> None:
+        self.horizon, self.action_dim = policy.horizon, policy.action_dim
+
+
+def action_transform_for(policy, dynamics):
+    """None when ``dynamics`` and ``policy`` normalise actions alike, else :func:`policy_to_dynamics_actions`
+    (policy-normalised → raw → dynamics-normalised chunks for guidance)."""
+    try:
+        dynamics.check_compatible_with(policy)
+        return None
+    except ValueError as exc:
+        logger.info("%s; guidance maps chunks policy-normalised -> raw -> dynamics-normalised", exc)
+        return policy_to_dynamics_actions(policy, dynamics)
 
 
 def check_embedder(dynamics, embedder) -> None:
@@ -63,7 +102,8 @@ def check_embedder(dynamics, embedder) -> None:
 
 def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out_dir: str | Path,
                    targets: Sequence[str] | None = None, command: str = "", policy_dir: str | None = None,
-                   dynamics_dir: str | None = None, gc_dir: str | None = None, progress: bool = True) -> dict:
+                   dynamics_dir: str | None = None, gc_dir: str | None = None, progress: bool = True,
+                   policy_kind: str = "dynaguide") -> dict:
     """Run (or resume) every (target, method) cell of ``experiment`` and write the result files."""
     if experiment not in EXPERIMENTS:
         raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(EXPERIMENTS)}")
@@ -80,7 +120,9 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     stages: dict[str, float] = {}
     t0 = time.perf_counter()
     policy, dynamics = load_models(cfg, policy_dir, dynamics_dir,
-                                   need_dynamics=any(m in DYNAMICS_METHODS for m in methods))
+                                   need_dynamics=any(m in DYNAMICS_METHODS for m in methods),
+                                   policy_kind=policy_kind, map_actions=True)
+    action_transform = action_transform_for(policy, dynamics) if dynamics is not None else None
     gc_default = Path(cfg.training.export_dir) / "gc_policy"
     gc_dir = gc_dir or (str(gc_default) if "goal_conditioned" in methods and gc_default.is_dir() else None)
     gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
@@ -93,9 +135,10 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     start_poses = load_start_poses(cfg.data.validation)
     env_cfg = env_config_for(cfg)
     stages["load_s"] = round(time.perf_counter() - t0, 1)
-    planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy)
+    planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,
+                        action_transform=action_transform)
     runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
-                        policy.unnormalize_actions)
+                        policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)))
     all_targets = EXPERIMENTS[experiment]
     try:
         for target in targets:

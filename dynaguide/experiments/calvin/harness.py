@@ -101,6 +101,20 @@ def load_start_poses(path: str | Path) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ planners
+def policy_to_dynamics_actions(policy, dynamics) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The map of a chunk from the policy's normalised action space to the dynamics model's, for a policy
+    (e.g. a LeRobot one) whose action min/max differ from the data the dynamics model was fitted on:
+    ``policy.unnormalize_actions`` (→ raw units) then ``dynamics.action_normalizer.normalize``.  ``(B, T, A)``
+    → ``(B, T, A)``, differentiable (guidance takes its gradient)."""
+    normalizer = dynamics.action_normalizer
+
+    def transform(actions: torch.Tensor) -> torch.Tensor:
+        return normalizer.normalize(policy.unnormalize_actions(actions))
+
+    return transform
+
+
+
 @dataclass
 class Observation:
     """What a planner sees for the B active environments.
@@ -123,7 +137,10 @@ class Planners:
     """The evaluated methods over one policy / dynamics model / embedder; ``make(method, target)``."""
 
     def __init__(self, policy, dynamics, embedder, eval_cfg: EvalConfig, goals: dict[str, np.ndarray],
-                 max_rel_pos: float, gc_policy=None) -> None:
+                 max_rel_pos: float, gc_policy=None,
+                 action_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        """``action_transform``: policy-normalised chunk ``(B, T, A)`` → the dynamics model's normalised action
+        space, differentiable (:func:`policy_to_dynamics_actions`); None when both normalise alike."""
         self.policy, self.dynamics, self.embedder = policy, dynamics, embedder
         self.cfg = eval_cfg
         self.goals = goals
@@ -131,6 +148,7 @@ class Planners:
         self.gc_policy = gc_policy
         self.ddim = policy.cfg.ddim
         self.action_offset = int(getattr(policy, "action_offset", 0))
+        self.action_transform = action_transform
 
     def guidance_set(self, target: str) -> GuidanceSet:
         negatives = None
@@ -147,7 +165,8 @@ class Planners:
     def _objective(self, obs: Observation, guidance: GuidanceSet) -> DynaGuideObjective:
         with torch.no_grad():
             tokens = self.embedder(obs.images[:, -1])
-        return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset)
+        return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset,
+                                  action_transform=self.action_transform)
 
     def make(self, method: str, target: str) -> Planner:
         g = self.cfg.guidance
@@ -165,6 +184,10 @@ class Planners:
                                                  num_samples=self.cfg.gpc_samples, ddim=self.ddim,
                                                  generator=obs.generators).actions
         if method == "itps":
+            if self.action_offset:
+                raise ValueError("method 'itps' assumes chunks that start at the current step (action_offset 0); "
+                                 f"this policy's chunks start {self.action_offset} step(s) in the past")
+
             def itps(obs: Observation) -> torch.Tensor:
                 objective = PositionGuidanceObjective(obs.targets, obs.proprio[:, -1, :3],
                                                       self.policy.unnormalize_actions,
@@ -207,11 +230,17 @@ class CellRunner:
     """Runs the trials of cells on ``batch_envs`` environments (created once, reused across cells)."""
 
     def __init__(self, env_config: CalvinEnvConfig, eval_cfg: EvalConfig, start_poses: np.ndarray,
-                 n_obs_steps: int, n_action_steps: int, unnormalize: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                 n_obs_steps: int, n_action_steps: int, unnormalize: Callable[[torch.Tensor], torch.Tensor],
+                 action_offset: int = 0) -> None:
+        """``action_offset``: chunk index of the current step (the policy's ``action_offset``: 0 for ours,
+        To − 1 for a LeRobot policy); execution starts there."""
+        if action_offset < 0:
+            raise ValueError(f"action_offset must be >= 0, got {action_offset}")
         self.env_config = dataclasses.replace(env_config, render_every_step=False, max_episode_steps=None)
         self.cfg = eval_cfg
         self.start_poses = start_poses
         self.n_obs_steps, self.n_action_steps = n_obs_steps, n_action_steps
+        self.action_offset = action_offset
         self.unnormalize = unnormalize
         self.envs: list[CalvinEnv] = []
 
@@ -240,17 +269,19 @@ class CellRunner:
                      hold=hold)
 
     def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray) -> np.ndarray:
-        """The ``n_action_steps`` actions executed between two replanning ticks: the new chunk's first ones in
-        lockstep; with ``latency_steps = d`` first the previous chunk's steps P … P + d − 1 (the pose held at
-        the start of a trial), then the new chunk's steps d … P − 1."""
-        d, p = self.cfg.latency_steps, self.n_action_steps
+        """The ``n_action_steps`` actions executed between two replanning ticks, counted from the chunk's current
+        step o = ``action_offset``: the new chunk's steps o … o + P − 1 in lockstep; with ``latency_steps = d``
+        first the previous chunk's steps o + P … o + P + d − 1 (the pose held at the start of a trial), then
+        the new chunk's steps o + d … o + P − 1.  ``chunk``: ``(T, A)`` raw."""
+        d, p, o = self.cfg.latency_steps, self.n_action_steps, self.action_offset
+        if o + p + d > chunk.shape[0]:
+            raise ValueError(f"action_offset {o} + n_action_steps {p} + latency_steps {d} exceed the chunk's "
+                             f"{chunk.shape[0]} steps")
         if d == 0:
-            return chunk[:p]
-        if p + d > chunk.shape[0]:
-            raise ValueError(f"latency_steps {d} + n_action_steps {p} exceed the chunk's {chunk.shape[0]} steps")
-        before = slot.previous[p:p + d] if slot.previous is not None else np.repeat(slot.hold[None], d, axis=0)
+            return chunk[o:o + p]
+        before = slot.previous[o + p:o + p + d] if slot.previous is not None else np.repeat(slot.hold[None], d, axis=0)
         slot.previous = chunk
-        return np.concatenate([before, chunk[d:p]])
+        return np.concatenate([before, chunk[o + d:o + p]])
 
     def run_cell(self, target: str, target_index: int, planner: Planner, done: set[int],
                  record: Callable[[dict], None], progress: bool = True, desc: str = "") -> None:
