@@ -323,10 +323,10 @@ def segment_ranges(steps: Steps, events: list[tuple[float, str]], cfg: FromMcapC
     runs = valid_runs(steps)
     event_steps = [(int(np.searchsorted(steps.stamps, t - 1e-6)), b) for t, b in events]
     if cfg.segment == "window":
-        stride = cfg.stride or cfg.window
+        from dynaguide.datasets_external import window_segments
+
         for lo, hi in runs:
-            for s in range(lo, hi - cfg.window + 1, stride):
-                e = s + cfg.window
+            for s, e in ((lo + a, lo + b) for a, b in window_segments(hi - lo, cfg.window, cfg.stride)):
                 inside = [b for k, b in event_steps if s <= k < e]
                 out.append((s, e, inside[-1] if inside else None))
         return out
