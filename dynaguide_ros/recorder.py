@@ -282,20 +282,32 @@ def record(cfg: RecorderConfig, ros_args: list[str] | None = None) -> RecordingS
     from dynaguide_ros.ros_env import apply_localhost_defaults
 
     apply_localhost_defaults()
+    import signal
+
     import rclpy
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    rclpy.init(args=["dynaguide", *(ros_args or [])], signal_handler_options=SignalHandlerOptions.ALL)
+    # Our own SIGINT/SIGTERM handlers: rclpy's would shut the context down asynchronously, and whether the loop
+    # then saw an exception or just a dead context decided what the stop reason said. A flag is deterministic.
+    received: list[str] = []
+
+    def _on_signal(signum, _frame) -> None:
+        received.append(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=["dynaguide", *(ros_args or [])], signal_handler_options=SignalHandlerOptions.NO)
     executor = SingleThreadedExecutor()
     node = None
     stats = RecordingStats(out=str(cfg.out))
     try:
         node = make_recorder_node(cfg)
         executor.add_node(node)
-        while rclpy.ok() and not node.stop_reason:
+        while rclpy.ok() and not node.stop_reason and not received:
             executor.spin_once(timeout_sec=0.1)
-        if not node.stop_reason:
+        if received:
+            node.stop_reason = node.stop_reason or f"interrupted ({received[0]})"
+        elif not node.stop_reason:
             node.stop_reason = "shutdown"
     except (KeyboardInterrupt, ExternalShutdownException):
         if node is not None:
@@ -308,6 +320,8 @@ def record(cfg: RecorderConfig, ros_args: list[str] | None = None) -> RecordingS
         executor.shutdown(timeout_sec=1.0)
         if rclpy.ok():
             rclpy.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return stats
 
 
