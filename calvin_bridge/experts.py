@@ -275,10 +275,39 @@ def behaviour_scene(env: CalvinEnv, behaviour: str, rng: np.random.Generator) ->
     behaviours the target block lies on the ``table`` surface (the shelf behind the sliding door is not
     reachable with a top-down push), the other blocks anywhere.
     """
-    if behaviour not in EXPERTS:
-        raise ValueError(f"unknown behaviour {behaviour!r}; known: {list(BEHAVIOURS)}")
+    return scene_for_behaviours(env, (behaviour,), rng)
+
+
+#: the articulated part each articulated behaviour moves (two behaviours of one part exclude each other)
+BEHAVIOUR_PART = {"switch_on": "switch", "switch_off": "switch", "drawer_open": "drawer", "drawer_close": "drawer",
+                  "door_left": "door", "door_right": "door", "button_on": "led", "button_off": "led"}
+
+
+def scene_for_behaviours(env: CalvinEnv, behaviours, rng: np.random.Generator) -> dict:
+    """A random scene state in which every behaviour of ``behaviours`` is possible (none: a random state).
+
+    Several articulated behaviours compose when they move different parts (``switch_on`` + ``drawer_open``);
+    two of one part (``door_left`` + ``door_right``) or two block behaviours raise ``ValueError``.
+    """
+    behaviours = tuple(behaviours)
+    for behaviour in behaviours:
+        if behaviour not in EXPERTS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; known: {list(BEHAVIOURS)}")
+    parts = [BEHAVIOUR_PART[b] for b in behaviours if b in BEHAVIOUR_PART]
+    blocks = [b for b in behaviours if b not in BEHAVIOUR_PART]
+    if len(set(parts)) < len(parts) or len(blocks) > 1:
+        raise ValueError(f"behaviours {list(behaviours)} cannot all be possible in one scene "
+                         "(two behaviours of one part, or more than one block behaviour)")
     scene = env.scene
     state = scene.random_state(rng)
+    for behaviour in behaviours:
+        _make_possible(env, state, behaviour, rng)
+    return state
+
+
+def _make_possible(env: CalvinEnv, state: dict, behaviour: str, rng: np.random.Generator) -> None:
+    """Change ``state`` in place so that ``behaviour`` is possible (see :func:`behaviour_scene`)."""
+    scene = env.scene
     lim = scene.joint_limits
 
     def frac(name: str, a: float, b: float) -> float:
@@ -313,7 +342,6 @@ def behaviour_scene(env: CalvinEnv, behaviour: str, rng: np.random.Generator) ->
                                    np.asarray(env.scene.layout.robot_base_position)) is not None:
                 break
         state.update(blocks)
-    return state
 
 
 def target_point(env: CalvinEnv, behaviour: str) -> np.ndarray:

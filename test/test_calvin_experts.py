@@ -77,3 +77,23 @@ def test_experts_read_the_scene_not_fixed_coordinates(env):
         targets.append(wps[3].position)      # the contact point in the handle's gap
     shift = targets[1] - targets[0]
     assert shift == pytest.approx([0.0, -0.06, 0.0], abs=2e-3)
+
+
+def test_scenes_for_several_behaviours_make_each_one_possible(env):
+    from calvin_bridge.experts import scene_for_behaviours
+
+    rng = np.random.default_rng(1)
+    lo, hi = env.scene.joint_limits["drawer"]
+    for _ in range(5):
+        s = scene_for_behaviours(env, ("switch_on", "drawer_open"), rng)
+        assert s["switch"] < 0.044 and s["drawer"] <= lo + 0.45 * (hi - lo)
+    assert set(scene_for_behaviours(env, (), rng)) == set(env.scene.random_state(np.random.default_rng(0)))
+
+
+@pytest.mark.parametrize("behaviours", [("door_left", "door_right"), ("button_on", "button_off"),
+                                        ("touch_red", "touch_blue")])
+def test_scenes_refuse_behaviours_that_exclude_each_other(env, behaviours):
+    from calvin_bridge.experts import scene_for_behaviours
+
+    with pytest.raises(ValueError, match="cannot all be possible"):
+        scene_for_behaviours(env, behaviours, np.random.default_rng(0))

@@ -164,3 +164,49 @@ def test_underspecified_experiment_uses_the_underspecified_goals_and_articulated
     assert articulated["settings"]["eval"]["goal_set"] == "heldout"
     seeds = [t["seed"] for t in read_trials(tmp_path / "art" / "trials" / "switch_on__base.jsonl")]
     assert sorted(t["seed"] for t in trials) == sorted(seeds)  # same scenes as ArticulatedParts
+
+
+@pytest.mark.parametrize("label, outcome", [("switch_on", "positive"), ("drawer_open", "positive"),
+                                            ("door_left", "negative"), ("touch_red", "other"),
+                                            ("no_behaviour", "none")])
+def test_tasks_sort_first_behaviours_into_positive_negative_other_none(label, outcome):
+    from dynaguide.experiments.calvin.harness import Task
+
+    task = Task("mix", ("switch_on", "drawer_open"), ("door_left",))
+    assert task.outcome(label) == outcome
+    assert task.success(label) == (outcome == "positive")
+    avoid = Task("avoid", (), ("door_left",))
+    assert avoid.success(label) == (outcome in ("positive", "other"))   # any behaviour but a negative one
+
+
+def test_objective_setups_are_validated():
+    from dynaguide.experiments.calvin.config import ObjectiveSetup
+
+    with pytest.raises(ValueError, match="positive behaviours, negative behaviours"):
+        ObjectiveSetup()
+    with pytest.raises(ValueError, match="both positive and negative"):
+        ObjectiveSetup(positives=("switch_on",), negatives=("switch_on",))
+    with pytest.raises(ValueError, match="at least two"):
+        ObjectiveSetup(positives=("switch_on",), sum_positives=True)
+
+
+def test_multi_objective_cells_report_shares_and_pair_the_sum_ablation_with_its_setup(tiny_setup, tmp_path):
+    root, cfg = tiny_setup
+    names = ["switch_on+drawer_open", "switch_on+drawer_open_sum"]
+    result = run_experiment(cfg, "multi_objective", ["base", "dynaguide"], tmp_path / "multi", targets=names,
+                            progress=False)
+    for name in names:
+        for m in ("base", "dynaguide"):
+            cell = result["behaviours"][name][m]
+            shares = [cell[f"{k}_share"] for k in ("positive", "negative", "other", "none")]
+            assert sum(shares) == pytest.approx(1.0) and cell["rate"] == cell["positive_share"]
+    assert result["setups"]["switch_on+drawer_open_sum"]["sum_positives"] is True
+    for name in ("results.json", "results.md", "bars.png", "distributions.png"):
+        assert (tmp_path / "multi" / name).is_file()
+    seeds = [sorted(t["seed"] for t in read_trials(tmp_path / "multi" / "trials" / f"{n}__dynaguide.jsonl"))
+             for n in names]
+    assert seeds[0] == seeds[1]   # the ablation runs on the same scenes as its setup
+    with pytest.raises(ValueError, match="single target"):
+        run_experiment(cfg, "multi_objective", ["itps"], tmp_path / "itps", targets=names[:1], progress=False)
+    with pytest.raises(ValueError, match="unknown targets"):
+        run_experiment(cfg, "multi_objective", ["base"], tmp_path / "x", targets=["switch_on"], progress=False)

@@ -108,3 +108,25 @@ def test_bad_inputs_raise_clear_errors(small):
         latent_guidance_metric(pred[0], pos, None, 1.0)
     with pytest.raises(ValueError, match="empty"):
         latent_guidance_metric(pred, pos[:0], None, 1.0)
+
+
+def test_positive_groups_sum_one_logsumexp_per_group(small):
+    pred, pos, _ = small
+    a, b = pos[:1], pos[1:]
+    summed = latent_guidance_metric(pred, pos, None, 2.0, positive_groups=(1, pos.shape[0] - 1))
+    expected = latent_guidance_metric(pred, a, None, 2.0) + latent_guidance_metric(pred, b, None, 2.0)
+    torch.testing.assert_close(summed, expected)
+    assert not torch.allclose(summed, latent_guidance_metric(pred, pos, None, 2.0))   # not the paper's soft "or"
+    with pytest.raises(ValueError, match="positive_groups"):
+        latent_guidance_metric(pred, pos, None, 2.0, positive_groups=(1, 1, 5))
+
+
+def test_guidance_set_checks_its_positive_groups(small):
+    from dynaguide.guidance.goals import GuidanceSet
+
+    _, pos, neg = small
+    with pytest.raises(ValueError, match="positive_groups"):
+        GuidanceSet(pos, neg, positive_groups=(pos.shape[0] + 1,))
+    with pytest.raises(ValueError, match="positive_groups"):
+        GuidanceSet(None, neg, positive_groups=(1,))
+    assert GuidanceSet(pos, None, positive_groups=(1, pos.shape[0] - 1)).positive_groups == (1, pos.shape[0] - 1)

@@ -143,11 +143,14 @@ class GuidanceSet:
         positives: ``(K, N, D)`` desired outcome latents, or None.
         negatives: ``(K', N, D)`` undesired outcome latents, or None.
         config: σ, scale s, stochastic steps M and mode, distance kind.
+        positive_groups: None (one logsumexp over all positives, the paper), or sizes of consecutive
+            groups of positives whose logsumexp terms are summed (see :func:`latent_guidance_metric`).
     """
 
     positives: torch.Tensor | None
     negatives: torch.Tensor | None
     config: GuidanceConfig = field(default_factory=GuidanceConfig)
+    positive_groups: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.positives is None and self.negatives is None:
@@ -173,6 +176,12 @@ class GuidanceSet:
                 )
             shape = latents.shape[1:]
             setattr(self, name, latents.detach())
+        if self.positive_groups is not None:
+            groups = tuple(int(g) for g in self.positive_groups)
+            if self.positives is None or not groups or min(groups) < 1 or sum(groups) != self.num_positives:
+                raise ValueError(f"positive_groups {groups} must be positive sizes summing to the "
+                                 f"{self.num_positives} positives")
+            self.positive_groups = groups
 
     # ----------------------------------------------------------------------------------- builders
     @classmethod
@@ -285,7 +294,8 @@ class GuidanceSet:
 
     def metric(self, pred: torch.Tensor) -> torch.Tensor:
         """Eq. 2 for predicted outcome latents ``pred (B, N, D)`` → ``(B,)``."""
-        return latent_guidance_metric(pred, self.positives, self.negatives, self.config.sigma, self.config.squared)
+        return latent_guidance_metric(pred, self.positives, self.negatives, self.config.sigma, self.config.squared,
+                                      self.positive_groups)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GuidanceSet:
         """A copy with the latents moved/cast (the config is shared)."""

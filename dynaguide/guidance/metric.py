@@ -55,6 +55,7 @@ def latent_guidance_metric(
     negatives: torch.Tensor | None,
     sigma: float,
     squared: bool = False,
+    positive_groups: tuple[int, ...] | None = None,
 ) -> torch.Tensor:
     """Eq. 2: soft nearness to the positive goals minus soft nearness to the negative goals.
 
@@ -64,6 +65,10 @@ def latent_guidance_metric(
         negatives: ``(K', N, D)`` undesired outcome latents, or None.
         sigma: temperature σ > 0, in latent distance units (squared units when ``squared``).
         squared: use squared Euclidean distance (default: plain Euclidean, as the paper).
+        positive_groups: None (the paper: one logsumexp over all positives, a soft *or* of the goals), or the
+            sizes of consecutive groups of ``positives`` (one per desired behaviour) whose logsumexp terms
+            are *summed* — the product of per-behaviour likelihoods, a soft *and* the paper's appendix
+            reports failing for multiple objectives; kept for that ablation.
 
     Returns:
         ``(B,)`` metric d, differentiable w.r.t. ``pred``; higher is more desired.
@@ -77,7 +82,15 @@ def latent_guidance_metric(
     d = pred.new_zeros(pred.shape[0])
     if positives is not None:
         _check_goals("positives", positives, pred)
-        d = d + torch.logsumexp(-goal_distances(pred, positives.to(pred), squared) / sigma, dim=1)
+        logits = -goal_distances(pred, positives.to(pred), squared) / sigma
+        if positive_groups is None:
+            d = d + torch.logsumexp(logits, dim=1)
+        else:
+            if sum(positive_groups) != positives.shape[0] or min(positive_groups) < 1:
+                raise ValueError(f"positive_groups {tuple(positive_groups)} must be positive sizes summing to the "
+                                 f"{positives.shape[0]} positives")
+            for group in torch.split(logits, list(positive_groups), dim=1):
+                d = d + torch.logsumexp(group, dim=1)
     if negatives is not None:
         _check_goals("negatives", negatives, pred)
         d = d - torch.logsumexp(-goal_distances(pred, negatives.to(pred), squared) / sigma, dim=1)

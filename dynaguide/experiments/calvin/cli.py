@@ -119,9 +119,11 @@ def register_into(sub) -> None:
 
     p = sub.add_parser("eval", help="batched closed-loop evaluation of methods on CALVIN targets")
     common(p)
-    p.add_argument("--experiment", default="articulated", choices=("articulated", "movable", "underspecified"),
+    p.add_argument("--experiment", default="articulated",
+                   choices=("articulated", "movable", "underspecified", "multi_objective"),
                    help="underspecified = the articulated targets and trial seeds, goal images from the "
-                        "underspecified goal set (only the target part in its goal state, the rest randomised)")
+                        "underspecified goal set (only the target part in its goal state, the rest randomised); "
+                        "multi_objective = the setups of MULTI_OBJECTIVE_SETUPS (several positives / negatives)")
     p.add_argument("--methods", default="base,dynaguide")
     p.add_argument("--targets", default=None, help="comma-separated subset of the experiment's targets")
     p.add_argument("--trials", type=int, default=None)

@@ -28,6 +28,46 @@ MOVABLE_TARGETS = ("touch_red", "touch_blue", "touch_pink")
 METHODS = ("base", "dynaguide", "gpc", "itps", "goal_conditioned")
 
 
+@dataclass(frozen=True)
+class ObjectiveSetup:
+    """One MultiObjectives setup (the paper's §4.3): several desired and/or undesired behaviours at once.
+
+    ``positives`` / ``negatives``: behaviours whose held-out goal images are the positive / negative goals of
+    Eq. 2 (either may be empty, not both); ``scene``: behaviours made possible in every trial's scene
+    (:func:`calvin_bridge.experts.scene_for_behaviours`; empty = a fully random scene); ``sum_positives``:
+    sum one logsumexp per positive behaviour (a product of likelihoods, the appendix's failing variant)
+    instead of one logsumexp over all positive goals.  A trial succeeds when its first behaviour is a
+    positive one, or — with no positives — any behaviour outside the negatives.
+    """
+
+    positives: tuple[str, ...] = ()
+    negatives: tuple[str, ...] = ()
+    scene: tuple[str, ...] = ()
+    sum_positives: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.positives and not self.negatives:
+            raise ValueError("an objective setup needs positive behaviours, negative behaviours, or both")
+        if set(self.positives) & set(self.negatives):
+            raise ValueError(f"behaviours {sorted(set(self.positives) & set(self.negatives))} are both positive "
+                             "and negative")
+        if self.sum_positives and len(self.positives) < 2:
+            raise ValueError("sum_positives needs at least two positive behaviours")
+
+
+#: MultiObjectives setups.  Two positives: switch on + drawer open (the issue's example), both possible in
+#: every scene.  Avoid: the drawer's two behaviours as negatives only, in fully random scenes — the drawer is
+#: the articulated part the base policy moved most often in the ArticulatedParts evaluation (23 of 160 first
+#: behaviours, ``results/calvin/articulated/``), so halving it is measurable.
+MULTI_OBJECTIVE_SETUPS = {
+    "switch_on+drawer_open": ObjectiveSetup(positives=("switch_on", "drawer_open"),
+                                            scene=("switch_on", "drawer_open")),
+    "switch_on+drawer_open_sum": ObjectiveSetup(positives=("switch_on", "drawer_open"),
+                                                scene=("switch_on", "drawer_open"), sum_positives=True),
+    "avoid_drawer": ObjectiveSetup(negatives=("drawer_open", "drawer_close")),
+}
+
+
 @dataclass
 class DataConfig:
     """Where the collected segments live (``dynaguide calvin collect``/``goals`` outputs)."""

@@ -22,16 +22,34 @@ from dynaguide.checkpoint import load_checkpoint
 from dynaguide.config import to_dict
 from dynaguide.embedders import embedder_id, make_embedder
 from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
-                                                 CalvinExperimentConfig)
-from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, load_goal_images,
+                                                 MULTI_OBJECTIVE_SETUPS, CalvinExperimentConfig)
+from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, Task, load_goal_images,
                                                   load_start_poses, policy_to_dynamics_actions, read_trials, summarise)
 
 logger = logging.getLogger(__name__)
 
 EXPERIMENTS = {"articulated": ARTICULATED_TARGETS, "movable": MOVABLE_TARGETS,
-               "underspecified": ARTICULATED_TARGETS}
+               "underspecified": ARTICULATED_TARGETS, "multi_objective": tuple(MULTI_OBJECTIVE_SETUPS)}
 #: experiments that differ from another one only in their goal images (same targets, same trial seeds)
 EXPERIMENT_GOAL_SETS = {"underspecified": "underspecified"}
+
+
+def task_of(experiment: str, name: str) -> Task:
+    """The cell task ``name`` of ``experiment``: a MultiObjectives setup or a single target behaviour."""
+    if experiment == "multi_objective":
+        return Task.from_setup(name, MULTI_OBJECTIVE_SETUPS[name])
+    return Task.single(name)
+
+
+def seed_index_of(experiment: str, name: str) -> int:
+    """The index ``i`` of a cell's trial seeds ``seed + 1000 * i + trial``: its position among the experiment's
+    targets — but MultiObjectives setups that differ only in ``sum_positives`` share it (paired scenes)."""
+    names = EXPERIMENTS[experiment]
+    if experiment == "multi_objective":
+        key = dataclasses.replace(MULTI_OBJECTIVE_SETUPS[name], sum_positives=False)
+        return next(i for i, n in enumerate(names)
+                    if dataclasses.replace(MULTI_OBJECTIVE_SETUPS[n], sum_positives=False) == key)
+    return names.index(name)
 
 
 def env_config_for(cfg: CalvinExperimentConfig) -> CalvinEnvConfig:
@@ -111,6 +129,10 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {METHODS}")
     targets = tuple(targets or EXPERIMENTS[experiment])
+    unknown = sorted(set(targets) - set(EXPERIMENTS[experiment]))
+    if unknown:
+        raise ValueError(f"unknown targets {unknown} for experiment {experiment!r}; known: {EXPERIMENTS[experiment]}")
+    tasks = {name: task_of(experiment, name) for name in targets}
     if experiment in EXPERIMENT_GOAL_SETS:   # e.g. UnderspecifiedObjectives: ArticulatedParts with lesser goals
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, goal_set=EXPERIMENT_GOAL_SETS[experiment]))
     torch.set_num_threads(1)
@@ -130,7 +152,10 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     if dynamics is not None:
         check_embedder(dynamics, embedder)
     goals = {}
-    for b in sorted(set(targets) | (set(EXPERIMENTS[experiment]) if ev.negatives == "others" else set())):
+    goal_behaviours = {b for task in tasks.values() for b in (*task.positives, *task.negatives)}
+    if ev.negatives == "others":
+        goal_behaviours |= {b for name in EXPERIMENTS[experiment] for b in task_of(experiment, name).positives}
+    for b in sorted(goal_behaviours):
         goals[b] = load_goal_images(cfg.data.goals, b, ev.goal_set, ev.goals_per_target)
     start_poses = load_start_poses(cfg.data.validation)
     env_cfg = env_config_for(cfg)
@@ -139,7 +164,6 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
                         action_transform=action_transform)
     runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
                         policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)))
-    all_targets = EXPERIMENTS[experiment]
     try:
         for target in targets:
             for method in methods:
@@ -148,7 +172,7 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
                 if len(done) >= ev.trials:
                     continue
                 start = time.perf_counter()
-                planner = planners.make(method, target)
+                planner = planners.make(method, tasks[target])
                 if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
                     with path.open("a") as log:   # a line torn by a kill: end it, so the next record parses
                         log.write("\n")
@@ -156,7 +180,7 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
                     def record(result: dict, log=log, method=method) -> None:
                         log.write(json.dumps({**result, "method": method}) + "\n")
                         log.flush()
-                    runner.run_cell(target, all_targets.index(target), planner, done, record, progress,
+                    runner.run_cell(tasks[target], seed_index_of(experiment, target), planner, done, record, progress,
                                     desc=f"{target}/{method}")
                 stages[f"{target}/{method}_s"] = round(time.perf_counter() - start, 1)
     finally:
@@ -174,7 +198,7 @@ def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequenc
             trials = [t for t in read_trials(out / "trials" / f"{target}__{method}.jsonl")
                       if t["trial"] < cfg.eval.trials]
             if trials:
-                behaviours.setdefault(target, {})[method] = summarise(trials, target)
+                behaviours.setdefault(target, {})[method] = summarise(trials, task_of(experiment, target))
     stages_all = {**previous.get("stages_s", {}), **(stages or {})}
     result = {"experiment": experiment, "behaviours": behaviours,
               "settings": {"eval": to_dict(cfg.eval), "embedder": to_dict(cfg.embedder), "models": to_dict(cfg.model),
@@ -184,9 +208,78 @@ def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequenc
     result["means"] = {m: float(np.mean([behaviours[t][m]["rate"] for t in behaviours if m in behaviours[t]]))
                        for m in METHODS if any(m in behaviours[t] for t in behaviours)}
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "results.md").write_text(markdown_table(result))
+    if experiment == "multi_objective":
+        result["setups"] = {name: dataclasses.asdict(MULTI_OBJECTIVE_SETUPS[name]) for name in behaviours}
+        (out / "results.md").write_text(markdown_table(result) + multi_objective_table(result))
+        plot_distributions(result, out / "distributions.png")
+        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        (out / "results.md").write_text(markdown_table(result))
     plot_bars(result, out / "bars.png")
     return result
+
+
+def multi_objective_table(result: dict) -> str:
+    """Positive / negative / other / no-behaviour shares and the whole first-behaviour distribution per cell."""
+    lines = ["## Shares of first behaviours (MultiObjectives)", "",
+             "| setup | method | positive | negative | other behaviour | no behaviour | distribution |",
+             "|---|---|---|---|---|---|---|"]
+    for name, cells in result["behaviours"].items():
+        for m in METHODS:
+            c = cells.get(m)
+            if not c:
+                continue
+            shares = [f"{100 * c[f'{k}_share']:.0f} % [{100 * c[f'{k}_share_ci95'][0]:.0f}, "
+                      f"{100 * c[f'{k}_share_ci95'][1]:.0f}]" for k in ("positive", "negative", "other", "none")]
+            dist = ", ".join(f"{label} {count}" for label, count in
+                             sorted(c["distribution"].items(), key=lambda kv: -kv[1]))
+            lines.append(f"| {name} | {m} | " + " | ".join(shares) + f" | {dist} |")
+    lines += ["", "Setups (positives / negatives / scene): " + "; ".join(
+        f"`{n}`: +{list(s['positives'])} -{list(s['negatives'])} scene {list(s['scene'])}"
+        + (" (sum of per-behaviour logsumexps)" if s["sum_positives"] else "")
+        for n, s in result.get("setups", {}).items()), ""]
+    return "\n".join(lines)
+
+
+def plot_distributions(result: dict, png: Path) -> None:
+    """Stacked first-behaviour distributions, one bar per (setup, method) — like the paper's Fig. 5."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [(name, m, cells[m]) for name, cells in result["behaviours"].items() for m in METHODS if m in cells]
+    if not bars:
+        return
+    labels = sorted({label for _, _, c in bars for label in c["distribution"]},
+                    key=lambda lab: (lab == "no_behaviour", lab))
+    cmap = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bars) + 3), 4.2))
+    for i, (_, _, c) in enumerate(bars):
+        bottom = 0.0
+        for j, label in enumerate(labels):
+            share = 100 * c["distribution"].get(label, 0) / c["n"]
+            colour = "lightgrey" if label == "no_behaviour" else cmap(j % 20)
+            ax.bar(i, share, 0.7, bottom=bottom, color=colour, label=label if i == 0 else None,
+                   edgecolor="black" if label in _positive_labels(result, bars[i][0]) else "none")
+            bottom += share
+    ax.set_xticks(range(len(bars)), [f"{name}\n{m}" for name, m, _ in bars], fontsize=7)
+    ax.set_ylabel("first behaviour (% of trials)")
+    ax.set_ylim(0, 100)
+    handles = [plt.Rectangle((0, 0), 1, 1, color="lightgrey" if lab == "no_behaviour" else cmap(j % 20))
+               for j, lab in enumerate(labels)]
+    ax.legend(handles, labels, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.set_title("CALVIN multi_objective: first-behaviour distribution (positives outlined)", fontsize=10)
+    fig.text(0.01, 0.01, result["command"][:160], fontsize=6, family="monospace")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+def _positive_labels(result: dict, setup: str) -> set[str]:
+    from dynaguide.experiments.calvin.harness import label_of
+
+    return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get("positives", ())}
 
 
 def markdown_table(result: dict) -> str:

@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
-from calvin_bridge.experts import behaviour_scene, target_point
+from calvin_bridge.experts import scene_for_behaviours, target_point
 from calvin_bridge.labels import LABELS
 from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
 from dynaguide.data import to_image_tensor
@@ -47,7 +47,7 @@ from dynaguide.guidance.goals import GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
 
-from dynaguide.experiments.calvin.config import EvalConfig
+from dynaguide.experiments.calvin.config import EvalConfig, ObjectiveSetup
 
 #: the policy's camera name (the env's ``rgb_static``)
 POLICY_CAMERA = "rgb_static"
@@ -69,6 +69,49 @@ def label_of(behaviour: str) -> str:
     if behaviour.startswith("displace_"):
         return "touch_" + behaviour.split("_", 1)[1]
     return behaviour
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one cell asks for: a single target behaviour, or a MultiObjectives setup.
+
+    ``name``: the cell's name (the target behaviour or the setup name); ``positives`` / ``negatives``:
+    behaviour names whose goal images steer towards / away; ``scene``: behaviours made possible in each
+    trial's scene; ``sum_positives``: see :class:`ObjectiveSetup`.
+    """
+
+    name: str
+    positives: tuple[str, ...]
+    negatives: tuple[str, ...] = ()
+    scene: tuple[str, ...] = ()
+    sum_positives: bool = False
+
+    @classmethod
+    def single(cls, target: str) -> Task:
+        return cls(target, (target,), scene=(target,))
+
+    @classmethod
+    def from_setup(cls, name: str, setup: ObjectiveSetup) -> Task:
+        return cls(name, tuple(setup.positives), tuple(setup.negatives), tuple(setup.scene), setup.sum_positives)
+
+    @property
+    def is_single(self) -> bool:
+        return len(self.positives) == 1 and not self.negatives and self.scene == self.positives
+
+    def outcome(self, label: str) -> str:
+        """``"positive"``, ``"negative"``, ``"other"`` (another behaviour) or ``"none"`` (no behaviour)."""
+        if label == "no_behaviour":
+            return "none"
+        if label in {label_of(b) for b in self.positives}:
+            return "positive"
+        if label in {label_of(b) for b in self.negatives}:
+            return "negative"
+        return "other"
+
+    def success(self, label: str) -> bool:
+        """First behaviour positive; with no positives, any behaviour that is not a negative one."""
+        outcome = self.outcome(label)
+        return outcome == "positive" if self.positives else outcome == "other"
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -150,13 +193,21 @@ class Planners:
         self.action_offset = int(getattr(policy, "action_offset", 0))
         self.action_transform = action_transform
 
-    def guidance_set(self, target: str) -> GuidanceSet:
-        negatives = None
+    def guidance_set(self, task: Task) -> GuidanceSet:
+        """The task's positive goals (and its negatives, or with ``negatives: others`` every other behaviour's)."""
+        def images(behaviours) -> torch.Tensor | None:
+            frames = [self.goals[b] for b in behaviours]
+            return to_image_tensor(np.concatenate(frames)) if frames else None
+
+        negatives = list(task.negatives)
         if self.cfg.negatives == "others":
-            others = [g for b, g in self.goals.items() if label_of(b) != label_of(target)]
-            negatives = to_image_tensor(np.concatenate(others)) if others else None
-        return GuidanceSet.from_images(self.embedder, self.dynamics, to_image_tensor(self.goals[target]), negatives,
-                                       self.cfg.guidance)
+            wanted = {label_of(b) for b in task.positives}
+            negatives += [b for b in self.goals if label_of(b) not in wanted and b not in negatives]
+        guidance = GuidanceSet.from_images(self.embedder, self.dynamics, images(task.positives), images(negatives),
+                                           self.cfg.guidance)
+        if task.sum_positives:
+            guidance = dataclasses.replace(guidance, positive_groups=tuple(len(self.goals[b]) for b in task.positives))
+        return guidance
 
     def _cond(self, obs: Observation) -> torch.Tensor:
         with torch.no_grad():
@@ -168,18 +219,21 @@ class Planners:
         return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset,
                                   action_transform=self.action_transform)
 
-    def make(self, method: str, target: str) -> Planner:
+    def make(self, method: str, task: Task | str) -> Planner:
+        task = Task.single(task) if isinstance(task, str) else task
         g = self.cfg.guidance
         if method == "base":
             return lambda obs: guided_ddim_sample(self.policy, self._cond(obs), None, scale=0.0, ddim=self.ddim,
                                                   generator=obs.generators).actions
+        if method in ("itps", "goal_conditioned") and not task.is_single:
+            raise ValueError(f"method {method!r} needs a single target behaviour, not the setup {task.name!r}")
         if method == "dynaguide":
-            guidance = self.guidance_set(target)
+            guidance = self.guidance_set(task)
             return lambda obs: guided_ddim_sample(
                 self.policy, self._cond(obs), self._objective(obs, guidance), ddim=self.ddim,
                 generator=obs.generators, **g.sampler_kwargs()).actions
         if method == "gpc":
-            guidance = self.guidance_set(target)
+            guidance = self.guidance_set(task)
             return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
                                                  num_samples=self.cfg.gpc_samples, ddim=self.ddim,
                                                  generator=obs.generators).actions
@@ -199,7 +253,7 @@ class Planners:
         if method == "goal_conditioned":
             if self.gc_policy is None:
                 raise ValueError("method 'goal_conditioned' needs a goal-conditioned policy checkpoint")
-            goal = to_image_tensor(self.goals[target][:1])
+            goal = to_image_tensor(self.goals[task.name][:1])
             gc = self.gc_policy
             return lambda obs: goal_conditioned_sample(gc, {POLICY_CAMERA: obs.images, "proprio": obs.proprio}, goal,
                                                        ddim=gc.cfg.ddim, generator=obs.generators).actions
@@ -254,10 +308,10 @@ class CellRunner:
             self.envs.append(CalvinEnv(self.env_config))
         return self.envs[i]
 
-    def _start(self, env: CalvinEnv, target: str, trial: int, seed: int) -> _Slot:
+    def _start(self, env: CalvinEnv, task: Task, trial: int, seed: int) -> _Slot:
         rng = np.random.default_rng(seed)
         pose = self.start_poses[int(rng.integers(len(self.start_poses)))]
-        scene = behaviour_scene(env, target, rng)
+        scene = scene_for_behaviours(env, task.scene, rng)
         env.reset(seed=seed, options={"scene": scene, "robot_joints": pose[:7],
                                       "gripper": float(np.sign(pose[7]) or 1.0)})
         image = env.render_cameras()["rgb_static"]
@@ -265,7 +319,8 @@ class CellRunner:
         hold = np.zeros(7)
         hold[6] = float(np.sign(pose[7]) or 1.0)
         return _Slot(trial, seed, [image] * self.n_obs_steps, [proprio] * self.n_obs_steps,
-                     target_point(env, target), torch.Generator().manual_seed(seed), started=time.perf_counter(),
+                     target_point(env, task.positives[0]) if task.is_single else np.zeros(3),
+                     torch.Generator().manual_seed(seed), started=time.perf_counter(),
                      hold=hold)
 
     def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray) -> np.ndarray:
@@ -283,19 +338,20 @@ class CellRunner:
         slot.previous = chunk
         return np.concatenate([before, chunk[o + d:o + p]])
 
-    def run_cell(self, target: str, target_index: int, planner: Planner, done: set[int],
+    def run_cell(self, task: Task | str, target_index: int, planner: Planner, done: set[int],
                  record: Callable[[dict], None], progress: bool = True, desc: str = "") -> None:
-        """Run the trials of one cell not in ``done``; ``record(result)`` is called once per finished trial."""
+        """Run the trials of one cell not in ``done``; ``record(result)`` is called once per finished trial.
+        ``task``: a target behaviour name or a :class:`Task`."""
+        task = Task.single(task) if isinstance(task, str) else task
         pending = [i for i in range(self.cfg.trials) if i not in done]
         slots: list[_Slot | None] = [None] * min(self.cfg.batch_envs, max(1, len(pending)))
-        want = label_of(target)
         bar = tqdm(total=self.cfg.trials, initial=self.cfg.trials - len(pending), desc=desc, disable=not progress,
                    leave=False, dynamic_ncols=True)
         while pending or any(slots):
             for i, slot in enumerate(slots):
                 if slot is None and pending:
                     trial = pending.pop(0)
-                    slots[i] = self._start(self._env(i), target, trial, trial_seed(self.cfg, target_index, trial))
+                    slots[i] = self._start(self._env(i), task, trial, trial_seed(self.cfg, target_index, trial))
             active = [i for i, s in enumerate(slots) if s is not None]
             obs = Observation(
                 images=to_image_tensor(np.stack([np.stack(slots[i].frames) for i in active])),
@@ -320,8 +376,8 @@ class CellRunner:
                         slot.frames = (slot.frames + [env.render_cameras()["rgb_static"]])[-self.n_obs_steps:]
                         slot.proprio = (slot.proprio + [obs_k["robot_obs"]])[-self.n_obs_steps:]
                 if slot.label is not None:
-                    record({"target": target, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
-                            "success": slot.label == want, "steps": slot.steps,
+                    record({"target": task.name, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
+                            "success": task.success(slot.label), "steps": slot.steps,
                             "seconds": round(time.perf_counter() - slot.started, 2)})
                     slots[i] = None
                     bar.update(1)
@@ -329,14 +385,23 @@ class CellRunner:
 
 
 # ------------------------------------------------------------------------------------------ summaries
-def summarise(trials: Sequence[dict], target: str) -> dict:
-    """``{"rate", "n", "ci95", "distribution"}`` of one cell's trial records."""
+def summarise(trials: Sequence[dict], target: Task | str) -> dict:
+    """``{"rate", "n", "ci95", "distribution", "mean_steps"}`` of one cell's trial records; for a multi-behaviour
+    :class:`Task` also ``positive_share``, ``negative_share``, ``other_share``, ``none_share`` (each with its
+    ``*_ci95``)."""
+    task = Task.single(target) if isinstance(target, str) else target
     n = len(trials)
-    k = sum(1 for t in trials if t["label"] == label_of(target))
+    k = sum(1 for t in trials if task.success(t["label"]))
     dist = Counter(t["label"] for t in trials)
-    return {"rate": k / n if n else float("nan"), "n": n, "ci95": list(wilson_interval(k, n)),
-            "distribution": {label: dist[label] for label in LABELS if dist[label]},
-            "mean_steps": float(np.mean([t["steps"] for t in trials])) if n else float("nan")}
+    out = {"rate": k / n if n else float("nan"), "n": n, "ci95": list(wilson_interval(k, n)),
+           "distribution": {label: dist[label] for label in LABELS if dist[label]},
+           "mean_steps": float(np.mean([t["steps"] for t in trials])) if n else float("nan")}
+    if not task.is_single:
+        outcomes = Counter(task.outcome(t["label"]) for t in trials)
+        for kind in ("positive", "negative", "other", "none"):
+            out[f"{kind}_share"] = outcomes[kind] / n if n else float("nan")
+            out[f"{kind}_share_ci95"] = list(wilson_interval(outcomes[kind], n))
+    return out
 
 
 def read_trials(path: Path) -> list[dict]:
