@@ -210,3 +210,27 @@ def test_multi_objective_cells_report_shares_and_pair_the_sum_ablation_with_its_
         run_experiment(cfg, "multi_objective", ["itps"], tmp_path / "itps", targets=names[:1], progress=False)
     with pytest.raises(ValueError, match="unknown targets"):
         run_experiment(cfg, "multi_objective", ["base"], tmp_path / "x", targets=["switch_on"], progress=False)
+
+
+def test_ablation_varies_one_parameter_at_a_time_and_collects_every_cell(tiny_setup, tmp_path):
+    from dynaguide.experiments.calvin.ablation import SQUARED_SIGMA, run_ablation, settings
+
+    root, cfg = tiny_setup
+    cells = settings(cfg, ("scale", "squared"))
+    default = cfg.eval.guidance
+    assert set(cells) == {"default", "scale=1.5", "scale=10.0", "squared=True"}
+    for name, cell in cells.items():
+        changed = {f.name for f in dataclasses.fields(default)
+                   if getattr(cell["guidance"], f.name) != getattr(default, f.name)}
+        assert changed == {"scal": {"scale"}, "squa": {"squared", "sigma"}, "defa": set()}[name[:4]]
+    assert cells["squared=True"]["guidance"].sigma == SQUARED_SIGMA
+    with pytest.raises(ValueError, match="unknown ablation parameters"):
+        settings(cfg, ("temperature",))
+    result = run_ablation(cfg, "switch_on", tmp_path / "ablation", params=("squared",), progress=False)
+    assert [p["value"] for p in result["grid"]["squared"]] == [False, True]
+    assert all(p["n"] == cfg.eval.trials for p in result["grid"]["squared"])
+    assert (tmp_path / "ablation" / "ablation.png").is_file()
+    seeds = {name: sorted(t["seed"] for t in read_trials(tmp_path / "ablation" / "cells" / name / "trials"
+                                                          / "switch_on__dynaguide.jsonl"))
+             for name in ("default", "squared=True")}
+    assert seeds["default"] == seeds["squared=True"]   # every setting on the same scenes

@@ -3,6 +3,7 @@
     dynaguide calvin train --config config/calvin_experiment.yaml [--stage merge,embed,policy,dynamics,export]
     dynaguide calvin check-dynamics --config config/calvin_experiment.yaml --json results/calvin/dynamics_check.json
     dynaguide calvin eval --config config/calvin_experiment.yaml --experiment articulated --methods base,dynaguide
+    dynaguide calvin ablation --target switch_on
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablation(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.ablation import run_ablation
+
+    result = run_ablation(_config(args), args.target, args.out, params=tuple(args.params.split(",")),
+                          command="dynaguide " + shlex.join(sys.argv[1:]))
+    print(json.dumps({"grid": {p: [(q["value"], q["rate"]) for q in pts] for p, pts in result["grid"].items()},
+                      "out": str(args.out)}, indent=2))
+    return 0
+
+
 def register_into(sub) -> None:
     """Add ``train``, ``check-dynamics`` and ``eval`` to the ``dynaguide calvin`` subparsers ``sub``."""
     def common(p):
@@ -149,3 +160,13 @@ def register_into(sub) -> None:
     p.add_argument("--gc-policy", default=None, help="goal-conditioned policy checkpoint (method goal_conditioned)")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("ablation", help="s / sigma / M / squared-distance ablation on one ArticulatedParts target")
+    common(p)
+    p.add_argument("--target", default="switch_on")
+    p.add_argument("--params", default="scale,sigma,stochastic_steps,squared")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--batch-envs", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--out", type=Path, default=Path("results/calvin/ablation"))
+    p.set_defaults(func=cmd_ablation)
