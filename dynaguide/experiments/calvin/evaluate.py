@@ -260,31 +260,36 @@ def plot_distributions(result: dict, png: Path) -> None:
         for j, label in enumerate(labels):
             share = 100 * c["distribution"].get(label, 0) / c["n"]
             colour = "lightgrey" if label == "no_behaviour" else cmap(j % 20)
-            ax.bar(i, share, 0.7, bottom=bottom, color=colour, label=label if i == 0 else None,
-                   edgecolor="black" if label in _positive_labels(result, bars[i][0]) else "none")
+            positive, negative = (label in _labels(result, bars[i][0], kind) for kind in ("positives", "negatives"))
+            ax.bar(i, share, 0.7, bottom=bottom, color=colour, hatch="//" if negative else None,
+                   edgecolor="black" if positive or negative else "none")
             bottom += share
-    ax.set_xticks(range(len(bars)), [f"{name}\n{m}" for name, m, _ in bars], fontsize=7)
+    ax.set_xticks(range(len(bars)), [f"{name.replace('+', '+' + chr(10))}\n{m}" for name, m, _ in bars], fontsize=7)
     ax.set_ylabel("first behaviour (% of trials)")
     ax.set_ylim(0, 100)
     handles = [plt.Rectangle((0, 0), 1, 1, color="lightgrey" if lab == "no_behaviour" else cmap(j % 20))
                for j, lab in enumerate(labels)]
     ax.legend(handles, labels, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
-    ax.set_title("CALVIN multi_objective: first-behaviour distribution (positives outlined)", fontsize=10)
+    ax.set_title("CALVIN multi_objective: first-behaviour distribution (positives outlined, negatives hatched)",
+                 fontsize=10)
     fig.text(0.01, 0.01, result["command"][:160], fontsize=6, family="monospace")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(png, dpi=120)
     plt.close(fig)
 
 
-def _positive_labels(result: dict, setup: str) -> set[str]:
+def _labels(result: dict, setup: str, kind: str) -> set[str]:
+    """Evaluation labels of a setup's ``positives`` or ``negatives``."""
     from dynaguide.experiments.calvin.harness import label_of
 
-    return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get("positives", ())}
+    return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get(kind, ())}
 
 
 def markdown_table(result: dict) -> str:
     methods = [m for m in METHODS if m in result["means"]]
-    lines = [f"# CALVIN {result['experiment']}: target-behaviour rate (first behaviour = target)", "",
+    what = ("success rate (first behaviour a positive one; with negatives only: a behaviour outside the negatives)"
+            if result["experiment"] == "multi_objective" else "target-behaviour rate (first behaviour = target)")
+    lines = [f"# CALVIN {result['experiment']}: {what}", "",
              f"Command: `{result['command']}`", "",
              "| target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for target, cells in result["behaviours"].items():
