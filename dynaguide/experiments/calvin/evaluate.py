@@ -204,6 +204,8 @@ def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequenc
               "settings": {"eval": to_dict(cfg.eval), "embedder": to_dict(cfg.embedder), "models": to_dict(cfg.model),
                            "static_size": cfg.data.static_size},
               "stages_s": stages_all, "command": command or previous.get("command", ""),
+              # every command that added cells to this directory, oldest first (cells of earlier runs are kept)
+              "commands": _commands(previous, command),
               "machine": {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}}
     result["means"] = {m: float(np.mean([behaviours[t][m]["rate"] for t in behaviours if m in behaviours[t]]))
                        for m in METHODS if any(m in behaviours[t] for t in behaviours)}
@@ -285,12 +287,19 @@ def _labels(result: dict, setup: str, kind: str) -> set[str]:
     return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get(kind, ())}
 
 
+def _commands(previous: dict, command: str) -> list[str]:
+    commands = list(previous.get("commands") or ([previous["command"]] if previous.get("command") else []))
+    if command and command not in commands:
+        commands.append(command)
+    return commands
+
+
 def markdown_table(result: dict) -> str:
     methods = [m for m in METHODS if m in result["means"]]
     what = ("success rate (first behaviour a positive one; with negatives only: a behaviour outside the negatives)"
             if result["experiment"] == "multi_objective" else "target-behaviour rate (first behaviour = target)")
     lines = [f"# CALVIN {result['experiment']}: {what}", "",
-             f"Command: `{result['command']}`", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in result.get("commands") or [result["command"]]), "",
              "| target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for target, cells in result["behaviours"].items():
         row = []
