@@ -43,3 +43,24 @@ def test_eval_config_rejects_bad_settings_and_seeds_outside_their_split(bad):
 def test_shipped_experiment_config_loads():
     cfg = CalvinExperimentConfig.load("config/calvin_experiment.yaml")
     assert cfg.embedder.kind == "efficientnet_lite0" and cfg.eval.guidance.stochastic_mode == "renoise"
+
+
+@pytest.mark.parametrize("share, kept", [(0.2, 2), (0.5, 8), (0.01, 1)])
+def test_underrepresent_keeps_the_first_segments_of_the_behaviour_at_its_share(tmp_path, share, kept):
+    from dynaguide.experiments.calvin.pipeline import underrepresent
+
+    path = write_hdf5_dataset(tmp_path / "d.h5", _demos(10, "switch_on", 0.0) + _demos(8, "drawer_open", 50.0))
+    names = DemoSource(path).names
+    out = underrepresent(path, names, "switch_on", share)
+    assert out == names[:kept] + names[10:]        # the first k switch_on segments, every other segment, in order
+    with pytest.raises(ValueError, match="needs 72"):
+        underrepresent(path, names, "switch_on", 0.9)
+    with pytest.raises(ValueError, match="no training segments"):
+        underrepresent(path, names, "door_left", 0.1)
+
+
+def test_training_config_rejects_a_share_outside_0_1():
+    from dynaguide.experiments.calvin.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="underrepresented_share"):
+        TrainingConfig(underrepresented_behaviour="switch_on", underrepresented_share=1.0)

@@ -42,6 +42,17 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
         overrides["negatives"] = args.negatives
     if overrides:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(ev, **overrides))
+    training = {k: v for k, v in {"out_dir": getattr(args, "out_dir", None),
+                                  "export_dir": getattr(args, "export_dir", None)}.items() if v is not None}
+    share = getattr(args, "underrepresent", None)
+    if share:
+        behaviour, _, value = share.partition("=")
+        try:
+            training.update(underrepresented_behaviour=behaviour, underrepresented_share=float(value))
+        except ValueError:
+            raise SystemExit(f"--underrepresent wants BEHAVIOUR=SHARE (e.g. switch_on=0.01), got {share!r}") from None
+    if training:
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, **training))
     return cfg
 
 
@@ -111,6 +122,10 @@ def register_into(sub) -> None:
     p = sub.add_parser("train", help="resumable data merge, embedding, policy and dynamics training, export")
     common(p)
     p.add_argument("--stage", default=None, help="comma-separated subset of merge,embed,policy,dynamics,export")
+    p.add_argument("--underrepresent", default=None, metavar="BEHAVIOUR=SHARE",
+                   help="UnderrepresentedBehaviors: the base policy sees BEHAVIOUR as SHARE of its training segments")
+    p.add_argument("--out-dir", default=None, help="override training.out_dir (resumable runs)")
+    p.add_argument("--export-dir", default=None, help="override training.export_dir")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-dynamics", help="does the predicted outcome tell behaviours apart? (validation)")

@@ -100,6 +100,14 @@ class TrainingConfig:
     val_fraction: float = 0.05
     out_dir: str = "runs/calvin/models"
     export_dir: str = "checkpoints/calvin_effnet"
+    #: UnderrepresentedBehaviors: keep only enough training segments of this behaviour for it to make up
+    #: ``underrepresented_share`` of the base policy's training segments ("" = keep every segment)
+    underrepresented_behaviour: str = ""
+    underrepresented_share: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.underrepresented_behaviour and not 0.0 < self.underrepresented_share < 1.0:
+            raise ValueError(f"underrepresented_share must be in (0, 1), got {self.underrepresented_share}")
 
 
 @dataclass

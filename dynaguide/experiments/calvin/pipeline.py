@@ -93,6 +93,22 @@ def _splits(cfg: CalvinExperimentConfig) -> tuple[list[str], list[str]]:
     return split_demos(cfg.data.merged, cfg.training.val_fraction, seed=0)
 
 
+def underrepresent(path: str | Path, names: list[str], behaviour: str, share: float) -> list[str]:
+    """``names`` with all but the first ``k`` segments of ``behaviour`` dropped, ``k = max(1, round(share · n_other /
+    (1 − share)))``, so ``behaviour`` makes up ``share`` of the result (the UnderrepresentedBehaviors data)."""
+    with h5py.File(path, "r") as f:
+        behaviours = {n: f["data"][n].attrs.get("behavior") for n in names}
+    ours = [n for n in names if behaviours[n] == behaviour]
+    others = [n for n in names if behaviours[n] != behaviour]
+    if not ours:
+        raise ValueError(f"{path} has no training segments of {behaviour!r}")
+    k = max(1, round(share * len(others) / (1.0 - share)))
+    if k > len(ours):
+        raise ValueError(f"a share of {share:.0%} needs {k} {behaviour!r} segments; the data has {len(ours)}")
+    keep = set(ours[:k]) | set(others)
+    return [n for n in names if n in keep]
+
+
 def embed(cfg: CalvinExperimentConfig):
     """Embedding caches of every static frame of the training and validation files."""
     embedder = make_embedder(cfg.embedder)
@@ -107,6 +123,10 @@ def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = Fals
     which also sees its segment's final static frame (hindsight relabelling, as the paper's GC policy)."""
     m = cfg.model
     train_names, val_names = _splits(cfg)
+    t = cfg.training
+    if t.underrepresented_behaviour and not goal_conditioned:
+        train_names = underrepresent(cfg.data.merged, train_names, t.underrepresented_behaviour,
+                                     t.underrepresented_share)
     policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=(POLICY_CAMERA,), image_size=m.policy_image_size,
                                                        proprio_dim=15, action_dim=7, n_obs_steps=m.n_obs_steps,
                                                        horizon=m.horizon, n_action_steps=m.n_action_steps,
