@@ -234,3 +234,22 @@ def test_ablation_varies_one_parameter_at_a_time_and_collects_every_cell(tiny_se
                                                           / "switch_on__dynaguide.jsonl"))
              for name in ("default", "squared=True")}
     assert seeds["default"] == seeds["squared=True"]   # every setting on the same scenes
+
+
+def test_underrepresented_runs_each_share_with_its_own_policy_on_the_same_seeds(tiny_setup, tmp_path):
+    import shutil
+
+    from dynaguide.experiments.calvin.underrepresented import policy_dir, run_underrepresented
+
+    root, cfg = tiny_setup
+    policies = tmp_path / "policies"
+    for share in (0.01, 0.05):
+        shutil.copytree(root / "models" / "policy", policy_dir(policies, "switch_on", share))
+    result = run_underrepresented(cfg, "switch_on", [0.05, 0.01], tmp_path / "under", policies=policies,
+                                  methods=("base", "dynaguide"), progress=False)
+    assert list(result["shares"]) == ["0.01", "0.05"]                  # ordered by share
+    assert all(result["shares"][s][m]["n"] == cfg.eval.trials for s in ("0.01", "0.05") for m in ("base", "dynaguide"))
+    assert result["policies"]["0.01"].endswith("switch_on_1pct/policy")
+    assert (tmp_path / "under" / "shares.png").is_file()
+    with pytest.raises(FileNotFoundError, match="train it first"):
+        run_underrepresented(cfg, "switch_on", [0.2], tmp_path / "x", policies=policies, progress=False)

@@ -4,6 +4,7 @@
     dynaguide calvin check-dynamics --config config/calvin_experiment.yaml --json results/calvin/dynamics_check.json
     dynaguide calvin eval --config config/calvin_experiment.yaml --experiment articulated --methods base,dynaguide
     dynaguide calvin ablation --target switch_on
+    dynaguide calvin underrepresented --target switch_on --shares 0.01,0.02
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_underrepresented(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.underrepresented import run_underrepresented
+
+    result = run_underrepresented(_config(args), args.target, [float(s) for s in args.shares.split(",")], args.out,
+                                  policies=args.policies, reference=args.reference,
+                                  methods=tuple(args.methods.split(",")),
+                                  command="dynaguide " + shlex.join(sys.argv[1:]))
+    print(json.dumps({s: {m: c["rate"] for m, c in cells.items()} for s, cells in result["shares"].items()}, indent=2))
+    return 0
+
+
 def register_into(sub) -> None:
     """Add ``train``, ``check-dynamics`` and ``eval`` to the ``dynaguide calvin`` subparsers ``sub``."""
     def common(p):
@@ -185,3 +197,17 @@ def register_into(sub) -> None:
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
     p.add_argument("--out", type=Path, default=Path("results/calvin/ablation"))
     p.set_defaults(func=cmd_ablation)
+
+    p = sub.add_parser("underrepresented", help="steer a base policy trained with the target underrepresented")
+    common(p)
+    p.add_argument("--target", default="switch_on")
+    p.add_argument("--shares", default="0.01,0.02")
+    p.add_argument("--methods", default="base,dynaguide,gpc")
+    p.add_argument("--policies", default="checkpoints/calvin_underrepresented",
+                   help="directory of <target>_<percent>pct/policy exports (dynaguide calvin train --underrepresent)")
+    p.add_argument("--reference", default=None,
+                   help="results dir of the shipped policy's ArticulatedParts cells, shown at its natural share")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--out", type=Path, default=Path("results/calvin/underrepresented"))
+    p.set_defaults(func=cmd_underrepresented)
