@@ -105,6 +105,9 @@ def plot(result: dict, png: Path) -> None:
         err = [[100 * (c["rate"] - c["ci95"][0]) for _, c in pts], [100 * (c["ci95"][1] - c["rate"]) for _, c in pts]]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
     ax.set_xscale("log")
+    ticks = [100 * float(s) for s in shares]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
     ax.set_xlabel(f"{result['target']} share of the base policy's training segments (%)")
     ax.set_ylabel(f"{result['target']} first (%)")
     ax.set_ylim(0, 100)
