@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dynaguide.experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import run_experiment
+from dynaguide.experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
 
 #: values tried per parameter (the default value of each is always among its points)
 ABLATION_GRID: dict[str, tuple] = {"scale": (1.5, 4.0, 10.0), "sigma": (15.0, 30.0, 60.0),
@@ -98,15 +98,14 @@ def markdown(result: dict) -> str:
     base = result["behaviours"][result["target"]]["base"]
     lines = [f"# CALVIN ablation on `{result['target']}` (target first, {result['trials']} trials per cell)", "",
              f"Command: `{result['command']}`", "",
-             f"Base policy: {100 * base['rate']:.0f} % [{100 * base['ci95'][0]:.0f}, {100 * base['ci95'][1]:.0f}]; "
+             f"Base policy: {percent_ci(base['rate'], base['ci95'])}; "
              f"defaults: s = {result['default']['scale']}, σ = {result['default']['sigma']}, "
              f"M = {result['default']['stochastic_steps']}, Euclidean (squared: σ = {result['squared_sigma']:g}).", "",
              "| parameter | value | DynaGuide |", "|---|---|---|"]
     for param, points in result["grid"].items():
         for p in points:
             mark = " (default)" if p["cell"] == "default" else ""
-            lines.append(f"| {param} | {p['value']}{mark} | {100 * p['rate']:.0f} % "
-                         f"[{100 * p['ci95'][0]:.0f}, {100 * p['ci95'][1]:.0f}] (n={p['n']}) |")
+            lines.append(f"| {param} | {p['value']}{mark} | {percent_ci(p['rate'], p['ci95'])} (n={p['n']}) |")
     return "\n".join(lines + ["", "95 % Wilson intervals.", ""])
 
 
@@ -125,8 +124,7 @@ def plot(result: dict, png: Path) -> None:
         points = result["grid"][param]
         xs = list(range(len(points)))
         ys = [100 * p["rate"] for p in points]
-        err = [[100 * (p["rate"] - p["ci95"][0]) for p in points], [100 * (p["ci95"][1] - p["rate"]) for p in points]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label="DynaGuide")
+        ax.errorbar(xs, ys, yerr=error_bars(points), marker="o", capsize=3, label="DynaGuide")
         ax.axhline(100 * base, color="grey", linestyle="--", label="base policy")
         ax.set_xticks(xs, [str(p["value"]) for p in points])
         ax.set_xlabel(LABELS.get(param, param))

@@ -209,12 +209,12 @@ def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequenc
               "machine": {"cpu_count": os.cpu_count(), "load_average_1min": round(os.getloadavg()[0], 2)}}
     result["means"] = {m: float(np.mean([behaviours[t][m]["rate"] for t in behaviours if m in behaviours[t]]))
                        for m in METHODS if any(m in behaviours[t] for t in behaviours)}
-    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if experiment == "multi_objective":
         result["setups"] = {name: dataclasses.asdict(MULTI_OBJECTIVE_SETUPS[name]) for name in behaviours}
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if experiment == "multi_objective":
         (out / "results.md").write_text(markdown_table(result) + multi_objective_table(result))
         plot_distributions(result, out / "distributions.png")
-        (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     else:
         (out / "results.md").write_text(markdown_table(result))
     plot_bars(result, out / "bars.png")
@@ -231,8 +231,8 @@ def multi_objective_table(result: dict) -> str:
             c = cells.get(m)
             if not c:
                 continue
-            shares = [f"{100 * c[f'{k}_share']:.0f} % [{100 * c[f'{k}_share_ci95'][0]:.0f}, "
-                      f"{100 * c[f'{k}_share_ci95'][1]:.0f}]" for k in ("positive", "negative", "other", "none")]
+            shares = [percent_ci(c[f"{k}_share"], c[f"{k}_share_ci95"])
+                      for k in ("positive", "negative", "other", "none")]
             dist = ", ".join(f"{label} {count}" for label, count in
                              sorted(c["distribution"].items(), key=lambda kv: -kv[1]))
             lines.append(f"| {name} | {m} | " + " | ".join(shares) + f" | {dist} |")
@@ -257,12 +257,13 @@ def plot_distributions(result: dict, png: Path) -> None:
                     key=lambda lab: (lab == "no_behaviour", lab))
     cmap = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(bars) + 3), 4.2))
-    for i, (_, _, c) in enumerate(bars):
+    for i, (name, _, c) in enumerate(bars):
+        positives, negatives = (_labels(result, name, kind) for kind in ("positives", "negatives"))
         bottom = 0.0
         for j, label in enumerate(labels):
             share = 100 * c["distribution"].get(label, 0) / c["n"]
             colour = "lightgrey" if label == "no_behaviour" else cmap(j % 20)
-            positive, negative = (label in _labels(result, bars[i][0], kind) for kind in ("positives", "negatives"))
+            positive, negative = label in positives, label in negatives
             ax.bar(i, share, 0.7, bottom=bottom, color=colour, hatch="//" if negative else None,
                    edgecolor="black" if positive or negative else "none")
             bottom += share
@@ -287,6 +288,16 @@ def _labels(result: dict, setup: str, kind: str) -> set[str]:
     return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get(kind, ())}
 
 
+def percent_ci(rate: float, ci: Sequence[float]) -> str:
+    """``"45 % [26, 66]"``: a rate and its 95 % interval, in whole percent."""
+    return f"{100 * rate:.0f} % [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+
+
+def error_bars(cells: Sequence[dict]) -> list[list[float]]:
+    """Matplotlib ``yerr`` in percent (below, above) of cells with ``rate`` and ``ci95``."""
+    return [[100 * (c["rate"] - c["ci95"][0]) for c in cells], [100 * (c["ci95"][1] - c["rate"]) for c in cells]]
+
+
 def _commands(previous: dict, command: str) -> list[str]:
     commands = list(previous.get("commands") or ([previous["command"]] if previous.get("command") else []))
     if command and command not in commands:
@@ -305,8 +316,7 @@ def markdown_table(result: dict) -> str:
         row = []
         for m in methods:
             c = cells.get(m)
-            row.append(f"{100 * c['rate']:.0f} % [{100 * c['ci95'][0]:.0f}, {100 * c['ci95'][1]:.0f}] (n={c['n']})"
-                       if c else "–")
+            row.append(f"{percent_ci(c['rate'], c['ci95'])} (n={c['n']})" if c else "–")
         lines.append(f"| {target} | " + " | ".join(row) + " |")
     total = len(result["behaviours"])
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import h5py
 
 from dynaguide.experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import run_experiment
+from dynaguide.experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
 
 METHODS = ("base", "dynaguide", "gpc")
 
@@ -80,8 +80,7 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`", "",
              "| share | " + " | ".join(methods) + " | policy |", "|---|" + "---|" * (len(methods) + 1)]
     for share, cells in result["shares"].items():
-        row = [f"{100 * cells[m]['rate']:.0f} % [{100 * cells[m]['ci95'][0]:.0f}, {100 * cells[m]['ci95'][1]:.0f}]"
-               if m in cells else "–" for m in methods]
+        row = [percent_ci(cells[m]["rate"], cells[m]["ci95"]) if m in cells else "–" for m in methods]
         lines.append(f"| {100 * float(share):.1f} % | " + " | ".join(row) + f" | `{result['policies'][share]}` |")
     return "\n".join(lines + ["", "95 % Wilson intervals.", ""])
 
@@ -102,8 +101,7 @@ def plot(result: dict, png: Path) -> None:
             continue
         xs = [x for x, _ in pts]
         ys = [100 * c["rate"] for _, c in pts]
-        err = [[100 * (c["rate"] - c["ci95"][0]) for _, c in pts], [100 * (c["ci95"][1] - c["rate"]) for _, c in pts]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=m)
+        ax.errorbar(xs, ys, yerr=error_bars([c for _, c in pts]), marker="o", capsize=3, label=m)
     ax.set_xscale("log")
     ticks = [100 * float(s) for s in shares]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
