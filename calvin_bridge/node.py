@@ -24,6 +24,7 @@ from sensor_msgs.msg import Image, JointState
 
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
+from calvin_bridge.experts import scene_for_behaviours
 from dynaguide.execution import DEFAULT_MAX_FUTURE_S, ActionSchedule
 from dynaguide.text import short_repr
 from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
@@ -43,6 +44,9 @@ class CalvinBridgeConfig:
     gripper_size: int = 84
     camera_hz: float = 10.0
     seed: int = 0
+    scene_for: str = ""                # comma-separated behaviours made possible in every reset's scene (the
+                                       # target's part in its sub-range, as the CALVIN harness and the data
+                                       # collection draw it, e.g. "drawer_open"); empty: a fully random scene
     frame_id: str = "world"
     lockstep: bool = False             # True: simulated time advances only while an action is due, and
                                        # /clock is published (nodes run with use_sim_time) — a slow policy
@@ -64,7 +68,9 @@ class CalvinBridgeNode(Node):
         self._lock = threading.Lock()
         self.schedule = ActionSchedule(7, self.dt, max_future_s=self.cfg.max_future_s)
         self.gripper = 1.0
-        self.obs, _ = self.env.reset(seed=self.cfg.seed)
+        self.scene_behaviours = tuple(b.strip() for b in self.cfg.scene_for.split(",") if b.strip())
+        # validated here (unknown behaviour, two of one part → ValueError): the node does not start on a bad value
+        self.obs, _ = self.env.reset(seed=self.cfg.seed, options=self._scene_options(self.cfg.seed))
         self.sim_time = self.get_clock().now().nanoseconds * 1e-9  # lockstep: simulated seconds
         self.clock_pub = self.create_publisher(Clock, "/clock", 10) if self.cfg.lockstep else None
         self._rendered_at = None
@@ -166,20 +172,30 @@ class CalvinBridgeNode(Node):
         array.header.stamp = stamp
         self.status_pub.publish(array)
 
+    def _scene_options(self, seed: int | None) -> dict:
+        """Reset options drawing a scene in which every ``scene_for`` behaviour is possible ({} when unset)."""
+        if not self.scene_behaviours:
+            return {}
+        rng = np.random.default_rng(seed)
+        return {"scene": scene_for_behaviours(self.env, self.scene_behaviours, rng)}
+
     def _on_reset(self, req: ResetScene.Request, res: ResetScene.Response) -> ResetScene.Response:
+        seed = None if req.seed < 0 else int(req.seed)
         options: dict = {}
         try:
             if len(req.scene_obs):
                 if len(req.scene_obs) < 4 or not np.all(np.isfinite(req.scene_obs)):
                     raise ValueError("scene_obs needs at least 4 finite values (door, drawer, button, switch)")
                 options["scene"] = dict(zip(SCENE_KEYS, map(float, req.scene_obs[:4])))
+            else:
+                options.update(self._scene_options(seed))
             if len(req.robot_joints):
                 if len(req.robot_joints) != 7 or not np.all(np.isfinite(req.robot_joints)):
                     raise ValueError("robot_joints needs 7 finite values")
                 options["robot_joints"] = list(map(float, req.robot_joints))
             with self._lock:
                 self.schedule.clear()
-                self.obs, _ = self.env.reset(seed=None if req.seed < 0 else int(req.seed), options=options)
+                self.obs, _ = self.env.reset(seed=seed, options=options)
                 self.last_behaviour = "no_behaviour"
                 self.gripper = 1.0
         except (ValueError, KeyError) as exc:

@@ -80,7 +80,9 @@ def _run(args) -> int:
     ckpt = Path(args.checkpoints)
     trained = (ckpt / "policy" / "config.json").is_file() and (ckpt / "dynamics" / "config.json").is_file()
     overrides = {"guidance_manager": {"state_dir": str(out / "guidance_state")},
-                 "calvin_bridge": {"seed": args.seed, "static_size": args.image_size, "lockstep": not args.wall_clock}}
+                 "calvin_bridge": {"seed": args.seed, "static_size": args.image_size, "lockstep": not args.wall_clock,
+                                   # guided and unguided runs of a seed start in the same scene
+                                   "scene_for": "" if args.random_scene else args.behaviour}}
     if args.wall_clock:
         overrides["embedding_node"] = {"use_sim_time": False}
     overrides["policy_node"] = {"use_sim_time": not args.wall_clock}
@@ -107,6 +109,7 @@ def _run(args) -> int:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_status, RELIABLE)
     launcher.start()
     summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed,
+                     "scene": "random" if args.random_scene else f"{args.behaviour} possible",
                      "trained_models": trained, "duration_s": args.duration}
     try:
         print("[demo] waiting for the graph (first start imports torch in four processes)...")
@@ -208,7 +211,8 @@ def _measure(args) -> int:
             runs[mode].append({"seed": seed, "first_behaviour": summary["first_behaviour"],
                                "behaviours": summary["behaviours_detected"]})
     result = {"target": args.behaviour, "duration_s": args.duration, "sim_seconds": args.sim_seconds,
-              "checkpoints": str(args.checkpoints),
+              "checkpoints": str(args.checkpoints), "goals": args.goals,
+              "scene": "random" if args.random_scene else f"{args.behaviour} possible",
               "command": "dynaguide " + shlex.join(sys.argv[1:])}
     for mode, rows in runs.items():
         result[mode] = {"target_first": sum(r["first_behaviour"] == args.behaviour for r in rows), "n": len(rows),
@@ -228,7 +232,7 @@ def _main(args) -> int:
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="run the CALVIN sim graph headless, steered towards a behaviour")
     p.add_argument("--behaviour", default="drawer_open")
-    p.add_argument("--goals", type=int, default=3, help="number of goal images")
+    p.add_argument("--goals", type=int, default=20, help="number of goal images (the CALVIN experiments: 20)")
     p.add_argument("--duration", type=float, default=45.0, help="wall-clock seconds of guided execution (a cap with "
                    "--sim-seconds)")
     p.add_argument("--sim-seconds", type=float, default=0.0,
@@ -243,6 +247,9 @@ def register(subparsers) -> None:
     p.add_argument("--stochastic-steps", type=int, default=0,
                    help="M (0: GuidanceConfig's default); latency grows with M on a CPU (steering runs: 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--random-scene", action="store_true",
+                   help="start in a fully random scene; by default the scene makes --behaviour possible (e.g. the "
+                        "drawer closed enough to open), as in the CALVIN experiments")
     p.add_argument("--image-size", type=int, default=96,
                    help="static camera size; the shipped models were trained on 96 px frames")
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))

@@ -133,3 +133,40 @@ def test_far_future_stamp_does_not_freeze_the_wall_clock_bridge(procs, probe):
     finally:
         probe.destroy_subscription(sub)
         probe.destroy_publisher(pub)
+
+
+def test_scene_for_draws_every_reset_scene_with_the_behaviour_possible(procs, probe):
+    """``scene_for:=drawer_open``: the start scene and each reset's scene have the drawer in drawer_open's
+    sub-range (at most 45 % open, as the CALVIN harness draws it), whatever the seed."""
+    from dynaguide_msgs.msg import CalvinState
+    from dynaguide_msgs.srv import ResetScene
+    from dynaguide_ros.qos import RELIABLE
+
+    proc = procs.start("bridge_scene_for", "node", "calvin_bridge", "--ros-args", "-r", "__ns:=/hb_scene",
+                       "-p", "scene_for:=drawer_open", "-p", "seed:=5900000", *BRIDGE_ARGS)
+    proc.wait_for_log("calvin bridge ready", timeout=180)
+    drawer: list[float] = []
+    sub = probe.create_subscription(CalvinState, "/hb_scene/calvin/state",
+                                    lambda m: drawer.append(float(m.scene_obs[1])), RELIABLE)
+    client = probe.create_client(ResetScene, "/hb_scene/calvin/reset")
+    try:
+        assert spin_until(probe, lambda: drawer and client.service_is_ready(), 60), proc.log()[-3000:]
+        seen = [drawer[-1]]
+        for seed in (5900009, 7, 1):  # seeds whose fully random scene has the drawer >= 88 % open
+            future = client.call_async(ResetScene.Request(seed=seed))
+            assert spin_until(probe, future.done, 30) and future.result().success, proc.log()[-3000:]
+            drawer.clear()
+            assert spin_until(probe, lambda: drawer, 10)
+            seen.append(drawer[-1])
+        assert all(0.0 <= d <= 0.45 * 0.22 + 1e-6 for d in seen), seen
+        alive(proc)
+    finally:
+        probe.destroy_subscription(sub)
+        probe.destroy_client(client)
+
+
+def test_unknown_scene_for_behaviour_stops_the_bridge_at_start_with_a_clear_error(procs):
+    proc = procs.start("bridge_bad_scene_for", "node", "calvin_bridge", "--ros-args", "-r", "__ns:=/hb_bad_scene",
+                       "-p", "scene_for:=drawer_open,fly_away", *BRIDGE_ARGS)
+    assert proc.proc.wait(timeout=120) != 0
+    assert "unknown behaviour 'fly_away'" in proc.log(), proc.log()[-3000:]
