@@ -253,3 +253,13 @@ def test_underrepresented_runs_each_share_with_its_own_policy_on_the_same_seeds(
     assert (tmp_path / "under" / "shares.png").is_file()
     with pytest.raises(FileNotFoundError, match="train it first"):
         run_underrepresented(cfg, "switch_on", [0.2], tmp_path / "x", policies=policies, progress=False)
+
+
+def test_commit_steps_replaces_the_policys_replanning_period(tiny_setup, tmp_path):
+    """``eval.commit_steps`` reaches the runner: more actions than a chunk holds are refused there."""
+    root, cfg = tiny_setup
+    with pytest.raises(ValueError, match="commit_steps"):
+        EvalConfig(commit_steps=-1)
+    too_many = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, commit_steps=17))
+    with pytest.raises(ValueError, match="n_action_steps 17"):
+        run_experiment(too_many, "articulated", ["base"], tmp_path / "c17", targets=["switch_on"], progress=False)

@@ -27,7 +27,8 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
     overrides = {k: v for k, v in {"trials": getattr(args, "trials", None),
                                    "batch_envs": getattr(args, "batch_envs", None),
                                    "horizon": getattr(args, "horizon", None),
-                                   "latency_steps": getattr(args, "latency_steps", None)}.items() if v is not None}
+                                   "latency_steps": getattr(args, "latency_steps", None),
+                                   "commit_steps": getattr(args, "commit_steps", None)}.items() if v is not None}
     if getattr(args, "quick", False):
         overrides = {"trials": 2, "horizon": 120, **overrides}
     guidance = {k: v for k, v in {"scale": getattr(args, "scale", None), "sigma": getattr(args, "sigma", None),
@@ -176,6 +177,8 @@ def register_into(sub) -> None:
                    help="what the dynamics model scores: the noisy chunk (paper) or the denoised estimate")
     p.add_argument("--latency-steps", type=int, default=None,
                    help="wall-clock execution: chunks arrive this many control steps after their observation")
+    p.add_argument("--commit-steps", type=int, default=None,
+                   help="actions executed per chunk before replanning (default: the policy's n_action_steps)")
     p.add_argument("--negatives", choices=("none", "others"), default=None)
     p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
                    help="validation: trial seeds from the validation range (for choosing s, sigma, M)")

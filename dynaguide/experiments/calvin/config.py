@@ -134,6 +134,7 @@ class EvalConfig:
     gpc_samples: int = 10
     itps_scale: float = 1.0
     latency_steps: int = 0                # 0 = lockstep; d > 0: chunks arrive d control steps after their observation
+    commit_steps: int = 0                 # actions executed per chunk before replanning; 0 = the policy's n_action_steps
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def __post_init__(self) -> None:
@@ -141,6 +142,9 @@ class EvalConfig:
             raise ValueError("trials, horizon and batch_envs must be >= 1")
         if not isinstance(self.latency_steps, int) or self.latency_steps < 0:
             raise ValueError(f"latency_steps must be an integer >= 0, got {self.latency_steps!r}")
+        if not isinstance(self.commit_steps, int) or self.commit_steps < 0:
+            raise ValueError(f"commit_steps must be an integer >= 0 (0 = the policy's n_action_steps), "
+                             f"got {self.commit_steps!r}")
         if self.negatives not in ("none", "others"):
             raise ValueError(f"negatives must be 'none' or 'others', got {self.negatives!r}")
         if self.goal_set not in ("heldout", "underspecified"):

@@ -162,7 +162,7 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     stages["load_s"] = round(time.perf_counter() - t0, 1)
     planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,
                         action_transform=action_transform)
-    runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, policy.cfg.n_action_steps,
+    runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, ev.commit_steps or policy.cfg.n_action_steps,
                         policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)))
     try:
         for target in targets:
