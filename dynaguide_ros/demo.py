@@ -116,11 +116,12 @@ def _run(args) -> int:
         if args.unguided:
             from dynaguide_ros.guide_cli import call_clear_guidance
 
-            res = call_clear_guidance(node=node, timeout=180)
+            res = call_clear_guidance(node=node, timeout=args.ready_timeout)
             print(f"[demo] unguided base policy: {res.message}")
         else:
             res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
-                                    stochastic_steps=args.stochastic_steps, node=node, timeout=180)
+                                    stochastic_steps=args.stochastic_steps, node=node,
+                                    timeout=args.ready_timeout)
             print(f"[demo] /set_guidance: {'ok' if res.success else 'rejected'}: {res.message}")
             summary["guidance"] = res.message  # the s, sigma and M in force
             if not res.success:
@@ -254,6 +255,9 @@ def register(subparsers) -> None:
                    help="static camera size; the shipped models were trained on 96 px frames")
     p.add_argument("--checkpoints", default=str(DEFAULT_CHECKPOINTS))
     p.add_argument("--out", default="outputs/demo")
+    p.add_argument("--ready-timeout", type=float, default=600.0,
+                   help="seconds to wait for the graph to answer /set_guidance (four processes import torch at start; "
+                        "on a loaded 2-core machine this took over 180 s)")
     p.add_argument("--unguided", action="store_true", help="run the base policy (clear guidance) for comparison")
     p.add_argument("--wall-clock", action="store_true",
                    help="real-time 30 Hz sim (late actions dropped) instead of lockstep simulated time")

@@ -263,3 +263,33 @@ def test_commit_steps_replaces_the_policys_replanning_period(tiny_setup, tmp_pat
     too_many = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, commit_steps=17))
     with pytest.raises(ValueError, match="n_action_steps 17"):
         run_experiment(too_many, "articulated", ["base"], tmp_path / "c17", targets=["switch_on"], progress=False)
+
+
+@pytest.mark.parametrize("target,label,outcome", [
+    ("drawer_open", "drawer_open", "target"), ("drawer_open", "drawer_close", "same_part"),
+    ("drawer_open", "switch_on", "other"), ("drawer_open", "no_behaviour", "none"),
+    ("touch_red", "touch_blue", "other"), ("button_on", "button_off", "same_part")])
+def test_breakdown_sorts_first_behaviours_into_four_outcomes(target, label, outcome):
+    from dynaguide.experiments.calvin.breakdown import outcome_of
+
+    assert outcome_of(target, label) == outcome
+
+
+def test_breakdown_counts_one_methods_trials_of_every_target(tmp_path):
+    from dynaguide.experiments.calvin.breakdown import cell_breakdown, parse_cell
+
+    trials = tmp_path / "trials"
+    trials.mkdir()
+    rows = {"drawer_open__dynaguide": ["drawer_open", "drawer_close", "no_behaviour"],
+            "switch_on__dynaguide": ["switch_on", "touch_red"], "switch_on__base": ["touch_red"]}
+    for name, labels in rows.items():
+        target = name.split("__")[0]
+        lines = [json.dumps({"target": target, "label": b}) for b in labels]
+        (trials / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
+    cell = cell_breakdown(tmp_path, "dynaguide")
+    assert cell["n"] == 5 and cell["counts"] == {"target": 2, "same_part": 1, "other": 1, "none": 1}
+    assert parse_cell(f"DynaGuide s=4={tmp_path}:dynaguide") == ("DynaGuide s=4", str(tmp_path), "dynaguide")
+    with pytest.raises(ValueError, match="NAME=DIR:METHOD"):
+        parse_cell("no-method-here")
+    with pytest.raises(FileNotFoundError, match="gpc"):
+        cell_breakdown(tmp_path, "gpc")

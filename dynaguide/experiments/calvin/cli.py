@@ -127,6 +127,20 @@ def cmd_underrepresented(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_breakdown(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.breakdown import parse_cell, plot, run_breakdown
+
+    try:
+        cells = [parse_cell(spec) for spec in args.cell]
+        result = run_breakdown(cells)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"dynaguide calvin breakdown: {exc}") from None
+    result["command"] = "dynaguide " + shlex.join(sys.argv[1:])
+    if args.png:
+        plot(result, args.png)
+    return _report(result, args.json)
+
+
 def register_into(sub) -> None:
     """Add ``train``, ``check-dynamics`` and ``eval`` to the ``dynaguide calvin`` subparsers ``sub``."""
     def common(p):
@@ -214,3 +228,10 @@ def register_into(sub) -> None:
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
     p.add_argument("--out", type=Path, default=Path("results/calvin/underrepresented"))
     p.set_defaults(func=cmd_underrepresented)
+
+    p = sub.add_parser("breakdown", help="where evaluated trials go: target / its part the other way / other / none")
+    p.add_argument("--cell", action="append", required=True, metavar="NAME=DIR:METHOD",
+                   help="a results directory of `dynaguide calvin eval` and one of its methods (repeatable)")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--png", type=Path, default=None)
+    p.set_defaults(func=cmd_breakdown)

@@ -15,7 +15,7 @@ from dynaguide.guidance.goals import GuidanceConfig
 
 #: episode-seed ranges of each use (``dynaguide calvin collect/goals`` seeds; evaluation trial seeds)
 SEED_RANGES = {
-    "train": (0, 1_000_000),                 # collect --seed 0 and --seed 500000
+    "train": (0, 1_000_000),                 # collect --seed 0, 500000 and 700000 (extra switch_on segments)
     "goals": (1_000_000, 3_000_000),         # calvin_bridge.datasets.HELDOUT_SEED_OFFSET (held-out + underspecified)
     "validation": (3_000_000, 4_000_000),    # collect --seed 3000000: start poses; trial seeds from 3500000: sweeps
     "evaluation": (5_000_000, 6_000_000),    # harness trial seeds
@@ -134,7 +134,7 @@ class EvalConfig:
     gpc_samples: int = 10
     itps_scale: float = 1.0
     latency_steps: int = 0                # 0 = lockstep; d > 0: chunks arrive d control steps after their observation
-    commit_steps: int = 0                 # actions executed per chunk before replanning; 0 = the policy's n_action_steps
+    commit_steps: int = 0                 # actions run per chunk before replanning (0: the policy's n_action_steps)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def __post_init__(self) -> None:
