@@ -94,16 +94,26 @@ def plot(result: dict, png: Path) -> None:
     shares = list(result["shares"])
     if not shares:
         return
+    # the --reference point is another policy (trained on every segment, possibly another collection): drawn
+    # hollow and unconnected, so the lines join only the policies retrained for this experiment
+    reference = {s for s, src in result.get("policies", {}).items() if "shipped policy" in src}
+    retrained = [s for s in shares if s not in reference]
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
-    for m in METHODS:
-        pts = [(100 * float(s), result["shares"][s][m]) for s in shares if m in result["shares"][s]]
-        if not pts:
-            continue
-        xs = [x for x, _ in pts]
-        ys = [100 * c["rate"] for _, c in pts]
-        ax.errorbar(xs, ys, yerr=error_bars([c for _, c in pts]), marker="o", capsize=3, label=m)
+    for i, m in enumerate(METHODS):
+        pts = [(100 * float(s), result["shares"][s][m]) for s in retrained if m in result["shares"][s]]
+        line = None
+        if pts:
+            line = ax.errorbar([x for x, _ in pts], [100 * c["rate"] for _, c in pts],
+                               yerr=error_bars([c for _, c in pts]), marker="o", capsize=3, label=m)
+        for s in reference:
+            if m in result["shares"][s]:
+                c = result["shares"][s][m]
+                ax.errorbar([100 * float(s) * (1.0 + 0.06 * (i - 1))], [100 * c["rate"]], yerr=error_bars([c]),
+                            marker="s", fillstyle="none", linestyle="none", capsize=3,
+                            color=line[0].get_color() if line else None,
+                            label="shipped policy, natural share" if i == 0 else None)
     ax.set_xscale("log")
-    ticks = [100 * float(s) for s in shares]
+    ticks = [100 * float(s) for s in retrained]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.set_xlabel(f"{result['target']} share of the base policy's training segments (%)")
