@@ -293,3 +293,37 @@ def test_breakdown_counts_one_methods_trials_of_every_target(tmp_path):
         parse_cell("no-method-here")
     with pytest.raises(FileNotFoundError, match="gpc"):
         cell_breakdown(tmp_path, "gpc")
+
+
+def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_setup):
+    """Same observation, goals and noise: ``GuidedPolicyRunner.act`` (the policy node's code path, goal and
+    observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk."""
+    from dynaguide.data import to_image_tensor
+    from dynaguide.embedders import resize_images
+    from dynaguide.experiments.calvin.evaluate import load_models
+    from dynaguide.experiments.calvin.harness import Observation, Planners, load_goal_images
+    from dynaguide.runtime import GuidedPolicyRunner
+
+    root, cfg = tiny_setup
+    policy, dynamics = load_models(cfg)
+    embedder = make_embedder(cfg.embedder)
+    goals = {"drawer_open": load_goal_images(cfg.data.goals, "drawer_open", "heldout", 1)}
+    planner = Planners(policy, dynamics, embedder, cfg.eval, goals, 0.02).make("dynaguide", "drawer_open")
+    runner = GuidedPolicyRunner(policy, dynamics, trained=True)
+
+    def node_tokens(frames: np.ndarray) -> np.ndarray:   # the embedding node: uint8 → [0, 1] → resize → embed
+        with torch.no_grad():
+            return embedder(resize_images(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0,
+                                          embedder.image_size)).numpy()
+
+    g = cfg.eval.guidance
+    runner.set_guidance_tokens(node_tokens(goals["drawer_open"]), None, scale=g.scale, sigma=g.sigma,
+                               stochastic_steps=g.stochastic_steps)
+    frame = goals["drawer_open"][0]                       # any 64 px static frame
+    images, proprio = np.stack([frame, frame]), np.zeros((2, 15), np.float32)
+    harness = planner(Observation(to_image_tensor(images)[None], torch.from_numpy(proprio)[None], torch.zeros(1, 3),
+                                  [torch.Generator().manual_seed(7)]))
+    runner.generator = torch.Generator().manual_seed(7)
+    graph = runner.act({"rgb_static": images}, proprio, node_tokens(frame[None])[0])
+    assert graph.guided
+    np.testing.assert_allclose(graph.actions, policy.unnormalize_actions(harness)[0].numpy(), atol=1e-4)
