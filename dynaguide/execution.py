@@ -162,3 +162,37 @@ class ActionSchedule:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+
+class StampedHistory:
+    """The last ``maxlen`` observations of one stream, one per distinct time stamp, oldest first.
+
+    A lockstep simulator republishes its last camera frame and robot state while the world waits for the policy.
+    Appending those copies would turn the history into ``[o_t, o_t]`` instead of the ``[o_{t-1}, o_t]`` the
+    policy was trained on (and the CALVIN harness feeds it).  An entry with the newest stamp therefore replaces
+    the newest entry; one older than it is dropped (the history never goes back in time).  ``stamp`` in seconds.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        if maxlen < 1:
+            raise ValueError(f"maxlen must be >= 1, got {maxlen}")
+        self._items: deque = deque(maxlen=maxlen)
+
+    def append(self, stamp: float, value) -> None:
+        if self._items and stamp <= self._items[-1][0]:
+            if stamp == self._items[-1][0]:
+                self._items[-1] = (stamp, value)
+            return
+        self._items.append((stamp, value))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def newest_stamp(self) -> float:
+        return self._items[-1][0]
+
+    def padded(self, n: int) -> list:
+        """The last ``n`` values, the oldest repeated in front while fewer than ``n`` were seen."""
+        values = [v for _, v in self._items][-n:]
+        return [values[0]] * (n - len(values)) + values

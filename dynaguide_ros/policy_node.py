@@ -27,7 +27,6 @@ execution budget ``n_action_steps · action_dt`` and a WARN is logged while it i
 from __future__ import annotations
 
 import threading
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped
 
+from dynaguide.execution import StampedHistory
 from dynaguide.realtime import LatencyMonitor
 from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
 from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
@@ -94,8 +94,9 @@ class PolicyNode(Node):
         horizon_left = self.runner.policy.horizon - self.runner.action_offset
         self.commit_steps = min(horizon_left, max(1, round(self.cfg.replan_period_s / self.cfg.action_dt)))
         self._lock = threading.Lock()
-        self.frames: dict[str, deque] = {k: deque(maxlen=self.n_obs) for k in self.runner.policy.cfg.image_keys}
-        self.proprio: deque = deque(maxlen=self.n_obs)
+        # one entry per distinct stamp: a lockstep sim republishes its last frame and state while it waits
+        self.frames = {k: StampedHistory(self.n_obs) for k in self.runner.policy.cfg.image_keys}
+        self.proprio = StampedHistory(self.n_obs)
         self.tcp_xyz = np.zeros(3)
         self.embedding: tuple[float, np.ndarray, str] | None = None
         self.guidance_revision = 0
@@ -134,7 +135,7 @@ class PolicyNode(Node):
             self.get_logger().warning(f"camera/{key}: {exc}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.frames[key].append((time_to_seconds(msg.header.stamp), rgb))
+            self.frames[key].append(time_to_seconds(msg.header.stamp), rgb)
 
     def _on_calvin_state(self, msg: CalvinState) -> None:
         if len(msg.robot_obs) != self.cfg.runner.proprio_dim:
@@ -142,7 +143,7 @@ class PolicyNode(Node):
                                       f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.proprio.append(np.asarray(msg.robot_obs, dtype=np.float32))
+            self.proprio.append(time_to_seconds(msg.header.stamp), np.asarray(msg.robot_obs, dtype=np.float32))
             self.tcp_xyz = np.asarray(msg.robot_obs[:3], dtype=np.float64)
 
     def _on_joint_state(self, msg: JointState) -> None:
@@ -152,7 +153,7 @@ class PolicyNode(Node):
                                       f"expected {self.cfg.runner.proprio_dim}", throttle_duration_sec=5.0)
             return
         with self._lock:
-            self.proprio.append(pos)
+            self.proprio.append(time_to_seconds(msg.header.stamp), pos)
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
         """End-effector position in ``frame_id`` (the arm's base frame): where predicted paths start."""
@@ -216,15 +217,15 @@ class PolicyNode(Node):
     def _tick(self) -> None:
         now = self.get_clock().now().nanoseconds * 1e-9
         with self._lock:
-            if any(len(f) == 0 for f in self.frames.values()) or not self.proprio:
+            if any(len(f) == 0 for f in self.frames.values()) or len(self.proprio) == 0:
                 self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
                 return
-            obs_stamp = min(f[-1][0] for f in self.frames.values())
+            obs_stamp = min(f.newest_stamp for f in self.frames.values())
             # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step
             if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt:
                 return  # the last chunk is recent enough
-            images = {k: np.stack([fr[1] for fr in self._padded(f)]) for k, f in self.frames.items()}
-            proprio = np.stack(self._padded(self.proprio))
+            images = {k: np.stack(f.padded(self.n_obs)) for k, f in self.frames.items()}
+            proprio = np.stack(self.proprio.padded(self.n_obs))
             embedding = self.embedding
             tcp = self.tcp_xyz.copy()
         age = now - obs_stamp
@@ -282,10 +283,6 @@ class PolicyNode(Node):
                                   values=[KeyValue(key="guidance_revision", value=str(self.guidance_revision)),
                                           KeyValue(key="sequence", value=str(self.sequence))])
         self.status_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
-
-    def _padded(self, frames: deque) -> list:
-        items = list(frames)
-        return [items[0]] * (self.n_obs - len(items)) + items
 
     def _publish_markers(self, start: np.ndarray, actions: np.ndarray, stamp, guided: bool) -> None:
         path = integrate_path(start, actions, self.cfg.action_space, self.cfg.path_scale_m)

@@ -78,3 +78,21 @@ def test_stamp_rules_are_shared_and_max_future_s_is_kept(arx5):
         chunk = ActionChunk(NOW, "joint_position", _rows(), 0, 0.1)
         ex.accept(chunk.stamp, ex.plan(chunk, NOW, None), NOW, np.zeros(6), 0.0)
         ex.plan(chunk, NOW + 0.01, None)
+
+
+def test_observation_history_keeps_one_entry_per_stamp():
+    """A lockstep sim republishes frame t while it waits: the history must stay [t-1, t], not become [t, t]."""
+    from dynaguide.execution import StampedHistory
+
+    history = StampedHistory(2)
+    history.append(1.0, "a")
+    assert history.padded(2) == ["a", "a"]                 # fewer than n seen: the oldest is repeated
+    history.append(2.0, "b")
+    history.append(2.0, "b again")                         # republished while paused: replaces, does not shift
+    assert history.padded(2) == ["a", "b again"] and history.newest_stamp == 2.0
+    history.append(1.5, "late")                             # older than the newest: dropped
+    assert history.padded(2) == ["a", "b again"]
+    history.append(3.0, "c")
+    assert history.padded(2) == ["b again", "c"] and len(history) == 2
+    with pytest.raises(ValueError, match="maxlen"):
+        StampedHistory(0)
