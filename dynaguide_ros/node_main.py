@@ -67,6 +67,11 @@ def spin_node(make_node: Callable[[], object], argv: Sequence[str] | None = None
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():
+            raise  # a real error while running
+        # a callback that ran while SIGINT/SIGTERM shut the context down (e.g. a timer publishing on an
+        # invalidated publisher): part of the shutdown, not a failure; destroy_node's fail-safe still runs below
     finally:
         watchdog = _exit_if_stuck(EXIT_GRACE_S)
         if node is not None:
