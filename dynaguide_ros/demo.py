@@ -59,6 +59,11 @@ def expert_goal_images(behaviour: str, n: int, out: Path, size: int = 200) -> li
     return images
 
 
+def _scene_label(args) -> str:
+    """How the demo's scenes are drawn, as recorded in its summaries."""
+    return "random" if args.random_scene else f"{args.behaviour} possible"
+
+
 def _run(args) -> int:
     apply_localhost_defaults()
     import rclpy
@@ -109,7 +114,7 @@ def _run(args) -> int:
     node.create_subscription(DiagnosticArray, "/diagnostics", on_status, RELIABLE)
     launcher.start()
     summary: dict = {"behaviour_target": None if args.unguided else args.behaviour, "seed": args.seed,
-                     "scene": "random" if args.random_scene else f"{args.behaviour} possible",
+                     "scene": _scene_label(args),
                      "trained_models": trained, "duration_s": args.duration}
     try:
         print("[demo] waiting for the graph (first start imports torch in four processes)...")
@@ -213,7 +218,7 @@ def _measure(args) -> int:
                                "behaviours": summary["behaviours_detected"]})
     result = {"target": args.behaviour, "duration_s": args.duration, "sim_seconds": args.sim_seconds,
               "checkpoints": str(args.checkpoints), "goals": args.goals,
-              "scene": "random" if args.random_scene else f"{args.behaviour} possible",
+              "scene": _scene_label(args),
               "command": "dynaguide " + shlex.join(sys.argv[1:])}
     for mode, rows in runs.items():
         result[mode] = {"target_first": sum(r["first_behaviour"] == args.behaviour for r in rows), "n": len(rows),

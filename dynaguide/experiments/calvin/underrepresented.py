@@ -47,6 +47,7 @@ def run_underrepresented(cfg: CalvinExperimentConfig, target: str, shares: Seque
     out = Path(out_dir)
     cells: dict[str, dict] = {}
     sources: dict[str, str] = {}
+    reference_share = None
     for share in shares:
         path = policy_dir(policies, target, share)
         if not path.is_dir():
@@ -62,11 +63,12 @@ def run_underrepresented(cfg: CalvinExperimentConfig, target: str, shares: Seque
         if share is not None and target in ref["behaviours"]:
             cells[f"{share}"] = {m: c for m, c in ref["behaviours"][target].items() if m in methods}
             sources[f"{share}"] = f"{reference} (the shipped policy, natural share of the training file)"
+            reference_share = f"{share}"
     order = sorted(cells, key=float)
     result = {"experiment": "underrepresented", "target": target,
               "shares": {s: {m: {k: c[k] for k in ("rate", "n", "ci95", "distribution")} for m, c in cells[s].items()}
                          for s in order},
-              "policies": sources, "trials": cfg.eval.trials, "command": command}
+              "policies": sources, "reference_share": reference_share, "trials": cfg.eval.trials, "command": command}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "results.md").write_text(markdown(result))
@@ -96,7 +98,7 @@ def plot(result: dict, png: Path) -> None:
         return
     # the --reference point is another policy (trained on every segment, possibly another collection): drawn
     # hollow and unconnected, so the lines join only the policies retrained for this experiment
-    reference = {s for s, src in result.get("policies", {}).items() if "shipped policy" in src}
+    reference = {result["reference_share"]} if result.get("reference_share") else set()
     retrained = [s for s in shares if s not in reference]
     fig, ax = plt.subplots(figsize=(4.8, 3.4))
     for i, m in enumerate(METHODS):
