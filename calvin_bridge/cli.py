@@ -2,6 +2,7 @@
 
     dynaguide calvin experts [--calvin-data-dir DIR --table NAME] --episodes N --json OUT
     dynaguide calvin collect --out FILE --demos N [--mixture switch_on=0.01,...] [--resume]
+    dynaguide calvin play --out DIR --episodes N --workers W [--noise 0.3 --noise-share 0.5] [--resume]
     dynaguide calvin goals --out FILE --per-behaviour N
     dynaguide calvin bench [--sizes 200,96] [--json OUT]
 """
@@ -91,6 +92,21 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_play(args: argparse.Namespace) -> int:
+    from calvin_bridge.datasets import parse_mixture
+    from calvin_bridge.play import PlayConfig, collect_play
+
+    cfg = PlayConfig(episodes=args.episodes, seed=args.seed, segments_per_episode=args.segments,
+                     mixture=parse_mixture(args.mixture), noise=args.noise, noise_share=args.noise_share,
+                     workers=args.workers)
+    start = time.perf_counter()
+    stats = collect_play(_env_config(args), cfg, args.out.expanduser(), resume=args.resume)
+    stats["wall_seconds"] = round(time.perf_counter() - start, 1)
+    stats["load_average_1min"] = round(os.getloadavg()[0], 2)
+    _write_json(args.json, stats)
+    return 0
+
+
 def cmd_goals(args: argparse.Namespace) -> int:
     from calvin_bridge.datasets import make_goals
     from calvin_bridge.experts import BEHAVIOURS
@@ -141,6 +157,21 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true", help="append to an existing file")
     p.add_argument("--json", type=Path, default=None)
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("play", help="chained play episodes with DART-perturbed recovery segments (parallel shards)")
+    _common(p)
+    p.add_argument("--out", type=Path, required=True, help="directory of the shard files (e.g. ~/.cache/dynaguide/...)")
+    p.add_argument("--episodes", type=int, default=100)
+    p.add_argument("--segments", type=int, default=6, help="behaviours chained per episode")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (one shard file each)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED + i")
+    p.add_argument("--mixture", default=None, help="behaviour=weight,... (default uniform over all 14)")
+    p.add_argument("--noise", type=float, default=0.3, help="std of the executed-action noise (action units)")
+    p.add_argument("--noise-share", type=float, default=0.5, help="share of segments executed with noise")
+    p.add_argument("--static-size", type=int, default=None, help="static camera size (default from config: 200)")
+    p.add_argument("--resume", action="store_true", help="continue existing shards")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(func=cmd_play)
 
     p = sub.add_parser("goals", help="held-out and underspecified goal frames per behaviour")
     _common(p)

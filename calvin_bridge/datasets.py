@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import h5py
 import numpy as np
@@ -84,7 +84,15 @@ def parse_mixture(text: str | None) -> dict[str, float]:
 def record_episode(env: CalvinEnv, behaviour: str, seed: int) -> tuple[dict[str, np.ndarray], dict]:
     """Reset with ``seed`` into a scene for ``behaviour``, run its expert, return the arrays and result."""
     rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=seed, options={"scene": behaviour_scene(env, behaviour, rng)})
+    env.reset(seed=seed, options={"scene": behaviour_scene(env, behaviour, rng)})
+    return record_segment(env, behaviour, rng)
+
+
+def record_segment(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
+                   perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Run ``behaviour``'s expert from the env's current state and return its frames (the layout above) and
+    :func:`run_expert`'s result.  ``perturb`` changes the executed actions only; the recorded actions are
+    the expert's (DART-style recovery labels)."""
     frames = {"third_person": [], "eye_in_hand": [], "proprio": [], "states": [], "actions": []}
 
     def keep(o: dict, action: np.ndarray | None) -> None:
@@ -97,7 +105,7 @@ def record_episode(env: CalvinEnv, behaviour: str, seed: int) -> tuple[dict[str,
     def on_step(before: dict, action: np.ndarray, info: dict) -> None:
         keep(before, action)
 
-    result = run_expert(env, behaviour, rng, on_step=on_step)
+    result = run_expert(env, behaviour, rng, on_step=on_step, perturb=perturb)
     final = env._observation(render=True)
     last_action = np.zeros(7)
     last_action[6] = frames["actions"][-1][6] if frames["actions"] else 1.0
@@ -106,7 +114,7 @@ def record_episode(env: CalvinEnv, behaviour: str, seed: int) -> tuple[dict[str,
     return arrays, result
 
 
-def _write_demo(group: h5py.Group, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
+def write_segment(group: h5py.Group, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
     """One recorded segment (or goal frame) through the method core's writer (:func:`dynaguide.data.write_demo`)."""
     demo = Demo(actions=arrays["actions"], images={cam: arrays[cam] for cam in ("third_person", "eye_in_hand")},
                 proprio=arrays["proprio"], states=arrays["states"])
@@ -143,7 +151,7 @@ def collect(env_config: CalvinEnvConfig, cfg: CollectConfig, out: str | Path, re
                 stats["failures"] += 1
             else:
                 raise RuntimeError(f"expert {behaviour} failed {cfg.max_attempts_per_demo} times in a row")
-            _write_demo(data, f"demo_{i}", arrays, {"behavior": behaviour, "label": result["label"], "seed": seed,
+            write_segment(data, f"demo_{i}", arrays, {"behavior": behaviour, "label": result["label"], "seed": seed,
                                                    "success": bool(result["success"])})
             data.attrs["next_seed_offset"] = next_seed - cfg.seed
             stats["demos"] += 1
@@ -231,4 +239,4 @@ def _write_goal(group: h5py.Group, name: str, obs: Mapping[str, np.ndarray], beh
                 label: str) -> None:
     arrays = {"third_person": obs["rgb_static"][None], "eye_in_hand": obs["rgb_gripper"][None],
               "proprio": obs["robot_obs"][None], "states": obs["scene_obs"][None], "actions": np.zeros((1, 7))}
-    _write_demo(group, name, arrays, {"behavior": behaviour, "goal_set": goal_set, "label": label})
+    write_segment(group, name, arrays, {"behavior": behaviour, "goal_set": goal_set, "label": label})

@@ -113,6 +113,13 @@ class CalvinEnv:
         obs = self._observation(self.config.render_every_step)
         return obs, {"behaviour": "no_behaviour", "scene_source": self.scene.source}
 
+    def begin_segment(self) -> None:
+        """Make the current scene state the reference of behaviour labels (``first_scene_obs``): a play
+        episode's next segment starts here, and its label says what changed since."""
+        if self.first_scene_obs is None:
+            raise RuntimeError("call reset() before begin_segment()")
+        self.first_scene_obs = self.scene.scene_obs()
+
     def step(self, action) -> tuple[dict, float, bool, bool, dict]:
         """Apply one 30 Hz control step; returns ``(obs, reward, terminated, truncated, info)`` with
         ``info["behaviour"]`` the label against the episode's first state and ``info["tasks"]`` the

@@ -16,7 +16,7 @@ import numpy as np
 import pybullet as p
 
 from calvin_bridge.env import CalvinEnv
-from calvin_bridge.labels import block_position
+from calvin_bridge.labels import LED as LED_INDEX, block_position
 
 BEHAVIOURS = ("switch_on", "switch_off", "drawer_open", "drawer_close", "door_left", "door_right",
               "button_on", "button_off", "touch_red", "touch_blue", "touch_pink",
@@ -305,31 +305,53 @@ def scene_for_behaviours(env: CalvinEnv, behaviours, rng: np.random.Generator) -
     return state
 
 
+#: where each articulated behaviour is possible: (part, low, high) as fractions of the part's joint range.  A
+#: scene made for a behaviour draws its part uniformly in this band (:func:`_make_possible`); a play collector
+#: may pick the behaviour in a state only while the part lies in it (:func:`is_possible`).  One table for both.
+ARTICULATED_BANDS = {"switch_on": ("switch", 0.0, 0.3), "switch_off": ("switch", 0.7, 1.0),
+                     "drawer_open": ("drawer", 0.0, 0.45), "drawer_close": ("drawer", 0.55, 1.0),
+                     "door_left": ("door", 0.0, 0.5), "door_right": ("door", 0.5, 1.0)}
+#: the green LED value in which each button behaviour is possible
+BUTTON_LED = {"button_on": 0, "button_off": 1}
+#: displacement (m) a block behaviour must be able to push its block (the ``displace_*`` experts' longest push)
+FEASIBLE_PUSH = 0.09
+
+
+def is_possible(env: CalvinEnv, behaviour: str) -> bool:
+    """Whether ``behaviour``'s expert can do it from the env's *current* scene state (a play collector asks
+    this before chaining the next behaviour): the part inside :data:`ARTICULATED_BANDS`, the LED in the state
+    :data:`BUTTON_LED` needs, or the target block on the ``table`` surface with a free push of
+    :data:`FEASIBLE_PUSH` (blocks on the shelf behind the sliding door are out of the top-down pusher's reach)."""
+    if behaviour not in EXPERTS:
+        raise ValueError(f"unknown behaviour {behaviour!r}; known: {list(BEHAVIOURS)}")
+    scene = env.scene
+    if behaviour in ARTICULATED_BANDS:
+        part, a, b = ARTICULATED_BANDS[behaviour]
+        lo, hi = scene.joint_limits[part]
+        value = scene.joint_value(part)
+        return lo + (hi - lo) * a <= value <= lo + (hi - lo) * b
+    obs = scene.scene_obs()
+    if behaviour in BUTTON_LED:
+        return int(round(float(obs[LED_INDEX]))) == BUTTON_LED[behaviour]
+    colour = behaviour.split("_", 1)[1]
+    pos = block_position(obs, colour)
+    lo, hi = (np.asarray(c, dtype=np.float64) for c in table_surface(env))
+    if np.any(pos[:2] < lo[:2]) or np.any(pos[:2] > hi[:2]) or abs(pos[2] - hi[2]) > 0.05:
+        return False
+    others = [block_position(obs, c) for c in ("red", "blue", "pink") if c != colour]
+    return free_push_direction(pos, others, scene.surfaces, FEASIBLE_PUSH,
+                               np.asarray(scene.layout.robot_base_position)) is not None
+
+
 def _make_possible(env: CalvinEnv, state: dict, behaviour: str, rng: np.random.Generator) -> None:
     """Change ``state`` in place so that ``behaviour`` is possible (see :func:`behaviour_scene`)."""
     scene = env.scene
-    lim = scene.joint_limits
-
-    def frac(name: str, a: float, b: float) -> float:
-        lo, hi = lim[name]
-        return float(lo + (hi - lo) * rng.uniform(a, b))
-
-    if behaviour == "switch_on":
-        state["switch"] = frac("switch", 0.0, 0.3)
-    elif behaviour == "switch_off":
-        state["switch"] = frac("switch", 0.7, 1.0)
-    elif behaviour == "drawer_open":
-        state["drawer"] = frac("drawer", 0.0, 0.45)
-    elif behaviour == "drawer_close":
-        state["drawer"] = frac("drawer", 0.55, 1.0)
-    elif behaviour == "door_left":
-        state["door"] = frac("door", 0.0, 0.5)
-    elif behaviour == "door_right":
-        state["door"] = frac("door", 0.5, 1.0)
-    elif behaviour == "button_on":
-        state["led"] = 0
-    elif behaviour == "button_off":
-        state["led"] = 1
+    if behaviour in ARTICULATED_BANDS:
+        part, a, b = ARTICULATED_BANDS[behaviour]
+        lo, hi = scene.joint_limits[part]
+        state[part] = float(lo + (hi - lo) * rng.uniform(a, b))
+    elif behaviour in BUTTON_LED:
+        state["led"] = BUTTON_LED[behaviour]
     else:
         colour = behaviour.split("_", 1)[1]
         lo, hi = (np.asarray(c, dtype=np.float64) for c in table_surface(env))
@@ -338,7 +360,7 @@ def _make_possible(env: CalvinEnv, state: dict, behaviour: str, rng: np.random.G
             fixed = {f"block_{colour}": [*target.tolist(), 0.0, 0.0, float(rng.uniform(-np.pi, np.pi))]}
             blocks = scene.random_blocks(rng, fixed=fixed)
             others = [np.asarray(v[:3]) for k, v in blocks.items() if k != f"block_{colour}"]
-            if free_push_direction(target, others, env.scene.surfaces, 0.09,
+            if free_push_direction(target, others, env.scene.surfaces, FEASIBLE_PUSH,
                                    np.asarray(env.scene.layout.robot_base_position)) is not None:
                 break
         state.update(blocks)
@@ -362,10 +384,14 @@ def target_point(env: CalvinEnv, behaviour: str) -> np.ndarray:
 
 
 def run_expert(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
-               on_step: Callable[[dict, np.ndarray, dict], None] | None = None, max_steps: int = 240) -> dict:
-    """Execute ``behaviour``'s expert in an already reset ``env``.
+               on_step: Callable[[dict, np.ndarray, dict], None] | None = None, max_steps: int = 240,
+               perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """Execute ``behaviour``'s expert in an already reset ``env`` (or from wherever a play episode stands:
+    labels and the block displacement count from ``env.first_scene_obs``, see :meth:`CalvinEnv.begin_segment`).
 
-    ``on_step(obs_before, action, info)`` is called for every step (for recording).  Returns
+    ``on_step(obs_before, action, info)`` is called for every step (for recording) with the expert's own
+    action; ``perturb(action) -> executed action`` (DART-style noise) changes only what the robot executes,
+    so the recorded label is the expert's correction from the perturbed state.  Returns
     ``{"label": final label, "success": bool, "steps": n, "displacement": block motion (m) or None}``.
     """
     if behaviour not in EXPERTS:
@@ -387,7 +413,7 @@ def run_expert(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
             target = tcp + delta * min(1.0, limit / max(dist, 1e-9))
             action = env.absolute_to_relative(target, euler, wp.gripper)
             before = obs if obs is not None else env._observation(env.config.render_every_step)
-            obs, _, _, _, info = env.step(action)
+            obs, _, _, _, info = env.step(action if perturb is None else perturb(action))
             if on_step is not None:
                 on_step(before, action, info)
             steps += 1

@@ -3,6 +3,7 @@
     dynaguide calvin train --config config/calvin_experiment.yaml [--stage merge,embed,policy,dynamics,export]
     dynaguide calvin check-dynamics --config config/calvin_experiment.yaml --json results/calvin/dynamics_check.json
     dynaguide calvin eval --config config/calvin_experiment.yaml --experiment articulated --methods base,dynaguide
+    dynaguide calvin base-check --config config/calvin_play.yaml --trials 10 --json results/calvin/base_check.json
     dynaguide calvin ablation --target switch_on
     dynaguide calvin underrepresented --target switch_on --shares 0.01,0.02
 """
@@ -106,6 +107,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_base_check(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.base_check import base_check
+
+    args.split = "validation"
+    cfg = _config(args)
+    out = args.out or Path(cfg.training.out_dir) / "base_check"
+    result = base_check(cfg, out, policy_dir=args.policy, command="dynaguide " + shlex.join(sys.argv[1:]))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
 def cmd_ablation(args: argparse.Namespace) -> int:
     from dynaguide.experiments.calvin.ablation import run_ablation
 
@@ -204,6 +220,18 @@ def register_into(sub) -> None:
     p.add_argument("--gc-policy", default=None, help="goal-conditioned policy checkpoint (method goal_conditioned)")
     p.add_argument("--out", type=Path, default=None)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("base-check", help="does the base policy finish? finish rate, chunk reversals, first "
+                                          "behaviours on ArticulatedParts validation cells")
+    common(p)
+    p.add_argument("--trials", type=int, default=10, help="trials per articulated target (validation seeds)")
+    p.add_argument("--horizon", type=int, default=None)
+    p.add_argument("--batch-envs", type=int, default=None)
+    p.add_argument("--policy", default=None, help="policy checkpoint dir (default: training.export_dir/policy)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="trial logs (resumable; default: training.out_dir/base_check)")
+    p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    p.set_defaults(func=cmd_base_check)
 
     p = sub.add_parser("ablation", help="s / sigma / M / squared-distance ablation on one ArticulatedParts target")
     common(p)

@@ -6,6 +6,7 @@ never share an episode seed (see :data:`SEED_RANGES`).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +80,12 @@ class DataConfig:
     camera: str = "third_person"          # dataset key of the static camera (= ``rgb_static`` of the env)
     static_size: int = 96                 # px the data was rendered at; the harness renders the same
 
+    def __post_init__(self) -> None:
+        # generated data live in a cache outside the checkout (``~/.cache/dynaguide/...``): expand ``~``
+        self.train = tuple(os.path.expanduser(p) for p in self.train)
+        for name in ("merged", "validation", "goals"):
+            setattr(self, name, os.path.expanduser(getattr(self, name)))
+
 
 @dataclass
 class ModelConfig:
@@ -106,6 +113,7 @@ class TrainingConfig:
     underrepresented_share: float = 0.0
 
     def __post_init__(self) -> None:
+        self.out_dir = os.path.expanduser(self.out_dir)
         if self.underrepresented_behaviour and not 0.0 < self.underrepresented_share < 1.0:
             raise ValueError(f"underrepresented_share must be in (0, 1), got {self.underrepresented_share}")
 

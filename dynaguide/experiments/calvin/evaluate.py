@@ -157,7 +157,7 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
         goal_behaviours |= {b for name in EXPERIMENTS[experiment] for b in task_of(experiment, name).positives}
     for b in sorted(goal_behaviours):
         goals[b] = load_goal_images(cfg.data.goals, b, ev.goal_set, ev.goals_per_target)
-    start_poses = load_start_poses(cfg.data.validation)
+    start_poses = load_start_poses(cfg.data.validation, ev.split)
     env_cfg = env_config_for(cfg)
     stages["load_s"] = round(time.perf_counter() - t0, 1)
     planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,

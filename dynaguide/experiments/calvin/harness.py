@@ -131,16 +131,57 @@ def load_goal_images(path: str | Path, behaviour: str, goal_set: str, limit: int
     return np.stack(frames)
 
 
-def load_start_poses(path: str | Path) -> np.ndarray:
-    """``(S, 8)`` start poses (7 arm joints rad + gripper action) = first frames of the validation segments."""
+#: which start poses each split draws from (:func:`load_start_poses`): even-numbered validation segments for
+#: validation (choosing every setting), odd-numbered ones for evaluation, so the two never share a start pose
+START_POSE_PARITY = {"validation": 0, "evaluation": 1}
+
+
+def load_start_poses(path: str | Path, split: str | None = None) -> np.ndarray:
+    """``(S, 8)`` start poses (7 arm joints rad + gripper action) = first frames of the validation segments;
+    with ``split`` only that split's half of them (:data:`START_POSE_PARITY`)."""
+    if split is not None and split not in START_POSE_PARITY:
+        raise ValueError(f"split must be one of {sorted(START_POSE_PARITY)}, got {split!r}")
     poses = []
     with h5py.File(path, "r") as f:
         for name in sorted(f["data"], key=lambda n: int(n.split("_")[-1])):
             robot_obs = f["data"][name]["obs/proprio"][0]
             poses.append(np.concatenate([robot_obs[7:14], robot_obs[14:15]]))
+    if split is not None:
+        poses = poses[START_POSE_PARITY[split]::2]
     if not poses:
         raise ValueError(f"{path} has no segments to take start poses from")
     return np.asarray(poses, dtype=np.float64)
+
+
+#: two consecutive chunks *reverse* when the net translations they execute point more than 120° apart
+#: (cosine below this) and both move at least :data:`REVERSAL_MIN_MOVE` action units (1 unit = 2 cm)
+REVERSAL_COSINE = -0.5
+REVERSAL_MIN_MOVE = 0.5
+
+
+def is_reversal(previous_move: np.ndarray | None, move: np.ndarray) -> bool | None:
+    """Whether the net xyz translation ``move`` (3,) (summed relative actions of one executed chunk) reverses
+    ``previous_move``; ``None`` when the pair does not count (no previous chunk, or either barely moves)."""
+    if previous_move is None:
+        return None
+    a, b = float(np.linalg.norm(previous_move)), float(np.linalg.norm(move))
+    if a < REVERSAL_MIN_MOVE or b < REVERSAL_MIN_MOVE:
+        return None
+    return float(np.dot(previous_move, move)) / (a * b) < REVERSAL_COSINE
+
+
+def reversal_counts(actions: np.ndarray, period: int) -> tuple[int, int]:
+    """``(reversals, counted pairs)`` over consecutive ``period``-step windows of a recorded action sequence
+    ``(L, 7)`` — the same measure :class:`CellRunner` takes of executed chunks (expert data's reference)."""
+    previous, reversals, pairs = None, 0, 0
+    for start in range(0, len(actions) - period + 1, period):
+        move = np.asarray(actions[start:start + period, :3], dtype=np.float64).sum(axis=0)
+        verdict = is_reversal(previous, move)
+        if verdict is not None:
+            pairs += 1
+            reversals += int(verdict)
+        previous = move
+    return reversals, pairs
 
 
 # ------------------------------------------------------------------------------------------ planners
@@ -274,6 +315,9 @@ class _Slot:
     label: str | None = None
     previous: np.ndarray | None = None  # the last chunk (raw, (T, A)): runs on while the next one is computed
     hold: np.ndarray | None = None      # the action that holds the pose (start of a wall-clock trial)
+    last_move: np.ndarray | None = None  # net xyz translation (3,) of the last executed tick (reversal count)
+    reversals: int = 0
+    chunk_pairs: int = 0
 
 
 def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
@@ -363,7 +407,14 @@ class CellRunner:
                 raw = self.unnormalize(chunk).cpu().numpy()
             for row, i in enumerate(active):
                 slot, env = slots[i], self.envs[i]
-                for k, action in enumerate(self._actions_of_tick(slot, raw[row])):
+                tick = self._actions_of_tick(slot, raw[row])
+                move = np.clip(tick[:, :3], -1.0, 1.0).sum(axis=0)
+                verdict = is_reversal(slot.last_move, move)
+                if verdict is not None:
+                    slot.chunk_pairs += 1
+                    slot.reversals += int(verdict)
+                slot.last_move = move
+                for k, action in enumerate(tick):
                     obs_k, _, _, _, info = env.step(action)
                     slot.steps += 1
                     if info["behaviour"] != "no_behaviour":
@@ -378,6 +429,7 @@ class CellRunner:
                 if slot.label is not None:
                     record({"target": task.name, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
                             "success": task.success(slot.label), "steps": slot.steps,
+                            "reversals": slot.reversals, "chunk_pairs": slot.chunk_pairs,
                             "seconds": round(time.perf_counter() - slot.started, 2)})
                     slots[i] = None
                     bar.update(1)
