@@ -175,3 +175,61 @@ def test_validation_and_evaluation_start_poses_are_disjoint(env_config, tmp_path
     assert len(val) + len(ev) == len(every) and len(ev) >= 1
     assert not any(np.allclose(v, e) for v in val for e in ev)
     json.dumps(summarise_play([path]))   # the collection summary is plain JSON
+
+
+# ------------------------------------------------------------------------------------------ protocol
+def _protocol_setup(tmp_path):
+    import torch
+
+    from dynaguide.checkpoint import save_checkpoint
+    from dynaguide.experiments.calvin.config import CalvinExperimentConfig, DataConfig
+    from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
+
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=("rgb_static",), image_size=32, proprio_dim=15,
+                                                       action_dim=7))
+    for name in ("policy", "dynamics"):
+        save_checkpoint(tmp_path / name, policy, policy.cfg)
+    cfg = CalvinExperimentConfig(data=DataConfig(train=(), merged="", validation="val.h5", goals="goals.h5"))
+    return cfg
+
+
+def test_a_protocol_freezes_models_and_settings(tmp_path):
+    from dynaguide.experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
+
+    cfg = _protocol_setup(tmp_path)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=50))
+    out = tmp_path / "protocol.json"
+    write_protocol(cfg, out, str(tmp_path / "policy"), str(tmp_path / "dynamics"), ["articulated"], ["base"], [])
+    with pytest.raises(ProtocolError, match="exists"):
+        write_protocol(cfg, out, str(tmp_path / "policy"), str(tmp_path / "dynamics"), ["articulated"], ["base"], [])
+    loaded, protocol = apply_protocol(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=3)), out,
+                                      require_committed=False)
+    assert loaded.eval.trials == 50 and len(protocol["sha256"]) == 64
+    # a changed model byte is refused
+    weights = tmp_path / "dynamics" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ProtocolError, match="dynamics model"):
+        apply_protocol(cfg, out, require_committed=False)
+
+
+def test_an_uncommitted_protocol_is_refused(tmp_path, monkeypatch):
+    import subprocess
+
+    from dynaguide.experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
+
+    cfg = _protocol_setup(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    write_protocol(cfg, "protocol.json", "policy", "dynamics", ["articulated"], ["base"], [])
+    with pytest.raises(ProtocolError, match="not committed"):
+        apply_protocol(cfg, "protocol.json")
+    subprocess.run(["git", "add", "protocol.json"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"], check=True)
+    apply_protocol(cfg, "protocol.json")
+    with open("protocol.json", "a") as f:
+        f.write(" ")
+    with pytest.raises(ProtocolError, match="not committed"):
+        apply_protocol(cfg, "protocol.json")

@@ -97,12 +97,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from dynaguide.experiments.calvin.evaluate import run_experiment
 
     cfg = _config(args)
+    protocol = None
+    if args.protocol:
+        from dynaguide.experiments.calvin.protocol import apply_protocol
+
+        if args.split != "evaluation" or args.policy or args.dynamics or any(
+                getattr(args, k) is not None for k in ("trials", "horizon", "scale", "sigma", "stochastic_steps",
+                                                        "guided_steps", "guidance_input", "latency_steps",
+                                                        "commit_steps", "negatives")):
+            raise SystemExit("--protocol takes every setting and model from the protocol file: drop --split, "
+                             "--policy, --dynamics and the guidance/trial options")
+        cfg, protocol = apply_protocol(cfg, args.protocol)
+        unregistered = sorted(set(args.methods.split(",")) - set(protocol["methods"]))
+        if args.experiment not in protocol["experiments"] or unregistered:
+            raise SystemExit(f"the protocol registers experiments {protocol['experiments']} and methods "
+                             f"{protocol['methods']}; asked for {args.experiment} with {args.methods}")
+        args.policy, args.dynamics = protocol["models"]["policy"]["path"], protocol["models"]["dynamics"]["path"]
     out = args.out or Path("results/calvin") / (args.experiment + ("_validation" if args.split == "validation" else "")
                                                 + ("_quick" if args.quick else ""))
     result = run_experiment(cfg, args.experiment, args.methods.split(","), out,
                             targets=args.targets.split(",") if args.targets else None,
                             command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=args.policy,
                             dynamics_dir=args.dynamics, gc_dir=args.gc_policy, policy_kind=args.policy_kind)
+    if protocol is not None:   # stamp the registered protocol into the results
+        result["protocol"] = {"path": str(args.protocol), "sha256": protocol["sha256"],
+                              "chosen_at_commit": protocol["chosen_at_commit"]}
+        (Path(out) / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({"means": result["means"], "out": str(out)}, indent=2))
     return 0
 
@@ -119,6 +139,19 @@ def cmd_base_check(args: argparse.Namespace) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text + "\n")
+    return 0
+
+
+def cmd_protocol(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.protocol import write_protocol
+
+    args.split = "evaluation"
+    cfg = _config(args)
+    export = Path(cfg.training.export_dir)
+    protocol = write_protocol(cfg, args.out, args.policy or str(export / "policy"),
+                              args.dynamics or str(export / "dynamics"), args.experiments.split(","),
+                              args.methods.split(","), args.evidence or [], note=args.note)
+    print(json.dumps(protocol, indent=2))
     return 0
 
 
@@ -213,6 +246,9 @@ def register_into(sub) -> None:
     p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
                    help="validation: trial seeds from the validation range (for choosing s, sigma, M)")
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--protocol", type=Path, default=None,
+                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, seeds, N and "
+                        "guidance settings, checked against the registered SHA-256s")
     p.add_argument("--policy", default=None, help="policy checkpoint dir (default: training.export_dir/policy)")
     p.add_argument("--policy-kind", choices=("dynaguide", "lerobot"), default="dynaguide",
                    help="lerobot: --policy is a LeRobot DiffusionPolicy save_pretrained directory")
@@ -233,6 +269,22 @@ def register_into(sub) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
     p.set_defaults(func=cmd_base_check)
 
+    p = sub.add_parser("protocol", help="pre-register the evaluation: models (SHA-256), guidance, seeds, N, commit")
+    common(p)
+    p.add_argument("--out", type=Path, required=True, help="protocol JSON to write (refuses to overwrite)")
+    p.add_argument("--policy", default=None)
+    p.add_argument("--dynamics", default=None)
+    p.add_argument("--experiments", default="articulated,movable")
+    p.add_argument("--methods", default="base,dynaguide,gpc,itps,goal_conditioned")
+    p.add_argument("--trials", type=int, default=None)
+    p.add_argument("--scale", type=float, default=None)
+    p.add_argument("--sigma", type=float, default=None)
+    p.add_argument("--stochastic-steps", type=int, default=None)
+    p.add_argument("--commit-steps", type=int, default=None)
+    p.add_argument("--evidence", nargs="*", default=None, help="the validation results the choice was made on")
+    p.add_argument("--note", default="")
+    p.set_defaults(func=cmd_protocol)
+
     p = sub.add_parser("ablation", help="s / sigma / M / squared-distance ablation on one ArticulatedParts target")
     common(p)
     p.add_argument("--target", default="switch_on")
@@ -240,6 +292,9 @@ def register_into(sub) -> None:
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--batch-envs", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--protocol", type=Path, default=None,
+                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, seeds, N and "
+                        "guidance settings, checked against the registered SHA-256s")
     p.add_argument("--out", type=Path, default=Path("results/calvin/ablation"))
     p.set_defaults(func=cmd_ablation)
 
@@ -254,6 +309,9 @@ def register_into(sub) -> None:
                    help="results dir of the shipped policy's ArticulatedParts cells, shown at its natural share")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--protocol", type=Path, default=None,
+                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, seeds, N and "
+                        "guidance settings, checked against the registered SHA-256s")
     p.add_argument("--out", type=Path, default=Path("results/calvin/underrepresented"))
     p.set_defaults(func=cmd_underrepresented)
 
