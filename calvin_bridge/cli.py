@@ -98,7 +98,7 @@ def cmd_play(args: argparse.Namespace) -> int:
 
     cfg = PlayConfig(episodes=args.episodes, seed=args.seed, segments_per_episode=args.segments,
                      mixture=parse_mixture(args.mixture), noise=args.noise, noise_share=args.noise_share,
-                     workers=args.workers)
+                     workers=args.workers, balance=not args.no_balance)
     start = time.perf_counter()
     stats = collect_play(_env_config(args), cfg, args.out.expanduser(), resume=args.resume)
     stats["wall_seconds"] = round(time.perf_counter() - start, 1)
@@ -168,6 +168,8 @@ def register(subparsers) -> None:
     p.add_argument("--mixture", default=None, help="behaviour=weight,... (default uniform over all 14)")
     p.add_argument("--noise", type=float, default=0.3, help="std of the executed-action noise (action units)")
     p.add_argument("--noise-share", type=float, default=0.5, help="share of segments executed with noise")
+    p.add_argument("--no-balance", action="store_true",
+                   help="pick among the possible behaviours by --mixture alone (default: also by 1 / (1 + attempts))")
     p.add_argument("--static-size", type=int, default=None, help="static camera size (default from config: 200)")
     p.add_argument("--resume", action="store_true", help="continue existing shards")
     p.add_argument("--json", type=Path, default=None)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,11 @@ class PlayConfig:
     """Episodes ``0 … episodes − 1`` with episode seeds ``seed + i``.
 
     ``mixture``: behaviour weights (empty = uniform over all 14); at each segment the weights of the
-    behaviours possible now are renormalised.  ``noise``: standard deviation (action units) of the noise on
+    behaviours possible now are renormalised.  ``balance``: divide each weight by ``1 + attempts`` of that
+    behaviour so far in the shard — without it the behaviours possible in almost every state (the button)
+    crowd out those that are rarely possible (blocks on the table with room to push, the switch), 3:1 and
+    more (measured on the validation collection, ``results/calvin/play/``).
+    ``noise``: standard deviation (action units) of the noise on
     the executed xyz action in a perturbed segment; ``noise_share``: share of segments perturbed.
     """
 
@@ -56,6 +61,7 @@ class PlayConfig:
     noise: float = 0.3
     noise_share: float = 0.5
     workers: int = 1
+    balance: bool = True
 
     def __post_init__(self) -> None:
         if self.episodes <= 0 or self.segments_per_episode <= 0 or self.workers <= 0:
@@ -87,9 +93,10 @@ def _new_stats() -> dict:
             "attempts_chained": 0, "successes_chained": 0}
 
 
-def play_episode(env: CalvinEnv, cfg: PlayConfig, episode_seed: int):
+def play_episode(env: CalvinEnv, cfg: PlayConfig, episode_seed: int, attempts: dict[str, int] | None = None):
     """Run one chained episode; yields ``(arrays, attrs, result)`` for every attempted segment (failed ones too,
-    ``result["success"]`` tells), in order.  Deterministic in ``episode_seed``."""
+    ``result["success"]`` tells), in order.  Deterministic in ``episode_seed`` and ``attempts`` (the shard's
+    attempts per behaviour so far, read for ``cfg.balance``; the caller counts each yielded attempt in it)."""
     rng = np.random.default_rng(episode_seed)
     env.reset(seed=episode_seed)   # fully random scene, robot at home ± robot_joint_noise
     for index in range(cfg.segments_per_episode):
@@ -97,7 +104,8 @@ def play_episode(env: CalvinEnv, cfg: PlayConfig, episode_seed: int):
         if not possible:
             yield None, {"episode_seed": episode_seed, "index": index}, {"success": False, "none_possible": True}
             return
-        weights = np.array([cfg.weight(b) for b in possible])
+        weights = np.array([cfg.weight(b) / ((1.0 + (attempts or {}).get(b, 0)) if cfg.balance else 1.0)
+                            for b in possible])
         behaviour = possible[int(rng.choice(len(possible), p=weights / weights.sum()))]
         perturbed = cfg.noise > 0 and bool(rng.random() < cfg.noise_share)
         noise_rng = np.random.default_rng(rng.integers(2**63))
@@ -141,7 +149,7 @@ def _collect_shard(env_config: CalvinEnvConfig, cfg: PlayConfig, out_dir: str, w
                    disable=not progress, dynamic_ncols=True)
         for order in range(done, len(mine)):
             start = time.perf_counter()
-            for arrays, attrs, result in play_episode(env, cfg, cfg.seed + mine[order]):
+            for arrays, attrs, result in play_episode(env, cfg, cfg.seed + mine[order], stats["attempts"]):
                 if arrays is None:
                     stats["no_possible_behaviour"] += 1
                     continue
@@ -170,6 +178,10 @@ def _collect_shard(env_config: CalvinEnvConfig, cfg: PlayConfig, out_dir: str, w
     return stats
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def _shard_job(args) -> dict:
     return _collect_shard(*args)
 
@@ -184,8 +196,13 @@ def collect_play(env_config: CalvinEnvConfig, cfg: PlayConfig, out_dir: str | Pa
     if cfg.workers == 1:
         _shard_job(jobs[0])
     else:
-        with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
-            pool.map(_shard_job, jobs)
+        # a plain `kill` of this process must not orphan the workers: SIGTERM unwinds the pool (terminate())
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            with multiprocessing.get_context("spawn").Pool(cfg.workers) as pool:
+                pool.map(_shard_job, jobs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     return summarise_play([shard_path(out_dir, w, cfg.workers) for w in range(cfg.workers)])
 
 

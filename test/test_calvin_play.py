@@ -233,3 +233,40 @@ def test_an_uncommitted_protocol_is_refused(tmp_path, monkeypatch):
         f.write(" ")
     with pytest.raises(ProtocolError, match="not committed"):
         apply_protocol(cfg, "protocol.json")
+
+
+@pytest.mark.parametrize("rare", [("button_on", "button_off"), ("drawer_open", "drawer_close", "door_left",
+                                                                  "door_right", "switch_on", "switch_off")])
+def test_balancing_picks_the_behaviours_done_least_so_far(env, rare):
+    cfg = PlayConfig(episodes=1, segments_per_episode=1, seed=21, noise=0.0)
+    attempts = {b: 0 if b in rare else 10_000 for b in BEHAVIOURS}
+    # the button and the door always offer one of their two behaviours, so a rare one is always possible
+    _, attrs, _ = next(play_episode(env, cfg, 21, attempts))
+    assert attrs["behavior"] in rare
+
+
+def test_killing_a_parallel_collection_stops_its_workers(env_config, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = ("import dataclasses, sys; from calvin_bridge.config import CalvinEnvConfig; "
+              "from calvin_bridge.play import PlayConfig, collect_play; b = CalvinEnvConfig(); "
+              "c = dataclasses.replace(b, static_camera=dataclasses.replace(b.static_camera, width=32, height=32)); "
+              "collect_play(c, PlayConfig(episodes=400, segments_per_episode=6, workers=2), sys.argv[1], "
+              "progress=False)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and len(list(tmp_path.glob("play_*.h5"))) < 2:
+        time.sleep(0.5)
+    assert len(list(tmp_path.glob("play_*.h5"))) == 2
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    time.sleep(2)
+    # no process of its session survives it
+    alive = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    if alive:
+        os.killpg(proc.pid, signal.SIGKILL)
+    assert alive == []
