@@ -153,21 +153,29 @@ def load_start_poses(path: str | Path, split: str | None = None) -> np.ndarray:
     return np.asarray(poses, dtype=np.float64)
 
 
-#: two consecutive chunks *reverse* when the net translations they execute point more than 120° apart
-#: (cosine below this) and both move at least :data:`REVERSAL_MIN_MOVE` action units (1 unit = 2 cm)
-REVERSAL_COSINE = -0.5
+#: two consecutive chunks *reverse* when the net translations they execute point more than 90° apart
+#: (cosine below this: the second undoes part of the first) and both move at least :data:`REVERSAL_MIN_MOVE`
+#: action units (1 unit = 2 cm; slower chunks are not counted)
+REVERSAL_COSINE = 0.0
 REVERSAL_MIN_MOVE = 0.5
 
 
-def is_reversal(previous_move: np.ndarray | None, move: np.ndarray) -> bool | None:
-    """Whether the net xyz translation ``move`` (3,) (summed relative actions of one executed chunk) reverses
-    ``previous_move``; ``None`` when the pair does not count (no previous chunk, or either barely moves)."""
+def chunk_turn(previous_move: np.ndarray | None, move: np.ndarray) -> float | None:
+    """Cosine between the net xyz translations (3,) (summed relative actions) of two consecutive executed
+    chunks; ``None`` when the pair does not count (no previous chunk, or either barely moves)."""
     if previous_move is None:
         return None
     a, b = float(np.linalg.norm(previous_move)), float(np.linalg.norm(move))
     if a < REVERSAL_MIN_MOVE or b < REVERSAL_MIN_MOVE:
         return None
-    return float(np.dot(previous_move, move)) / (a * b) < REVERSAL_COSINE
+    return float(np.dot(previous_move, move)) / (a * b)
+
+
+def is_reversal(previous_move: np.ndarray | None, move: np.ndarray) -> bool | None:
+    """Whether ``move`` reverses ``previous_move`` (:func:`chunk_turn` below :data:`REVERSAL_COSINE`);
+    ``None`` when the pair does not count."""
+    turn = chunk_turn(previous_move, move)
+    return None if turn is None else turn < REVERSAL_COSINE
 
 
 def reversal_counts(actions: np.ndarray, period: int) -> tuple[int, int]:
@@ -316,8 +324,7 @@ class _Slot:
     previous: np.ndarray | None = None  # the last chunk (raw, (T, A)): runs on while the next one is computed
     hold: np.ndarray | None = None      # the action that holds the pose (start of a wall-clock trial)
     last_move: np.ndarray | None = None  # net xyz translation (3,) of the last executed tick (reversal count)
-    reversals: int = 0
-    chunk_pairs: int = 0
+    turns: list[float] = dataclasses.field(default_factory=list)   # chunk_turn of each counted pair
 
 
 def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
@@ -409,10 +416,9 @@ class CellRunner:
                 slot, env = slots[i], self.envs[i]
                 tick = self._actions_of_tick(slot, raw[row])
                 move = np.clip(tick[:, :3], -1.0, 1.0).sum(axis=0)
-                verdict = is_reversal(slot.last_move, move)
-                if verdict is not None:
-                    slot.chunk_pairs += 1
-                    slot.reversals += int(verdict)
+                turn = chunk_turn(slot.last_move, move)
+                if turn is not None:
+                    slot.turns.append(round(turn, 3))
                 slot.last_move = move
                 for k, action in enumerate(tick):
                     obs_k, _, _, _, info = env.step(action)
@@ -429,7 +435,8 @@ class CellRunner:
                 if slot.label is not None:
                     record({"target": task.name, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
                             "success": task.success(slot.label), "steps": slot.steps,
-                            "reversals": slot.reversals, "chunk_pairs": slot.chunk_pairs,
+                            "reversals": sum(t < REVERSAL_COSINE for t in slot.turns),
+                            "chunk_pairs": len(slot.turns), "chunk_turns": slot.turns,
                             "seconds": round(time.perf_counter() - slot.started, 2)})
                     slots[i] = None
                     bar.update(1)
