@@ -133,10 +133,14 @@ def _collect_shard(env_config: CalvinEnvConfig, cfg: PlayConfig, out_dir: str, w
     mine = list(range(worker, cfg.episodes, cfg.workers))
     with h5py.File(path, "a") as f, CalvinEnv(env_config) as env:
         data = f.require_group("data")
-        settings = json.dumps({k: v for k, v in dataclasses.asdict(cfg).items() if k != "episodes"}, sort_keys=True)
-        if data.attrs.get("play_config", settings) != settings:
-            raise ValueError(f"{path} was collected with other settings ({data.attrs['play_config']}); "
-                             "resume it with those or write elsewhere")
+        mine_settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "episodes"}
+        settings = json.dumps(mine_settings, sort_keys=True)
+        if "play_config" in data.attrs:
+            # shards written before balancing existed were unbalanced
+            stored = {"balance": False, **json.loads(data.attrs["play_config"])}
+            if stored != mine_settings:
+                raise ValueError(f"{path} was collected with other settings ({json.dumps(stored, sort_keys=True)}); "
+                                 "resume it with those or write elsewhere")
         data.attrs["play_config"] = settings
         data.attrs["env"] = "calvin_bridge:" + env.scene.source
         data.attrs["action_space"] = "calvin_relative_7d"
