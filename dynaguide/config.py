@@ -18,10 +18,12 @@ from collections.abc import Mapping
 
 import yaml
 
+from dynaguide.inputs import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration mapping does not fit its dataclass (unknown key, wrong type, bad file)."""
 
 

@@ -486,6 +486,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
     from tqdm import tqdm
 
     from dynaguide.embedders import embedder_fingerprint, embedder_id
+    from dynaguide.inputs import atomic_output
 
     dataset_path = Path(dataset_path)
     fingerprint = embedder_fingerprint(embedder)
@@ -496,10 +497,11 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
         except ValueError:
             pass  # stale: rebuild below
     source = DemoSource(dataset_path)
-    tmp = cache_path.with_name(cache_path.name + f".tmp-{os.getpid()}")
     total = sum(source.length(n) for n in source.names)
-    with h5py.File(tmp, "w") as f, tqdm(total=total, desc=f"embedding {camera}", disable=not progress) as bar, \
-            _closing(source):
+    # a temp file next to the cache, renamed when complete; removed on any error, Ctrl-C or SIGTERM (and left
+    # by a SIGKILLed run: removed by the next one)
+    with atomic_output(cache_path) as tmp, h5py.File(tmp, "w") as f, \
+            tqdm(total=total, desc=f"embedding {camera}", disable=not progress) as bar, _closing(source):
         for k, v in {**_file_key(dataset_path), "camera": camera, "embedder": fingerprint,
                      "embedder_id": embedder_id(embedder),  # human-readable; the fingerprint is what is checked
                      "num_tokens": int(embedder.num_tokens), "dim": int(embedder.dim)}.items():
@@ -513,7 +515,6 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
                 tokens = embedder(to_image_tensor(frames).to(device))
                 out[start:start + len(frames)] = tokens.float().cpu().numpy().astype(dtype)
                 bar.update(len(frames))
-    os.replace(tmp, cache_path)
     return EmbeddingCache(cache_path, dataset_path, camera, fingerprint)
 
 

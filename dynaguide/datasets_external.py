@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from dynaguide.data import Demo
+from dynaguide.inputs import InputError
 
 
-class ExternalDatasetError(ValueError):
+class ExternalDatasetError(InputError):
     """A user's dataset cannot be read as asked (missing keys, wrong shapes, undecodable video...)."""
 
 

@@ -1,0 +1,159 @@
+"""Files and command lines users hand us: refused with one clear line, inputs never modified, memory bounded.
+
+Every case is a tiny generated file (or a command line) given to the real reader or to ``dynaguide`` itself;
+each asserts the exit status / exception, the one-line message naming the problem, that the input is
+unchanged and (where a file declares a huge size) that the reader stays within a few hundred MB — such cases
+run in a subprocess under ``resource.setrlimit(RLIMIT_AS)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str]:
+    """``dynaguide ARGS`` in this process → (exit status, stderr)."""
+    from dynaguide.cli import main
+
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def run_limited(code: str, memory_mb: int = 2500, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Python ``code`` in a subprocess whose address space is capped at ``memory_mb`` (torch alone maps ~1.5 GB
+    of virtual memory; the cases here ask for tens of GB to TB)."""
+    prelude = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, ({memory_mb} * 2**20, {memory_mb} * 2**20))
+    """)
+    return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+@pytest.fixture
+def junk_recording(tmp_path) -> Path:
+    path = tmp_path / "rec.mcap"
+    path.write_bytes(b"hello\n")  # a 6-byte text file
+    return path
+
+
+def test_from_mcap_refuses_out_equal_to_its_input(capsys, junk_recording):
+    before = digest(junk_recording)
+    for out in (junk_recording, junk_recording.parent / "." / junk_recording.name):
+        code, err = run_cli(capsys, "dataset", "from-mcap", str(junk_recording), "--out", str(out), "--overwrite")
+        assert_one_line_error(code, err, "--out", "is the input")
+    assert digest(junk_recording) == before
+
+
+def test_from_mcap_refuses_an_existing_out_without_overwrite(capsys, tmp_path, junk_recording):
+    out = tmp_path / "data.h5"
+    out.write_bytes(b"the user's earlier dataset")
+    code, err = run_cli(capsys, "dataset", "from-mcap", str(junk_recording), "--out", str(out))
+    assert_one_line_error(code, err, "exists", "--overwrite")
+    assert out.read_bytes() == b"the user's earlier dataset"
+
+
+def test_from_mcap_on_a_text_file_is_one_line_and_leaves_nothing(capsys, tmp_path, junk_recording):
+    out = tmp_path / "data.h5"
+    code, err = run_cli(capsys, "dataset", "from-mcap", str(junk_recording), "--out", str(out))
+    assert code == 2 and "not a readable MCAP file" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rec.mcap"]
+
+
+def test_atomic_output_removes_its_temp_file_on_an_error(tmp_path):
+    from dynaguide.inputs import atomic_output
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(RuntimeError), atomic_output(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("conversion failed")
+    with pytest.raises(KeyboardInterrupt), atomic_output(out) as tmp:
+        tmp.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"] and out.read_bytes() == b"whole"
+
+
+WRITER = """
+    import sys, time
+    from pathlib import Path
+    from dynaguide.inputs import atomic_output
+    with atomic_output(Path(sys.argv[1])) as tmp:
+        tmp.write_bytes(b"x" * 1000)
+        print("writing", flush=True)
+        time.sleep(60)
+"""
+
+
+def _start_writer(out: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(WRITER), str(out)], stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "writing"
+    return proc
+
+
+def test_sigterm_while_writing_removes_the_temp_file(tmp_path):
+    out = tmp_path / "cache.emb.h5"
+    proc = _start_writer(out)
+    assert len(list(tmp_path.iterdir())) == 1  # the temp file
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_writers_temp_file_is_removed_by_the_next_run(tmp_path):
+    from dynaguide.inputs import atomic_output
+
+    out = tmp_path / "cache.emb.h5"
+    proc = _start_writer(out)
+    proc.kill()  # SIGKILL: nothing can clean up
+    proc.wait(timeout=30)
+    (stale,) = tmp_path.iterdir()
+    assert str(proc.pid) in stale.name
+    legacy = tmp_path / f"cache.emb.h5.tmp-{proc.pid}"  # the name earlier versions used
+    legacy.write_bytes(b"23 MB of tokens")
+    live = tmp_path / f".cache.emb.h5.tmp-{os.getppid()}"  # a writer that still runs is left alone
+    live.write_bytes(b"in progress")
+    with atomic_output(out) as tmp:
+        tmp.write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cache.emb.h5", live.name])
+
+
+def test_embedding_cache_build_leaves_no_temp_file_next_to_the_dataset(tmp_path):
+    from dynaguide.data import Demo, build_embedding_cache, write_hdf5_dataset
+    from dynaguide.embedders import EmbedderConfig, make_embedder
+
+    rng = np.random.default_rng(0)
+    demos = [Demo(actions=rng.normal(size=(5, 2)), images={"rgb": rng.integers(0, 255, (5, 28, 28, 3), np.uint8)},
+                  proprio=np.zeros((5, 1)))]
+    data = write_hdf5_dataset(tmp_path / "d.h5", demos)
+    emb = make_embedder(EmbedderConfig(kind="random", image_size=28, patch_size=14, dim=8))
+    cache = build_embedding_cache(data, emb, "rgb", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.h5", cache.path.name])
+    cache.close()
