@@ -9,6 +9,7 @@ run in a subprocess under ``resource.setrlimit(RLIMIT_AS)``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -157,3 +158,90 @@ def test_embedding_cache_build_leaves_no_temp_file_next_to_the_dataset(tmp_path)
     cache = build_embedding_cache(data, emb, "rgb", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d.h5", cache.path.name])
     cache.close()
+
+
+# ------------------------------------------------------------------------------------------ guidance store
+def _saved_store(directory: Path, revision: int = 7) -> None:
+    from dynaguide.guidance.store import StoredGuidance, save_guidance
+
+    rng = np.random.default_rng(0)
+    save_guidance(directory, StoredGuidance(rng.standard_normal((2, 4, 3)).astype(np.float32),
+                                            np.zeros((0, 4, 3), np.float32), (2, 2), "random:abc", 1.5, 30.0, 4,
+                                            revision))
+
+
+def _edit_meta(**changes):
+    def edit(d: Path) -> None:
+        meta = json.loads((d / "guidance.json").read_text())
+        for key, value in changes.items():
+            if value is _DELETE:
+                del meta[key]
+            else:
+                meta[key] = value
+        (d / "guidance.json").write_text(json.dumps(meta))  # NaN is written as the JSON extension NaN
+    return edit
+
+
+_DELETE = object()
+
+
+def _replace_tensors(positive: np.ndarray):
+    """New tensors with a consistent checksum: only the content is wrong."""
+    def edit(d: Path) -> None:
+        from safetensors.numpy import save
+
+        meta = json.loads((d / "guidance.json").read_text())
+        data = save({"positive": positive, "negative": np.zeros((0,) + positive.shape[1:], positive.dtype)})
+        (d / meta["tensors"]).write_bytes(data)
+        meta["sha256"] = hashlib.sha256(data).hexdigest()
+        (d / "guidance.json").write_text(json.dumps(meta))
+    return edit
+
+
+BAD_STORES = {
+    "revision_negative": (_edit_meta(revision=-7), "revision -7 is outside"),
+    "revision_1e30": (_edit_meta(revision=1e30), "is not an integer"),
+    "revision_huge_int": (_edit_meta(revision=10**30), "is outside"),
+    "grid_not_matching_tensors": (_edit_meta(grid_hw=[3, 3]), "do not match grid_hw"),
+    "grid_negative": (_edit_meta(grid_hw=[-2, -2]), "grid_hw"),
+    "sha256_deleted": (_edit_meta(sha256=_DELETE), "no sha256"),
+    "scale_nan": (_edit_meta(scale=float("nan")), "scale"),
+    "sigma_zero": (_edit_meta(sigma=0.0), "sigma"),
+    "stochastic_steps_float": (_edit_meta(stochastic_steps=2.5), "stochastic_steps"),
+    "active_string": (_edit_meta(active="false"), "'active' is 'false'"),
+    "tensors_nan": (_replace_tensors(np.full((2, 4, 3), np.nan, np.float32)), "NaN"),
+    "tensors_float64": (_replace_tensors(np.zeros((2, 4, 3), np.float64)), "float32"),
+    "tensor_name_traversal": (_edit_meta(tensors="../elsewhere.safetensors"), "not a plain file name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_STORES))
+def test_a_corrupt_guidance_store_is_refused_with_the_reason(tmp_path, case):
+    from dynaguide.guidance.store import load_guidance, quarantine_store, stored_revision
+
+    corrupt, reason = BAD_STORES[case]
+    _saved_store(tmp_path, revision=7)
+    corrupt(tmp_path)
+    with pytest.raises(ValueError, match="unreadable") as info:
+        load_guidance(tmp_path)
+    message = str(info.value)
+    assert reason in message and "\n" not in message, message
+    rev = stored_revision(tmp_path)
+    assert rev == 7  # from the tensor file's name when the JSON's revision is unusable
+    files = sorted(p.name for p in tmp_path.iterdir())
+    aside = quarantine_store(tmp_path, rev)
+    assert sorted(p.name for p in aside.iterdir()) == files  # kept for inspection
+    assert load_guidance(tmp_path) is None and stored_revision(tmp_path) == 7  # cleared, revisions go on
+
+
+def test_a_symlinked_guidance_tensor_file_is_refused(tmp_path):
+    from dynaguide.guidance.store import load_guidance
+
+    _saved_store(tmp_path)
+    meta = json.loads((tmp_path / "guidance.json").read_text())
+    real = tmp_path / meta["tensors"]
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    real.rename(outside)
+    real.symlink_to(outside)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_guidance(tmp_path)
