@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -79,6 +80,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def check_ranges(obj: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Raise ``ValueError`` unless every attribute named in ``ranges`` is a finite number in ``[low, high]``
+    (for a sequence: every item).  Config dataclasses call it in ``__post_init__`` with generous upper bounds,
+    so that a file asking for an absurd size (``n_layers: 100000``) is refused before anything is allocated."""
+    for name, (low, high) in ranges.items():
+        value = getattr(obj, name)
+        for v in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:

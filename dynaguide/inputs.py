@@ -73,16 +73,16 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                raise InputError(f"{path}: {size} bytes, too short for a safetensors file")
+                raise InputError(f"{path} is not a valid safetensors file: {size} bytes, too short")
             (n,) = struct.unpack("<Q", head)
             if n > min(MAX_HEADER_BYTES, size - 8):
-                raise InputError(f"{path}: header length {n} exceeds the file ({size} bytes): not a safetensors "
-                                 "file, or truncated")
+                raise InputError(f"{path} is not a valid safetensors file: header length {n} exceeds the file "
+                                 f"({size} bytes); truncated or another format")
             header = json.loads(f.read(n))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: not a readable safetensors file ({one_line(exc, 200)})") from exc
+        raise InputError(f"{path} is not a valid safetensors file: {one_line(exc, 200)}") from exc
     if not isinstance(header, dict):
-        raise InputError(f"{path}: safetensors header is not a JSON object")
+        raise InputError(f"{path} is not a valid safetensors file: the header is not a JSON object")
     out: dict[str, tuple[str, tuple[int, ...]]] = {}
     data_bytes = size - 8 - n
     for name, entry in header.items():
@@ -95,14 +95,14 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
         except (KeyError, TypeError, ValueError):
             ok = False
         if not ok:
-            raise InputError(f"{path}: tensor {name[:80]!r} has a malformed header entry (dtype, shape, offsets "
-                             f"within the file's {data_bytes} data bytes)")
+            raise InputError(f"{path} is not a valid safetensors file: tensor {name[:80]!r} has a malformed header "
+                             f"entry (dtype, shape, offsets within the file's {data_bytes} data bytes)")
         count = 1
         for d in shape:
             count *= d
         if count * SAFETENSORS_ITEM_BYTES[dtype] != end - begin:
-            raise InputError(f"{path}: tensor {name[:80]!r} declares shape {list(shape)} {dtype} but stores "
-                             f"{end - begin} bytes")
+            raise InputError(f"{path} is not a valid safetensors file: tensor {name[:80]!r} declares shape "
+                             f"{list(shape)} {dtype} but stores {end - begin} bytes")
         out[name] = (dtype, shape)
     return out
 

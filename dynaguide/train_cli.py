@@ -193,7 +193,7 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     """Run ``job`` (module docstring); returns the summary (also written to ``<out>/summary.json``)."""
     import torch
 
-    from dynaguide.checkpoint import save_checkpoint
+    from dynaguide.checkpoint import model_skeleton, save_checkpoint
     from dynaguide.data import DemoSource, DynamicsDataset, build_embedding_cache, split_demos
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
     from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
@@ -222,6 +222,7 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     horizon = job.horizon or (int(policy.horizon) if policy is not None else 16)
     overrides = {"proprio_dim": proprio_dim, "action_dim": action_dim, "horizon": horizon, **job.model_overrides}
     cfg = LatentDynamicsConfig.for_embedder(embedder, job.preset, **overrides)
+    model_skeleton(LatentDynamicsModel, cfg, "the dynamics model (--preset, --set)")  # size cap before allocating
     model = LatentDynamicsModel(cfg)
 
     if job.data.val_fraction > 0:

@@ -245,3 +245,92 @@ def test_a_symlinked_guidance_tensor_file_is_refused(tmp_path):
     real.symlink_to(outside)
     with pytest.raises(ValueError, match="not a regular file"):
         load_guidance(tmp_path)
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def _edit_checkpoint_config(**changes):
+    def edit(d: Path) -> None:
+        meta = json.loads((d / "config.json").read_text())
+        meta["config"].update(changes)
+        (d / "config.json").write_text(json.dumps(meta))
+    return edit
+
+
+def _rewrite_weights(transform):
+    def edit(d: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(d / "model.safetensors"))
+        save_file({k: transform(v) for k, v in tensors.items()}, str(d / "model.safetensors"))
+    return edit
+
+
+BAD_CHECKPOINTS = {  # case -> (how the small dynamics checkpoint is damaged, what the error must say)
+    "n_layers_100000": (_edit_checkpoint_config(n_layers=100000), "n_layers must be a number in [1, 128]"),
+    "model_dim_1e6_float": (_edit_checkpoint_config(model_dim=1e6), "model_dim: expected an integer"),
+    "model_dim_1000000": (_edit_checkpoint_config(model_dim=1000000), "model_dim must be a number in [1, 16384]"),
+    "sizes_in_range_but_huge_together": (_edit_checkpoint_config(model_dim=16384, n_layers=128, n_heads=16),
+                                         "over the limit of"),
+    "config_not_matching_weights": (_edit_checkpoint_config(model_dim=64), "not one checkpoint"),
+    "n_heads_0": (_edit_checkpoint_config(n_heads=0), "n_heads must be a number"),
+    "dropout_nan": (_edit_checkpoint_config(dropout=float("nan")), "dropout must be a number"),
+    "geometric_p_5": (_edit_checkpoint_config(geometric_p=5), "geometric_p must be a number in [0, 1]"),
+    "weights_all_nan": (_rewrite_weights(lambda t: torch_full_like(t, float("nan"))), "NaN or infinite"),
+    "weights_int64": (_rewrite_weights(lambda t: t.to(torch_int64())), "is I64 but the model's is torch.float32"),
+    "config_json_garbage": (lambda d: (d / "config.json").write_text("{\"format\": "), "is not valid JSON"),
+}
+
+
+def torch_full_like(t, value):
+    import torch
+
+    return torch.full_like(t, value) if t.is_floating_point() else t
+
+
+def torch_int64():
+    import torch
+
+    return torch.int64
+
+
+@pytest.fixture(scope="module")
+def checkpoint_results(tmp_path_factory) -> dict[str, dict]:
+    """Every bad checkpoint loaded in ONE subprocess under a 3 GB address-space cap (torch itself maps ~1.5 GB):
+    case -> {"error": type, "message": str, "unchanged": bool}."""
+    from dynaguide.checkpoint import save_checkpoint
+    from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+
+    root = tmp_path_factory.mktemp("checkpoints")
+    cfg = LatentDynamicsConfig(embed_tokens=16, embed_dim=8, model_dim=32, n_layers=1, n_heads=2, ff_mult=2,
+                               proprio_dim=2, action_dim=2, horizon=16)
+    digests = {}
+    for case, (damage, _) in BAD_CHECKPOINTS.items():
+        save_checkpoint(root / case, LatentDynamicsModel(cfg), cfg)
+        damage(root / case)
+        digests[case] = {f.name: digest(f) for f in (root / case).iterdir()}
+    result = run_limited(f"""
+        import json
+        from pathlib import Path
+        from dynaguide.checkpoint import load_checkpoint
+        out = {{}}
+        for case in {sorted(BAD_CHECKPOINTS)!r}:
+            try:
+                load_checkpoint(Path({str(root)!r}) / case)
+                out[case] = {{"error": None, "message": "loaded"}}
+            except BaseException as exc:
+                out[case] = {{"error": type(exc).__name__, "message": str(exc)}}
+        print(json.dumps(out))
+    """, memory_mb=3000, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for case in out:
+        out[case]["unchanged"] = digests[case] == {f.name: digest(f) for f in (root / case).iterdir()}
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CHECKPOINTS))
+def test_a_bad_checkpoint_is_refused_before_allocating(checkpoint_results, case):
+    got = checkpoint_results[case]
+    assert got["error"] in ("InputError", "ConfigError", "ValueError"), got  # not MemoryError, not loaded
+    assert BAD_CHECKPOINTS[case][1] in got["message"] and "\n" not in got["message"], got["message"]
+    assert got["unchanged"]
