@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dynaguide.inputs import InputError
+from dynaguide.inputs import InputError, one_line
 
 RELATIVE_ACTION_SPACES = ("calvin_rel_ee", "ee_delta")
 """Action spaces whose hold action is zero motion with the gripper kept (see ``ActionChunk.msg``)."""
@@ -417,7 +417,7 @@ def _from_mcap(args) -> int:
                              compression=args.compression)
         summary = convert_mcap(args.recording, args.out, cfg, overwrite=args.overwrite)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0
@@ -432,7 +432,7 @@ def _export_lerobot(args) -> int:
                                          only_success=not args.keep_failures, overwrite=args.overwrite,
                                          progress=not args.no_progress)
     except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dynaguide.inputs import one_line
+
 FORMATS = ("auto", "hdf5", "lerobot")
 SEGMENTS = ("episode", "window")
 
@@ -122,7 +124,7 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
     import h5py
     import numpy as np
 
-    from dynaguide.data import Demo, DemoSource, write_demo
+    from dynaguide.data import Demo, DemoSource, read_hdf5_array, write_demo
     from dynaguide.datasets_external import window_segments
 
     path = Path(cfg.path).expanduser()
@@ -153,9 +155,11 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
                 if proprio_key and proprio_key not in g["obs"]:
                     raise ValueError(f"{path}: data/{name}/obs has no {proprio_key!r} "
                                      f"(keys: {sorted(g['obs'].keys())})")
-                actions = g[action_key][()]
-                proprio = g["obs"][proprio_key][()] if proprio_key else None
-                images = g["obs"][camera][()]
+                where = f"{path}: data/{name}"
+                actions = read_hdf5_array(g[action_key], f"{where}/{action_key}", ndim=2)
+                proprio = read_hdf5_array(g["obs"][proprio_key], f"{where}/obs/{proprio_key}", ndim=2) \
+                    if proprio_key else None
+                images = read_hdf5_array(src._camera_dataset(name, camera), f"{where}/obs/{camera}")
                 length = len(actions)
                 ranges = [(0, length)] if cfg.segment == "episode" else window_segments(length, cfg.window, cfg.stride)
                 behavior = src.behavior[name]
@@ -289,7 +293,7 @@ def _run_dynamics(args) -> int:
                               num_threads=args.threads, progress=not args.no_progress, plot=not args.no_plot))
         summary = train_dynamics_job(job)
     except (ValueError, ConfigError, OSError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0
@@ -308,7 +312,7 @@ def _run_lerobot(args) -> int:
             num_inference_steps=args.num_inference_steps, threads=args.threads)
         summary = train_lerobot_diffusion(settings, progress=not args.no_progress)
     except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps(summary))
     return 0

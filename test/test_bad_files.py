@@ -334,3 +334,96 @@ def test_a_bad_checkpoint_is_refused_before_allocating(checkpoint_results, case)
     assert got["error"] in ("InputError", "ConfigError", "ValueError"), got  # not MemoryError, not loaded
     assert BAD_CHECKPOINTS[case][1] in got["message"] and "\n" not in got["message"], got["message"]
     assert got["unchanged"]
+
+
+# --------------------------------------------------------------------------------------------- HDF5 data
+def _h5(path: Path, actions=None, images=None, proprio=None, **create) -> None:
+    """A file in our layout with one demo; ``create`` maps dataset paths to ``create_dataset`` kwargs (declared
+    shapes without data)."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        g = f.create_group("data/demo_0")
+        obs = g.create_group("obs")
+        if actions is not None:
+            g["actions"] = actions
+        if images is not None:
+            obs["rgb"] = images
+        if proprio is not None:
+            obs["proprio"] = proprio
+        for name, kwargs in create.items():
+            f.create_dataset(name, **kwargs)
+
+
+_RNG = np.random.default_rng(0)
+_ACTIONS = _RNG.normal(size=(6, 2)).astype(np.float32)
+_IMAGES = _RNG.integers(0, 255, (6, 28, 28, 3), dtype=np.uint8)
+_PROPRIO = np.zeros((6, 1), np.float32)
+
+BAD_HDF5 = {  # case -> (writer of the file, what the one-line error must say)
+    "actions_declared_2e9_by_7": (lambda p: _h5(p, images=_IMAGES, proprio=_PROPRIO, **{
+        "data/demo_0/actions": dict(shape=(2_000_000_000, 7), dtype="f4")}), "over the 2.0 GiB read at once"),
+    "actions_declared_1e7_rows_never_written": (lambda p: _h5(p, images=_IMAGES, proprio=_PROPRIO, **{
+        "data/demo_0/actions": dict(shape=(10_000_000, 7), dtype="f4", chunks=(1000, 7), compression="gzip")}),
+        "stores only 0 bytes"),
+    "images_declared_huge_never_written": (lambda p: _h5(p, actions=np.zeros((100_000, 2), np.float32), **{
+        "data/demo_0/obs/rgb": dict(shape=(100_000, 512, 512, 3), dtype="u1", chunks=(1, 512, 512, 3),
+                                    compression="gzip")}), "stores only 0 bytes"),
+    "actions_1d": (lambda p: _h5(p, actions=np.zeros(6, np.float32), images=_IMAGES), "must have 2 dimensions"),
+    "actions_strings": (lambda p: _h5(p, actions=np.array([b"a"] * 6), images=_IMAGES), "not numbers"),
+    "actions_nan": (lambda p: _h5(p, actions=np.full((6, 2), np.nan, np.float32), images=_IMAGES),
+                    "NaN or infinite"),
+    "images_shorter_than_actions": (lambda p: _h5(p, actions=_ACTIONS, images=_IMAGES[:3], proprio=_PROPRIO),
+                                    "has 3 frames but the demo has 6 actions"),
+    "images_float_1e9": (lambda p: _h5(p, actions=_ACTIONS, images=np.full((6, 28, 28, 3), 1e9, np.float32),
+                                       proprio=_PROPRIO), "holds float32 images"),
+    "proprio_longer_than_actions": (lambda p: _h5(p, actions=_ACTIONS, images=_IMAGES,
+                                                  proprio=np.zeros((9, 1), np.float32)), "obs/proprio has 9 steps"),
+    "no_data_group": (lambda p: __import__("h5py").File(p, "w").close(), "no 'data' group"),
+    "text_file": (lambda p: p.write_text("actions,1,2,3\n"), "text_file.h5 is not a readable HDF5 file"),
+}
+
+
+@pytest.fixture(scope="module")
+def hdf5_results(tmp_path_factory) -> dict[str, dict]:
+    """``dynaguide train dynamics --data <bad file>`` for every case in ONE subprocess under a 3 GB address-space
+    cap: case -> {"code", "stderr", "unchanged", "outputs"}."""
+    root = tmp_path_factory.mktemp("hdf5")
+    digests = {}
+    for case, (write, _) in BAD_HDF5.items():
+        write(root / f"{case}.h5")
+        digests[case] = digest(root / f"{case}.h5")
+    args = ["--embedder", "random", "--embedder-image-size", "28", "--embedder-patch-size", "14",
+            "--embedder-dim", "8", "--steps", "1", "--threads", "1", "--no-progress", "--no-plot"]
+    result = run_limited(f"""
+        import contextlib, io, json
+        from dynaguide.cli import main
+        out = {{}}
+        for case in {sorted(BAD_HDF5)!r}:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    code = main(["train", "dynamics", "--data", {str(root)!r} + f"/{{case}}.h5",
+                                 "--out", {str(root)!r} + f"/out_{{case}}", *{args!r}])
+                except BaseException as exc:
+                    code = f"raised {{type(exc).__name__}}: {{exc}}"
+            out[case] = {{"code": code, "stderr": err.getvalue()}}
+        print(json.dumps(out))
+    """, memory_mb=3000, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    for case in out:
+        out[case]["unchanged"] = digest(root / f"{case}.h5") == digests[case]
+        out[case]["leftovers"] = sorted(p.name for p in root.glob(f"*{case}*") if p.name != f"{case}.h5"
+                                        and p.name != f"out_{case}")
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(BAD_HDF5))
+def test_a_bad_hdf5_dataset_is_refused_in_one_line(hdf5_results, case):
+    got = hdf5_results[case]
+    lines = [line for line in got["stderr"].splitlines() if line.strip()]
+    assert got["code"] == 2, got
+    assert len(lines) == 1 and "Traceback" not in got["stderr"], got["stderr"]
+    assert lines[0].startswith("dynaguide: error: ") and BAD_HDF5[case][1] in lines[0], lines[0]
+    assert got["unchanged"] and got["leftovers"] == [], got
