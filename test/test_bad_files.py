@@ -427,3 +427,128 @@ def test_a_bad_hdf5_dataset_is_refused_in_one_line(hdf5_results, case):
     assert len(lines) == 1 and "Traceback" not in got["stderr"], got["stderr"]
     assert lines[0].startswith("dynaguide: error: ") and BAD_HDF5[case][1] in lines[0], lines[0]
     assert got["unchanged"] and got["leftovers"] == [], got
+
+
+# --------------------------------------------------------------------------------- LeRobot policy directories
+def _lerobot_policy_dir(out: Path) -> None:
+    """A tiny real LeRobot DiffusionPolicy with its processors, written by LeRobot's own save_pretrained."""
+    import torch
+
+    from dynaguide.policy.lerobot_adapter import import_lerobot
+
+    try:
+        import_lerobot()
+    except ImportError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"LeRobot is not installed ({exc})")
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.diffusion.modeling_diffusion import DiffusionPolicy
+    from lerobot.policies.diffusion.processor_diffusion import make_diffusion_pre_post_processors
+    from lerobot.utils.constants import ACTION, OBS_STATE
+
+    cam = "observation.images.front"
+    config = DiffusionConfig(
+        input_features={OBS_STATE: PolicyFeature(FeatureType.STATE, (2,)), cam: PolicyFeature(FeatureType.VISUAL,
+                                                                                                (3, 32, 32))},
+        output_features={ACTION: PolicyFeature(FeatureType.ACTION, (2,))}, n_obs_steps=2, horizon=8,
+        n_action_steps=4, down_dims=(16, 32), kernel_size=3, n_groups=4, diffusion_step_embed_dim=16,
+        spatial_softmax_num_keypoints=8, num_inference_steps=10, pretrained_backbone_weights=None, device="cpu",
+        push_to_hub=False)
+    torch.manual_seed(0)
+    stats = {OBS_STATE: {"min": -torch.ones(2), "max": torch.ones(2)},
+             ACTION: {"min": -torch.ones(2), "max": torch.ones(2)},
+             cam: {"mean": torch.full((3, 1, 1), 0.4), "std": torch.full((3, 1, 1), 0.2)}}
+    pre, post = make_diffusion_pre_post_processors(config, dataset_stats=stats)
+    for part in (DiffusionPolicy(config), pre, post):
+        part.save_pretrained(out)
+
+
+def _edit_json_file(name: str, edit):
+    def damage(d: Path) -> None:
+        data = json.loads((d / name).read_text())
+        edit(data)
+        (d / name).write_text(json.dumps(data))
+    return damage
+
+
+def _set_state_file(value: str):
+    def edit(spec: dict) -> None:
+        (step,) = [s for s in spec["steps"] if "state_file" in s]
+        step["state_file"] = value
+    return _edit_json_file("policy_postprocessor.json", edit)
+
+
+def _state_file_symlinked_out(d: Path) -> None:
+    spec = json.loads((d / "policy_postprocessor.json").read_text())
+    (step,) = [s for s in spec["steps"] if "state_file" in s]
+    outside = d.parent / f"{d.name}-stats.safetensors"
+    (d / step["state_file"]).rename(outside)
+    (d / step["state_file"]).symlink_to(outside)
+
+
+def _nan_safetensors(pattern: str):
+    def damage(d: Path) -> None:
+        from safetensors.torch import load_file, save_file
+
+        (file,) = d.glob(pattern)
+        tensors = load_file(str(file))
+        first = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+        tensors[first] = tensors[first].clone().fill_(float("nan"))
+        save_file(tensors, str(file))
+    return damage
+
+
+BAD_LEROBOT = {  # case -> (damage to a saved policy directory, what the error must say)
+    "state_file_traversal": (_set_state_file("../outside.safetensors"), "points outside the directory"),
+    "state_file_absolute": (_set_state_file("/etc/passwd"), "points outside the directory"),
+    "state_file_symlinked_out": (_state_file_symlinked_out, "resolves outside the directory"),
+    "state_file_missing": (_set_state_file("policy_postprocessor_step_9_gone.safetensors"), "does not exist"),
+    "down_dims_100000": (_edit_json_file("config.json", lambda c: c.update(down_dims=[16, 32, 100000])),
+                         "over the limit of"),
+    "down_dims_not_matching_weights": (_edit_json_file("config.json", lambda c: c.update(down_dims=[16, 64])),
+                                       "not one checkpoint"),
+    "weights_nan": (_nan_safetensors("model.safetensors"), "NaN or infinite"),
+    "stats_nan": (_nan_safetensors("policy_postprocessor_step_*.safetensors"), "NaN or infinite"),
+}
+
+
+@pytest.fixture(scope="module")
+def lerobot_results(tmp_path_factory) -> dict[str, dict]:
+    """Every damaged policy directory loaded by a RELATIVE path (a missing file must not go to the hub) in ONE
+    subprocess, offline checks aside, under a 3.5 GB address-space cap: case -> {"error", "message"}."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("lerobot")
+    _lerobot_policy_dir(root / "good")
+    (root / "outside.safetensors").write_bytes((root / "good" / "model.safetensors").read_bytes())
+    for case, (damage, _) in BAD_LEROBOT.items():
+        shutil.copytree(root / "good", root / case)
+        damage(root / case)
+    result = run_limited(f"""
+        import json, os
+        os.chdir({str(root)!r})
+        from dynaguide.policy.lerobot_adapter import load_policy
+        out = {{}}
+        for case in ["good", *{sorted(BAD_LEROBOT)!r}]:
+            try:
+                load_policy("lerobot", case)  # relative
+                out[case] = {{"error": None, "message": "loaded"}}
+            except BaseException as exc:
+                out[case] = {{"error": type(exc).__name__, "message": str(exc)}}
+        print(json.dumps(out))
+    """, memory_mb=3500, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_a_good_lerobot_policy_directory_loads(lerobot_results):
+    assert lerobot_results["good"]["error"] is None, lerobot_results["good"]
+
+
+@pytest.mark.parametrize("case", sorted(BAD_LEROBOT))
+def test_a_bad_lerobot_policy_directory_is_refused_before_reading_outside_or_allocating(lerobot_results, case):
+    got = lerobot_results[case]
+    assert got["error"] in ("InputError", "ValueError"), got
+    assert BAD_LEROBOT[case][1] in got["message"] and "\n" not in got["message"], got["message"]
