@@ -212,8 +212,7 @@ def _remove_temps_on_sigterm(signum, frame) -> None:
     with _TEMPS_LOCK:
         temps = list(_TEMPS)
     for p in temps:
-        with contextlib.suppress(OSError):
-            p.unlink()
+        _remove(p)
     previous = _PREVIOUS_SIGTERM
     if callable(previous):
         previous(signum, frame)
@@ -221,6 +220,20 @@ def _remove_temps_on_sigterm(signum, frame) -> None:
     if previous == signal.SIG_IGN:
         return
     raise SystemExit(128 + signum)
+
+
+def _remove(path: Path) -> bool:
+    """Remove a file or a directory tree (never following a symlink); True if something was removed."""
+    import shutil
+
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        return True
+    except OSError:
+        return False
 
 
 def _register_temp(tmp: Path) -> None:
@@ -268,17 +281,17 @@ def remove_stale_temps(out: Path, tag: str = "tmp") -> list[Path]:
                 pass
             except PermissionError:
                 continue  # another user's live process
-        with contextlib.suppress(OSError):
-            p.unlink()
+        if _remove(p):
             removed.append(p)
     return removed
 
 
 @contextlib.contextmanager
 def atomic_output(out: str | Path, tag: str = "tmp") -> Iterator[Path]:
-    """Yield a temp path next to ``out``; on a normal exit rename it to ``out``, on any exception (including
-    KeyboardInterrupt) and on SIGTERM remove it.  Stale temp files of dead writers of ``out`` are removed
-    first."""
+    """Yield a temp path next to ``out`` (the caller creates a file or a directory there); on a normal exit
+    rename it to ``out``, on any exception (including KeyboardInterrupt) and on SIGTERM remove it.  An existing
+    ``out`` (the caller has decided it may be replaced) is replaced only once the new one is complete.  Stale
+    temp files of dead writers of ``out`` are removed first."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out, tag)
@@ -286,8 +299,13 @@ def atomic_output(out: str | Path, tag: str = "tmp") -> Iterator[Path]:
     _register_temp(tmp)
     try:
         yield tmp
-        os.replace(tmp, out)
+        if tmp.is_dir() and out.exists():  # a directory cannot be replaced in one rename: move the old one aside
+            old = temp_name(out, "old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            _remove(old)
+        else:
+            os.replace(tmp, out)
     finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        _remove(tmp)
         _unregister_temp(tmp)

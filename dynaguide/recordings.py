@@ -39,14 +39,13 @@ from __future__ import annotations
 
 import json
 import struct
-import sys
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dynaguide.inputs import InputError, one_line
+from dynaguide.inputs import InputError
 
 RELATIVE_ACTION_SPACES = ("calvin_rel_ee", "ee_delta")
 """Action spaces whose hold action is zero motion with the gripper kept (see ``ActionChunk.msg``)."""
@@ -409,16 +408,13 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+# errors (ValueError, OSError) are printed as one line by dynaguide.cli.main (--debug: the traceback)
 def _from_mcap(args) -> int:
-    try:
-        cfg = FromMcapConfig(cameras=tuple(args.camera or ("camera/rgb_static",)), proprio=args.proprio,
-                             state_topic=args.state_topic, segment=args.segment, window=args.window,
-                             stride=args.stride, min_length=args.min_length, max_image_age_s=args.max_image_age,
-                             compression=args.compression)
-        summary = convert_mcap(args.recording, args.out, cfg, overwrite=args.overwrite)
-    except (ValueError, OSError) as exc:
-        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    cfg = FromMcapConfig(cameras=tuple(args.camera or ("camera/rgb_static",)), proprio=args.proprio,
+                         state_topic=args.state_topic, segment=args.segment, window=args.window,
+                         stride=args.stride, min_length=args.min_length, max_image_age_s=args.max_image_age,
+                         compression=args.compression)
+    summary = convert_mcap(args.recording, args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0
 
@@ -431,9 +427,8 @@ def _export_lerobot(args) -> int:
                                          image_size=args.image_size, fps=args.fps, max_episodes=args.max_episodes,
                                          only_success=not args.keep_failures, overwrite=args.overwrite,
                                          progress=not args.no_progress)
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    except ImportError as exc:
+        raise InputError(f"LeRobot is needed to export ({exc}); `make install` installs it") from exc
     print(json.dumps(summary))
     return 0
 

@@ -31,13 +31,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynaguide.inputs import one_line
+from dynaguide.inputs import InputError
 
 FORMATS = ("auto", "hdf5", "lerobot")
 SEGMENTS = ("episode", "window")
@@ -210,7 +209,6 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
         torch.set_num_threads(train_cfg.num_threads)
     data_path, camera, info = prepare_data(job.data, out_dir)
     embedder = make_embedder(job.embedder or EmbedderConfig())
-    cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress)
     src = DemoSource(data_path)
     proprio_dim = int(src.proprio[src.names[0]].shape[1])
     action_dim = int(src.actions[src.names[0]].shape[1])
@@ -228,6 +226,8 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     cfg = LatentDynamicsConfig.for_embedder(embedder, job.preset, **overrides)
     model_skeleton(LatentDynamicsModel, cfg, "the dynamics model (--preset, --set)")  # size cap before allocating
     model = LatentDynamicsModel(cfg)
+    # the expensive step once the model config is known to be usable
+    cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress)
 
     if job.data.val_fraction > 0:
         train_names, val_names = split_demos(data_path, job.data.val_fraction, seed=train_cfg.seed)
@@ -273,7 +273,6 @@ def _parse_overrides(items: list[str] | None) -> dict:
 
 
 def _run_dynamics(args) -> int:
-    from dynaguide.config import ConfigError
     from dynaguide.embedders import EmbedderConfig
     from dynaguide.training import TrainConfig
 
@@ -292,9 +291,8 @@ def _run_dynamics(args) -> int:
                               checkpoint_every=max(1, min(500, args.steps)), log_every=max(1, min(25, args.steps)),
                               num_threads=args.threads, progress=not args.no_progress, plot=not args.no_plot))
         summary = train_dynamics_job(job)
-    except (ValueError, ConfigError, OSError, TypeError) as exc:
-        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    except TypeError as exc:  # a --set value of the wrong type reaching the model (ValueError/OSError: cli.main)
+        raise InputError(f"--set: {exc}") from exc
     print(json.dumps(summary))
     return 0
 
@@ -311,9 +309,8 @@ def _run_lerobot(args) -> int:
             down_dims=tuple(int(d) for d in args.down_dims.split(",")), lr=args.lr, warmup_steps=args.warmup_steps,
             num_inference_steps=args.num_inference_steps, threads=args.threads)
         summary = train_lerobot_diffusion(settings, progress=not args.no_progress)
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+    except ImportError as exc:  # ValueError/OSError: printed as one line by dynaguide.cli.main
+        raise InputError(f"LeRobot is needed to train ({exc}); `make install` installs it") from exc
     print(json.dumps(summary))
     return 0
 

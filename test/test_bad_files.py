@@ -552,3 +552,64 @@ def test_a_bad_lerobot_policy_directory_is_refused_before_reading_outside_or_all
     got = lerobot_results[case]
     assert got["error"] in ("InputError", "ValueError"), got
     assert BAD_LEROBOT[case][1] in got["message"] and "\n" not in got["message"], got["message"]
+
+
+# ------------------------------------------------------------------------------------------- command lines
+@pytest.fixture
+def tiny_dataset(tmp_path) -> Path:
+    from dynaguide.data import Demo, write_hdf5_dataset
+
+    rng = np.random.default_rng(0)
+    demos = [Demo(actions=rng.normal(size=(6, 2)), images={"rgb": rng.integers(0, 255, (6, 28, 28, 3), np.uint8)},
+                  proprio=np.zeros((6, 1)), name=f"demo_{i}") for i in range(2)]
+    return write_hdf5_dataset(tmp_path / "data" / "d.h5", demos)
+
+
+TINY_TRAIN = ["--embedder", "random", "--embedder-image-size", "28", "--embedder-patch-size", "14",
+              "--embedder-dim", "8", "--steps", "1", "--threads", "1", "--no-progress", "--no-plot"]
+
+BAD_COMMAND_LINES = {  # case -> (argv with {data} / {tmp} placeholders, what the one line must say)
+    "export_lerobot_fps_0": (["dataset", "export-lerobot", "{data}", "--out", "{tmp}/lr", "--fps", "0"],
+                             "--fps must be in 1..1000"),
+    "export_lerobot_out_is_the_input": (["dataset", "export-lerobot", "{data}", "--out", "{data}", "--overwrite"],
+                                        "is, or holds, the input"),
+    "export_lerobot_out_holds_the_input": (["dataset", "export-lerobot", "{data}", "--out", "{tmp}/data",
+                                            "--overwrite"], "is, or holds, the input"),
+    "train_set_n_heads_0": (["train", "dynamics", "--data", "{data}", "--out", "{tmp}/run", "--set", "n_heads=0",
+                             *TINY_TRAIN], "n_heads must be a number in [1, 256], got 0"),
+    "train_set_model_dim_1e6": (["train", "dynamics", "--data", "{data}", "--out", "{tmp}/run", "--set",
+                                 "model_dim=1000000", *TINY_TRAIN], "model_dim must be a number"),
+    "train_set_dropout_nan": (["train", "dynamics", "--data", "{data}", "--out", "{tmp}/run", "--set",
+                               "dropout=.nan", *TINY_TRAIN], "dropout must be a number"),
+    "config_yaml_with_a_mistyped_key": (["blocktouch", "run", "--quick", "--config", "{tmp}/bad.yaml", "--work-dir",
+                                         "{tmp}/w", "--results-dir", "{tmp}/r"], "unknown key(s) ['treads']"),
+    "demo_checkpoints_missing": (["demo", "--checkpoints", "{tmp}/nonexistent", "--out", "{tmp}/demo"],
+                                 "demo --checkpoints"),
+    "launch_params_file_missing": (["launch", "calvin_sim", "--params-file", "{tmp}/nonexistent.yaml"],
+                                   "launch --params-file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_COMMAND_LINES))
+def test_a_bad_command_line_is_one_line_exit_2_and_changes_nothing(capsys, tmp_path, tiny_dataset, case):
+    argv, needle = BAD_COMMAND_LINES[case]
+    (tmp_path / "bad.yaml").write_text("treads: 2\n")
+    before = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()}
+    code, err = run_cli(capsys, *(a.format(data=tiny_dataset, tmp=tmp_path) for a in argv))
+    assert_one_line_error(code, err, "dynaguide: error: ", needle)
+    after = {p: digest(p) for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # nothing written, nothing changed (no partial outputs, no temp files)
+    assert not (tmp_path / "demo").exists()  # refused before the demo started anything
+
+
+def test_debug_shows_the_traceback(capsys, junk_recording, monkeypatch):
+    from dynaguide.recordings import RecordingError
+
+    args = ["dataset", "from-mcap", str(junk_recording), "--out", str(junk_recording.with_suffix(".h5"))]
+    code, err = run_cli(capsys, *args)
+    assert code == 2 and "Traceback" not in err
+    with pytest.raises(RecordingError, match="not a readable MCAP file"):
+        run_cli(capsys, "--debug", *args)
+    monkeypatch.setenv("DYNAGUIDE_DEBUG", "1")
+    with pytest.raises(RecordingError, match="not a readable MCAP file"):
+        run_cli(capsys, *args)
