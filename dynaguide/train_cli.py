@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dynaguide.inputs import InputError
+from dynaguide.inputs import InputError, atomic_output, refuse_overwrite
 
 FORMATS = ("auto", "hdf5", "lerobot")
 SEGMENTS = ("episode", "window")
@@ -140,10 +140,11 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
         in_place = cfg.segment == "episode" and proprio_key == "proprio" and action_key == "actions"
         if in_place:
             return path, camera, {"segments": len(src.names), "prepared": False}
-        out = out_dir / "prepared.h5"
+        out = refuse_overwrite(out_dir / "prepared.h5", inputs=[path], overwrite=True,
+                               option="the prepared copy of the data in --out:")
         n = 0
-        f_in = h5py.File(path, "r")
-        with h5py.File(out, "w") as f:
+        f_in = src._h5()
+        with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             data.attrs.update({"source": str(path.resolve()), "segment": cfg.segment, "window": cfg.window,
                                "stride": cfg.stride})
@@ -168,9 +169,8 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
                                           np.zeros((e - s, 0), np.float32), behavior=behavior),
                                f"demo_{n}", attrs={"source_demo": name, "start": s, "end": e})
                     n += 1
-            f_in.close()
-        if n == 0:
-            raise ValueError(f"{path}: no window of {cfg.window} steps fits any demo")
+            if n == 0:  # inside: the temp file is removed, no empty prepared.h5 is left
+                raise ValueError(f"{path}: no window of {cfg.window} steps fits any demo")
         return out, camera, {"segments": n, "prepared": True}
     finally:
         src.close()

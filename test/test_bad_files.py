@@ -613,3 +613,12 @@ def test_debug_shows_the_traceback(capsys, junk_recording, monkeypatch):
     monkeypatch.setenv("DYNAGUIDE_DEBUG", "1")
     with pytest.raises(RecordingError, match="not a readable MCAP file"):
         run_cli(capsys, *args)
+
+
+def test_train_never_writes_its_prepared_copy_over_the_input(capsys, tmp_path, tiny_dataset):
+    data = tiny_dataset.rename(tmp_path / "prepared.h5")
+    before = digest(data)
+    code, err = run_cli(capsys, "train", "dynamics", "--data", str(data), "--out", str(tmp_path), "--segment",
+                        "window", "--window", "3", *TINY_TRAIN)
+    assert_one_line_error(code, err, "is the input")
+    assert digest(data) == before
