@@ -140,13 +140,48 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+MAX_YAML_BYTES = 16 * 2**20
+"""Largest YAML config read (ours are a few KB)."""
+
+MAX_YAML_NODES = 1_000_000
+"""Most values a YAML config may expand to, aliases (``*name``) counted at every use: a "billion laughs" file of
+a few hundred bytes expands to 10^9 values when a reader walks it."""
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive structure counts once per level
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_nodes(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    return memo[key]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` after checking its size and how far its aliases expand (:class:`ConfigError`
+    naming ``where`` otherwise)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters, over the {MAX_YAML_BYTES} a config file may have")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_nodes(root, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_NODES} values; write the values "
+                              "out instead of nesting aliases")
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"cannot read config {where}: {exc}") from exc
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is ``{}``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

@@ -581,8 +581,6 @@ BAD_COMMAND_LINES = {  # case -> (argv with {data} / {tmp} placeholders, what th
                                  "model_dim=1000000", *TINY_TRAIN], "model_dim must be a number"),
     "train_set_dropout_nan": (["train", "dynamics", "--data", "{data}", "--out", "{tmp}/run", "--set",
                                "dropout=.nan", *TINY_TRAIN], "dropout must be a number"),
-    "config_yaml_with_a_mistyped_key": (["blocktouch", "run", "--quick", "--config", "{tmp}/bad.yaml", "--work-dir",
-                                         "{tmp}/w", "--results-dir", "{tmp}/r"], "unknown key(s) ['treads']"),
     "demo_checkpoints_missing": (["demo", "--checkpoints", "{tmp}/nonexistent", "--out", "{tmp}/demo"],
                                  "demo --checkpoints"),
     "launch_params_file_missing": (["launch", "calvin_sim", "--params-file", "{tmp}/nonexistent.yaml"],
@@ -622,3 +620,29 @@ def test_train_never_writes_its_prepared_copy_over_the_input(capsys, tmp_path, t
                         "window", "--window", "3", *TINY_TRAIN)
     assert_one_line_error(code, err, "is the input")
     assert digest(data) == before
+
+
+_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip("abcdefgh", "bcdefghi"))
+
+BAD_YAML = {  # case -> (content of the --config file, what the one line must say)
+    "mistyped_key": ("treads: 2\n", "unknown key(s) ['treads']"),
+    "nested_mistyped_key": ("env:\n  arena_sise: 3\n", "unknown key(s) ['arena_sise']"),
+    "wrong_type": ("threads: many\n", "expected an integer"),
+    "not_a_mapping": ("- 1\n- 2\n", "top level must be a mapping"),
+    "syntax_error": ("threads: [1, 2\n", "cannot read config"),
+    "billion_laughs": (_LAUGHS, "aliases expand to more than"),
+    "binary_garbage": (b"\xff\xfe\x00garbage", "cannot read config"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_YAML))
+def test_a_bad_yaml_config_is_one_line_before_anything_runs(capsys, tmp_path, case):
+    content, needle = BAD_YAML[case]
+    config = tmp_path / "bad.yaml"
+    config.write_bytes(content if isinstance(content, bytes) else content.encode())
+    before = digest(config)
+    code, err = run_cli(capsys, "blocktouch", "run", "--quick", "--config", str(config), "--work-dir",
+                        str(tmp_path / "w"), "--results-dir", str(tmp_path / "r"))
+    assert_one_line_error(code, err, "dynaguide: error: ", needle)
+    assert digest(config) == before and sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
