@@ -174,6 +174,9 @@ def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Itera
         actions = np.asarray(rows[keys.action], np.float32)
         proprio = (np.asarray(rows[keys.proprio], np.float32) if keys.proprio
                    else np.zeros((hi - lo, 0), np.float32))
+        if not (np.isfinite(actions).all() and np.isfinite(proprio).all()):
+            raise ExternalDatasetError(f"{root}: episode {int(ep['episode_index'])} has NaN or infinite "
+                                       f"{keys.action} or {keys.proprio} values")
         if is_video:
             video = root / meta.get_video_file_path(int(ep["episode_index"]), keys.camera)
             start = float(ep[f"videos/{keys.camera}/from_timestamp"])
@@ -181,6 +184,12 @@ def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Itera
         else:
             images = np.asarray(rows[keys.camera])
             if images.dtype != np.uint8:  # float images in [0, 1]
+                if images.dtype.kind != "f" or not np.isfinite(images).all() or images.min() < -1e-3 \
+                        or images.max() > 1 + 1e-3:
+                    lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+                    raise ExternalDatasetError(f"{root}: episode {int(ep['episode_index'])} {keys.camera} holds "
+                                               f"{images.dtype} images in [{lo:.3g}, {hi:.3g}]; expected uint8 or "
+                                               "floats in [0, 1]")
                 images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
             if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
                 images = images.transpose(0, 2, 3, 1)

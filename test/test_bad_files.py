@@ -31,6 +31,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str]:
     """``dynaguide ARGS`` in this process → (exit status, stderr)."""
     from dynaguide.cli import main
 
+    capsys.readouterr()  # what the test's own setup printed
     code = main(list(args))
     return code, capsys.readouterr().err
 
@@ -646,3 +647,27 @@ def test_a_bad_yaml_config_is_one_line_before_anything_runs(capsys, tmp_path, ca
                         str(tmp_path / "w"), "--results-dir", str(tmp_path / "r"))
     assert_one_line_error(code, err, "dynaguide: error: ", needle)
     assert digest(config) == before and sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_a_lerobot_dataset_with_nan_actions_is_refused_in_one_line(capsys, tmp_path):
+    from dynaguide.policy.lerobot_adapter import _import_torchvision
+
+    _import_torchvision()
+    lerobot_dataset = pytest.importorskip("lerobot.datasets.lerobot_dataset")
+    root = tmp_path / "ds"
+    features = {"observation.images.top": {"dtype": "image", "shape": (16, 16, 3),
+                                           "names": ["height", "width", "channels"]},
+                "observation.state": {"dtype": "float32", "shape": (2,), "names": None},
+                "action": {"dtype": "float32", "shape": (2,), "names": None}}
+    ds = lerobot_dataset.LeRobotDataset.create("local/ds", fps=10, root=root, features=features, use_videos=False)
+    for i in range(4):
+        ds.add_frame({"observation.images.top": np.full((16, 16, 3), i, np.uint8),
+                      "observation.state": np.zeros(2, np.float32),
+                      "action": np.array([i, np.nan if i == 2 else 0], np.float32), "task": "t"})
+    ds.save_episode()
+    ds.finalize()
+    before = {p: digest(p) for p in root.rglob("*") if p.is_file()}
+    code, err = run_cli(capsys, "train", "dynamics", "--data", str(root), "--camera", "observation.images.top",
+                        "--out", str(tmp_path / "run"), *TINY_TRAIN)
+    assert_one_line_error(code, err, "episode 0 has NaN or infinite action")
+    assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
