@@ -34,6 +34,11 @@ COMMANDS: dict[str, str] = {
     "train": "dynaguide.train_cli",
 }
 
+#: command -> "module:function(args)" that checks its configuration before anything starts (ConfigError)
+PREFLIGHT_CHECKS: dict[str, str] = {
+    "launch": "dynaguide_ros.params:check_launch_arguments",
+}
+
 #: (command, argument dest) -> "file" or "directory": paths the user names on the command line that must exist
 #: before anything starts (the argument's default is not checked: a command may create or fall back from it)
 EXISTING_PATH_ARGUMENTS: dict[tuple[str, str], str] = {
@@ -92,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
         check_named_paths(parser, args)
+        if args.command in PREFLIGHT_CHECKS:
+            module, function = PREFLIGHT_CHECKS[args.command].split(":")
+            getattr(importlib.import_module(module), function)(args)
         result = args.func(args)
     except KeyboardInterrupt:
         if debug:

@@ -671,3 +671,36 @@ def test_a_lerobot_dataset_with_nan_actions_is_refused_in_one_line(capsys, tmp_p
                         "--out", str(tmp_path / "run"), *TINY_TRAIN)
     assert_one_line_error(code, err, "episode 0 has NaN or infinite action")
     assert {p: digest(p) for p in root.rglob("*") if p.is_file()} == before
+
+
+# ------------------------------------------------------------------------------ ROS parameter files (launch)
+BAD_PARAMS = {  # case -> (parameter file, extra arguments, what the one line must say)
+    "mistyped_parameter": ("policy_node:\n  ros__parameters:\n    runner.polcy_checkpoint: x\n", [],
+                           "unknown parameter 'runner.polcy_checkpoint'"),
+    "integer_for_a_double": ("calvin_bridge:\n  ros__parameters:\n    camera_hz: 30\n", [],
+                             "is integer 30, but the node declares it as double"),
+    "value_the_config_refuses": ("embedding_node:\n  ros__parameters:\n    embedder.kind: nosuch\n", [],
+                                 "embedder kind must be one of"),
+    "unknown_node": ("polcy_node:\n  ros__parameters:\n    seed: 1\n", [], "no node 'polcy_node'"),
+    "not_a_parameter_file": ("calvin_bridge:\n  seed: 1\n", [], "must hold only 'ros__parameters'"),
+    "mistyped_set_override": ("calvin_bridge:\n  ros__parameters:\n    seed: 1\n",
+                              ["--set", "policy_node.replan_perod_s=1.0"], "unknown parameter 'replan_perod_s'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PARAMS))
+def test_a_bad_parameter_file_stops_launch_before_any_node_starts(capsys, tmp_path, case):
+    content, extra, needle = BAD_PARAMS[case]
+    params = tmp_path / "params.yaml"
+    params.write_text(content)
+    code, err = run_cli(capsys, "launch", "calvin_sim", "--params-file", str(params), *extra)
+    assert_one_line_error(code, err, "dynaguide: error: ", needle)
+
+
+@pytest.mark.parametrize("graph", ["calvin_sim", "real_arx5"])
+def test_the_shipped_parameter_files_pass_the_launch_check(graph):
+    from dynaguide_ros.graphs import GRAPHS
+    from dynaguide_ros.params import check_params_files
+    from dynaguide_ros.paths import config_path
+
+    check_params_files(graph, [config_path(name) for name in GRAPHS[graph].params_files])
