@@ -34,6 +34,9 @@ COMMANDS: dict[str, str] = {
     "train": "dynaguide.train_cli",
 }
 
+#: commands whose errors keep their traceback (``node``: a ROS node process, its log is read by developers)
+TRACEBACK_COMMANDS = ("node",)
+
 #: command -> "module:function(args)" that checks its configuration before anything starts (ConfigError)
 PREFLIGHT_CHECKS: dict[str, str] = {
     "launch": "dynaguide_ros.params:check_launch_arguments",
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # ROS node processes keep their tracebacks in the graph's log (a node's failure is for its developer too)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0") or args.command in TRACEBACK_COMMANDS
     try:
         check_named_paths(parser, args)
         if args.command in PREFLIGHT_CHECKS:

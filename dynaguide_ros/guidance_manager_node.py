@@ -8,8 +8,11 @@
   A parameter given as 0 keeps the one in force; ``set_scale = true`` takes ``scale`` as given, so
   s = 0 (unguided chunks, goals kept) is expressible.
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
-* On start, restores the last accepted guidance from ``state_dir`` (a corrupt store is logged and the
-  manager starts unguided); revision numbers keep increasing across clears and restarts.
+* On start, restores the last accepted guidance from ``state_dir``.  Everything restored is validated (the
+  store's own checks, :func:`dynaguide.guidance.store.check_stored`, and this manager's limits through
+  :func:`validate_request`); a corrupt store is logged in one line with the reason, its files are moved to
+  ``state_dir/corrupt-<time>/`` for inspection and the manager starts unguided.  Revision numbers keep
+  increasing across clears, restarts and corrupt stores.
 
 Concurrency: both services share one mutually exclusive callback group (requests are served one at a
 time, in arrival order, queued in the service's QoS history of ``request_queue_depth``); the embedding
