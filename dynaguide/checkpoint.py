@@ -12,6 +12,11 @@ A checkpoint is a directory::
 ``diffusion_policy``, ``latent_dynamics`` and ``outcome_classifier``, others can be added with
 :func:`register_checkpoint_kind`.  Loading a pickle-based file (``.pt/.pth/.pkl/.ckpt/.bin``) is refused
 with a ``ValueError`` — pickle can execute arbitrary code.
+
+Loading validates before allocating: the config dataclass bounds every size (``check_ranges``), the model is
+first built on the ``meta`` device (no memory) and its parameter count is capped (:data:`MAX_PARAMETERS`), and
+the safetensors header must declare exactly that model's tensors (names, shapes, dtypes) — so a 1 KB
+``config.json`` asking for a 12 TB model is refused in one line.  Loaded weights must be finite.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dynaguide.config import from_dict, to_dict
+from dynaguide.inputs import InputError, check_finite_tensors, check_state_dict_matches
 
 FORMAT = "dynaguide-checkpoint/1"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin")
@@ -38,6 +44,9 @@ MODEL_FILE = "model.safetensors"
 EMA_FILE = "ema.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 CONFIG_FILE = "config.json"
+
+MAX_PARAMETERS = 2_000_000_000
+"""Most parameters + buffers (elements) a model built from a config file may have (8 GB of float32)."""
 
 _KINDS: dict[str, tuple[Callable[[], type], Callable[[], type]]] = {}
 
@@ -171,8 +180,10 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
     _refuse_pickle(path)
     try:
         meta = json.loads((path / CONFIG_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise InputError(f"{path / CONFIG_FILE}: expected an object with a 'config' object")
     if meta.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown checkpoint format {meta.get('format')!r} (expected {FORMAT!r})")
     if meta.get("kind") not in _KINDS:
@@ -180,11 +191,30 @@ def read_checkpoint_meta(directory: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _load_tensors(file: Path) -> dict[str, torch.Tensor]:
+def _load_tensors(file: Path, expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of ``file``; with ``expected`` (a state dict, e.g. on the meta device) the file's header
+    must declare exactly those names, shapes and dtypes (checked before loading); floats must be finite."""
+    if expected is not None:
+        check_state_dict_matches(file, expected)
     try:
-        return load_file(str(file))
+        tensors = load_file(str(file))
     except (SafetensorError, OSError) as exc:
         raise ValueError(f"{file} is not a valid safetensors file: {exc}") from exc
+    check_finite_tensors(file, tensors)
+    return tensors
+
+
+def model_skeleton(model_cls: type, config: Any, where: str | Path) -> nn.Module:
+    """``model_cls(config)`` built on the ``meta`` device (shapes only, no memory), refused with
+    :class:`InputError` when it would hold more than :data:`MAX_PARAMETERS` elements."""
+    with torch.device("meta"):
+        skeleton = model_cls(config)
+    count = sum(t.numel() for t in skeleton.state_dict().values())
+    if count > MAX_PARAMETERS:
+        raise InputError(f"{where}: the config describes a model of {count:,} parameters "
+                         f"({count * 4 / 2**30:.0f} GiB as float32), over the limit of {MAX_PARAMETERS:,}: "
+                         "check the sizes in the config")
+    return skeleton
 
 
 def load_checkpoint(directory: str | Path, *, weights: str = "auto", device: str | torch.device = "cpu"):
@@ -198,13 +228,16 @@ def load_checkpoint(directory: str | Path, *, weights: str = "auto", device: str
     path = Path(directory)
     meta = read_checkpoint_meta(path)
     config_factory, model_factory = _KINDS[meta["kind"]]
-    config = from_dict(config_factory(), meta["config"])
-    model = model_factory()(config)
+    config = from_dict(config_factory(), meta["config"], where=f"{path / CONFIG_FILE}: config")
+    model_cls = model_factory()
     file = path / MODEL_FILE
     if weights == "ema" or (weights == "auto" and (path / EMA_FILE).is_file()):
         file = path / EMA_FILE
         if not file.is_file():
             raise ValueError(f"{path} has no EMA weights ({EMA_FILE})")
+    expected = model_skeleton(model_cls, config, path / CONFIG_FILE).state_dict()
+    check_state_dict_matches(file, expected)  # before the model is allocated
+    model = model_cls(config)
     model.load_state_dict(_load_tensors(file), strict=True)
     return model.to(device).eval(), config
 
@@ -221,11 +254,11 @@ def load_training_state(
     meta = read_checkpoint_meta(path)
     if meta["kind"] != _kind_of(model):
         raise ValueError(f"{path} holds a {meta['kind']!r} checkpoint, not {_kind_of(model)!r}")
-    model.load_state_dict(_load_tensors(path / MODEL_FILE), strict=True)
+    model.load_state_dict(_load_tensors(path / MODEL_FILE, model.state_dict()), strict=True)
     if ema_model is not None:
         if not (path / EMA_FILE).is_file():
             raise ValueError(f"{path} has no EMA weights to resume from")
-        ema_model.load_state_dict(_load_tensors(path / EMA_FILE), strict=True)
+        ema_model.load_state_dict(_load_tensors(path / EMA_FILE, ema_model.state_dict()), strict=True)
     if optimizer is not None:
         if meta.get("optimizer") is None or not (path / OPTIMIZER_FILE).is_file():
             raise ValueError(f"{path} has no optimizer state to resume from")

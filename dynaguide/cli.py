@@ -3,13 +3,21 @@
 Each subcommand lives in its own module exposing ``register(subparsers)``; that function adds a
 parser whose ``func`` default runs it.  Modules are imported lazily so ``dynaguide --help`` stays fast
 and a command whose optional dependencies are missing does not break the others.
+
+Errors a user can fix (:class:`dynaguide.inputs.InputError` and the ``ValueError`` / ``OSError`` a bad file or
+value raises) are one line on stderr, ``dynaguide: error: <what>``, and exit status 2 — no traceback
+(``dynaguide --debug ...`` or ``DYNAGUIDE_DEBUG=1`` re-raise them).  Ctrl-C exits with 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
+
+from dynaguide.inputs import DEBUG_ENV, InputError, one_line
 
 #: subcommand name -> module providing ``register(subparsers)``
 COMMANDS: dict[str, str] = {
@@ -26,9 +34,26 @@ COMMANDS: dict[str, str] = {
     "train": "dynaguide.train_cli",
 }
 
+#: commands whose errors keep their traceback (``node``: a ROS node process, its log is read by developers)
+TRACEBACK_COMMANDS = ("node",)
+
+#: command -> "module:function(args)" that checks its configuration before anything starts (ConfigError)
+PREFLIGHT_CHECKS: dict[str, str] = {
+    "launch": "dynaguide_ros.params:check_launch_arguments",
+}
+
+#: (command, argument dest) -> "file" or "directory": paths the user names on the command line that must exist
+#: before anything starts (the argument's default is not checked: a command may create or fall back from it)
+EXISTING_PATH_ARGUMENTS: dict[tuple[str, str], str] = {
+    ("demo", "checkpoints"): "directory",
+    ("launch", "params_file"): "file",
+}
+
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dynaguide", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the traceback of errors otherwise printed as one line (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = None
     if argv:
@@ -46,6 +71,24 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def check_named_paths(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (:class:`InputError`) a path in :data:`EXISTING_PATH_ARGUMENTS` that the user gave and that does
+    not exist, before the command starts anything."""
+    subparsers = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    for (command, dest), kind in EXISTING_PATH_ARGUMENTS.items():
+        if args.command != command or subparsers is None or command not in subparsers.choices:
+            continue
+        value = getattr(args, dest, None)
+        if value is None or value == subparsers.choices[command].get_default(dest):
+            continue
+        path = Path(value).expanduser()
+        ok = path.is_dir() if kind == "directory" else path.is_file()
+        if not ok:
+            option = "--" + dest.replace("_", "-")
+            raise InputError(f"{command} {option} {value}: no such {kind}"
+                             + ("" if not path.exists() else f" ({path} is not a {kind})"))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -54,7 +97,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    # ROS node processes keep their tracebacks in the graph's log (a node's failure is for its developer too)
+    debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0") or args.command in TRACEBACK_COMMANDS
+    try:
+        check_named_paths(parser, args)
+        if args.command in PREFLIGHT_CHECKS:
+            module, function = PREFLIGHT_CHECKS[args.command].split(":")
+            getattr(importlib.import_module(module), function)(args)
+        result = args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("dynaguide: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:  # InputError, ConfigError, ... and what bad files make libraries raise
+        if debug:
+            raise
+        hint = "" if isinstance(exc, InputError) else f" ({type(exc).__name__}; --debug shows the traceback)"
+        print(f"dynaguide: error: {one_line(exc)}{hint}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -18,10 +19,12 @@ from collections.abc import Mapping
 
 import yaml
 
+from dynaguide.inputs import InputError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration mapping does not fit its dataclass (unknown key, wrong type, bad file)."""
 
 
@@ -79,6 +82,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def check_ranges(obj: Any, ranges: Mapping[str, tuple[float, float]]) -> None:
+    """Raise ``ValueError`` unless every attribute named in ``ranges`` is a finite number in ``[low, high]``
+    (for a sequence: every item).  Config dataclasses call it in ``__post_init__`` with generous upper bounds,
+    so that a file asking for an absurd size (``n_layers: 100000``) is refused before anything is allocated."""
+    for name, (low, high) in ranges.items():
+        value = getattr(obj, name)
+        for v in (value if isinstance(value, (list, tuple)) else (value,)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v <= high:
+                raise ValueError(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
+
+
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str | None = None) -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys raise :class:`ConfigError`."""
     where = where or cls.__name__
@@ -126,13 +140,48 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
     return nested
 
 
+MAX_YAML_BYTES = 16 * 2**20
+"""Largest YAML config read (ours are a few KB)."""
+
+MAX_YAML_NODES = 1_000_000
+"""Most values a YAML config may expand to, aliases (``*name``) counted at every use: a "billion laughs" file of
+a few hundred bytes expands to 10^9 values when a reader walks it."""
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    key = id(node)
+    if key not in memo:
+        memo[key] = 1  # a recursive structure counts once per level
+        if isinstance(node, yaml.SequenceNode):
+            memo[key] = 1 + sum(_expanded_nodes(child, memo) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            memo[key] = 1 + sum(_expanded_nodes(k, memo) + _expanded_nodes(v, memo) for k, v in node.value)
+    return memo[key]
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load(text)`` after checking its size and how far its aliases expand (:class:`ConfigError`
+    naming ``where`` otherwise)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters, over the {MAX_YAML_BYTES} a config file may have")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        if root is not None and _expanded_nodes(root, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_NODES} values; write the values "
+                              "out instead of nesting aliases")
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"cannot read config {where}: {exc}") from exc
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping; an empty file is ``{}``."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    data = parse_yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return data

@@ -19,6 +19,11 @@ Time convention shared by everything here (and by guidance at run time):
 
 Sources: a path to an ``.hdf5`` file (opened lazily, so DataLoader workers each get their own
 handle), an open ``h5py.File``, or a list of in-memory :class:`Demo` objects.
+
+Reading a file checks its layout before trusting it (:class:`~dynaguide.inputs.InputError` naming the file and
+dataset): actions ``(L, A)`` and proprio ``(L, P)`` numeric, cameras ``(L, H, W, 3)`` uint8 with the actions'
+``L``, and every declared size against :func:`dynaguide.inputs.check_hdf5_dataset` before a read (a 4.7 KB file
+declaring a ``(2e9, 7)`` dataset is refused, not allocated).
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from dynaguide.inputs import MAX_IN_MEMORY_BYTES, InputError, check_hdf5_dataset
 
 
 @dataclass
@@ -73,6 +80,21 @@ class Demo:
 
     def __len__(self) -> int:
         return self.actions.shape[0]
+
+
+def read_hdf5_array(ds: Any, where: str, ndim: int | None = None,
+                    max_bytes: int | None = MAX_IN_MEMORY_BYTES) -> np.ndarray:
+    """All of HDF5 dataset ``ds`` as a numpy array, after checking that it is a numeric dataset with ``ndim``
+    dimensions whose declared size is plausible (:func:`~dynaguide.inputs.check_hdf5_dataset`); ``where`` names
+    it in errors."""
+    if not isinstance(ds, h5py.Dataset):
+        raise InputError(f"{where} is a {type(ds).__name__}, not a dataset")
+    if ds.dtype.kind not in "fiub":
+        raise InputError(f"{where} holds {ds.dtype}, not numbers")
+    if ndim is not None and ds.ndim != ndim:
+        raise InputError(f"{where} must have {ndim} dimensions, got shape {list(ds.shape)}")
+    check_hdf5_dataset(ds, where, max_bytes=max_bytes)
+    return ds[()]
 
 
 def _demo_sort_key(name: str) -> tuple[int, str]:
@@ -171,6 +193,7 @@ class DemoSource:
             raise ValueError("no demonstrations selected (empty dataset or behaviour filter matched nothing)")
         self._preloaded: dict[tuple[str, str], np.ndarray] = {}
         self._preload = preload_images
+        self._checked_cameras: set[tuple[str, str]] = set()
 
     @staticmethod
     def _open_names(f: h5py.File) -> list[str]:
@@ -182,7 +205,10 @@ class DemoSource:
         if self._file is not None and self._pid != os.getpid():
             self._file = None  # inherited through fork (DataLoader worker): never share an HDF5 handle
         if self._file is None:
-            self._file = h5py.File(self._path, "r")
+            try:
+                self._file = h5py.File(self._path, "r")
+            except OSError as exc:
+                raise InputError(f"{self._path} is not a readable HDF5 file ({exc})") from exc
             self._owns_file = True
             self._pid = os.getpid()
         return self._file
@@ -204,11 +230,18 @@ class DemoSource:
             d = self._memory[name]
             return d.actions, d.proprio, d.behavior
         g = self._h5()["data"][name]
-        if "actions" not in g or "obs" not in g:
-            raise ValueError(f"{self._path}: data/{name} lacks 'actions' or 'obs'")
-        actions = np.asarray(g["actions"][()], dtype=np.float32)
-        proprio = (np.asarray(g["obs"]["proprio"][()], dtype=np.float32) if "proprio" in g["obs"]
-                   else np.zeros((len(actions), 0), np.float32))
+        if not isinstance(g, h5py.Group) or "actions" not in g or "obs" not in g \
+                or not isinstance(g["obs"], h5py.Group):
+            raise InputError(f"{self._path}: data/{name} lacks 'actions' or the 'obs' group")
+        where = f"{self._path}: data/{name}"
+        actions = np.asarray(read_hdf5_array(g["actions"], f"{where}/actions", ndim=2), dtype=np.float32)
+        proprio = (np.asarray(read_hdf5_array(g["obs"]["proprio"], f"{where}/obs/proprio", ndim=2), np.float32)
+                   if "proprio" in g["obs"] else np.zeros((len(actions), 0), np.float32))
+        if len(proprio) != len(actions):
+            raise InputError(f"{where}: obs/proprio has {len(proprio)} steps, actions {len(actions)}")
+        for values, key in ((actions, "actions"), (proprio, "obs/proprio")):
+            if not np.isfinite(values).all():
+                raise InputError(f"{where}/{key} contains NaN or infinite values")
         behavior = g.attrs.get("behavior")
         if isinstance(behavior, bytes):
             behavior = behavior.decode()
@@ -232,7 +265,8 @@ class DemoSource:
         key = (name, camera)
         if self._preload:
             if key not in self._preloaded:
-                self._preloaded[key] = self._camera_dataset(name, camera)[()]
+                self._preloaded[key] = read_hdf5_array(self._camera_dataset(name, camera),
+                                                       f"{self._path}: data/{name}/obs/{camera}")
             return self._preloaded[key][index]
         return self._camera_dataset(name, camera)[index]
 
@@ -249,8 +283,18 @@ class DemoSource:
         if camera not in obs:
             raise ValueError(f"{self._path}: data/{name}/obs has no camera {camera!r} (have {sorted(obs.keys())})")
         ds = obs[camera]
-        if ds.ndim != 4 or ds.shape[-1] != 3:
-            raise ValueError(f"{self._path}: data/{name}/obs/{camera} must be (L, H, W, 3), got {ds.shape}")
+        if (name, camera) not in self._checked_cameras:
+            where = f"{self._path}: data/{name}/obs/{camera}"
+            if not isinstance(ds, h5py.Dataset) or ds.ndim != 4 or ds.shape[-1] != 3:
+                raise InputError(f"{where} must be (L, H, W, 3), got {getattr(ds, 'shape', type(ds).__name__)}")
+            if ds.dtype != np.uint8:
+                raise InputError(f"{where} holds {ds.dtype} images; the layout is uint8 RGB 0..255 (convert with "
+                                 "np.clip(x * 255, 0, 255).astype(np.uint8) if they are floats in [0, 1])")
+            if ds.shape[0] != self.length(name):
+                raise InputError(f"{where} has {ds.shape[0]} frames but the demo has {self.length(name)} actions: "
+                                 "one frame per step")
+            check_hdf5_dataset(ds, where, max_bytes=None)  # read a frame at a time: only the stored-size check
+            self._checked_cameras.add((name, camera))
         return ds
 
     def stats(self) -> dict[str, np.ndarray]:
@@ -486,6 +530,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
     from tqdm import tqdm
 
     from dynaguide.embedders import embedder_fingerprint, embedder_id
+    from dynaguide.inputs import atomic_output
 
     dataset_path = Path(dataset_path)
     fingerprint = embedder_fingerprint(embedder)
@@ -496,10 +541,11 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
         except ValueError:
             pass  # stale: rebuild below
     source = DemoSource(dataset_path)
-    tmp = cache_path.with_name(cache_path.name + f".tmp-{os.getpid()}")
     total = sum(source.length(n) for n in source.names)
-    with h5py.File(tmp, "w") as f, tqdm(total=total, desc=f"embedding {camera}", disable=not progress) as bar, \
-            _closing(source):
+    # a temp file next to the cache, renamed when complete; removed on any error, Ctrl-C or SIGTERM (and left
+    # by a SIGKILLed run: removed by the next one)
+    with atomic_output(cache_path) as tmp, h5py.File(tmp, "w") as f, \
+            tqdm(total=total, desc=f"embedding {camera}", disable=not progress) as bar, _closing(source):
         for k, v in {**_file_key(dataset_path), "camera": camera, "embedder": fingerprint,
                      "embedder_id": embedder_id(embedder),  # human-readable; the fingerprint is what is checked
                      "num_tokens": int(embedder.num_tokens), "dim": int(embedder.dim)}.items():
@@ -513,7 +559,6 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
                 tokens = embedder(to_image_tensor(frames).to(device))
                 out[start:start + len(frames)] = tokens.float().cpu().numpy().astype(dtype)
                 bar.update(len(frames))
-    os.replace(tmp, cache_path)
     return EmbeddingCache(cache_path, dataset_path, camera, fingerprint)
 
 

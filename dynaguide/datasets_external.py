@@ -29,10 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dynaguide.data import Demo
+from dynaguide.data import Demo, DemoSource, read_hdf5_array
+from dynaguide.inputs import InputError, atomic_output
 
 
-class ExternalDatasetError(ValueError):
+class ExternalDatasetError(InputError):
     """A user's dataset cannot be read as asked (missing keys, wrong shapes, undecodable video...)."""
 
 
@@ -173,6 +174,9 @@ def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Itera
         actions = np.asarray(rows[keys.action], np.float32)
         proprio = (np.asarray(rows[keys.proprio], np.float32) if keys.proprio
                    else np.zeros((hi - lo, 0), np.float32))
+        if not (np.isfinite(actions).all() and np.isfinite(proprio).all()):
+            raise ExternalDatasetError(f"{root}: episode {int(ep['episode_index'])} has NaN or infinite "
+                                       f"{keys.action} or {keys.proprio} values")
         if is_video:
             video = root / meta.get_video_file_path(int(ep["episode_index"]), keys.camera)
             start = float(ep[f"videos/{keys.camera}/from_timestamp"])
@@ -180,6 +184,12 @@ def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Itera
         else:
             images = np.asarray(rows[keys.camera])
             if images.dtype != np.uint8:  # float images in [0, 1]
+                if images.dtype.kind != "f" or not np.isfinite(images).all() or images.min() < -1e-3 \
+                        or images.max() > 1 + 1e-3:
+                    lo, hi = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+                    raise ExternalDatasetError(f"{root}: episode {int(ep['episode_index'])} {keys.camera} holds "
+                                               f"{images.dtype} images in [{lo:.3g}, {hi:.3g}]; expected uint8 or "
+                                               "floats in [0, 1]")
                 images = np.clip(np.round(images * 255.0), 0, 255).astype(np.uint8)
             if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
                 images = images.transpose(0, 2, 3, 1)
@@ -269,8 +279,10 @@ def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera
 
     Args:
         sources: HDF5 files in our layout, concatenated in order.
-        out: the dataset directory to create (must not exist unless ``overwrite``; written to
-            ``<out>.partial`` and renamed at the end, so a killed export leaves no half dataset behind).
+        out: the dataset directory to create (must not exist unless ``overwrite``, is never an input nor a folder
+            holding one; written to a temp directory next to it and renamed at the end, so an error, Ctrl-C or
+            SIGTERM leaves no half dataset behind and an overwritten dataset is only replaced once the new one is
+            complete).
         camera: our camera key; ``image_size`` > 0 resizes frames to that square size (:func:`resize_frames`).
         fps: control rate (CALVIN: 30 Hz).  ``max_episodes`` > 0 stops after that many; ``only_success``
             skips segments whose ``success`` attribute is false.
@@ -278,42 +290,41 @@ def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera
     Returns:
         ``{"out", "episodes", "frames", "features", "lerobot_version", "seconds"}``.
     """
-    import shutil
     import time
 
-    import h5py
 
     from dynaguide.policy.lerobot_adapter import import_lerobot
 
     t0 = time.perf_counter()
     out = Path(out)
-    if out.exists():
-        if not overwrite:
-            if is_lerobot_dataset(out):
-                info = json.loads((out / "meta" / "info.json").read_text())
-                return {"out": str(out), "episodes": int(info["total_episodes"]), "frames": int(info["total_frames"]),
-                        "features": sorted(info["features"]), "skipped": "exists (use --overwrite to rewrite)"}
-            raise ExternalDatasetError(f"{out} exists and is not a LeRobotDataset; remove it or pass overwrite")
-        shutil.rmtree(out)
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
-    version = import_lerobot()
-    from lerobot.datasets.lerobot_dataset import LeRobotDataset
-
     files = [Path(s) for s in sources]
+    if not 0 < fps <= 1000 or not 0 <= image_size <= 4096 or max_episodes < 0:
+        raise ExternalDatasetError(f"--fps must be in 1..1000 ({fps}), --image-size in 0..4096 ({image_size}), "
+                                   f"--max-episodes >= 0 ({max_episodes})")
     for f in files:
         if not f.is_file():
             raise ExternalDatasetError(f"{f} does not exist")
-    with h5py.File(files[0], "r") as f:
-        names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
-        if not names:
-            raise ExternalDatasetError(f"{files[0]} has no segments")
-        g = f["data"][names[0]]
-        if f"obs/{camera}" not in g:
-            raise ExternalDatasetError(f"{files[0]}: no camera obs/{camera} (have {sorted(g['obs'])})")
-        h, w = g[f"obs/{camera}"].shape[1:3]
-        p, a = g["obs/proprio"].shape[1], g["actions"].shape[1]
+        if out.resolve() == f.resolve() or out.resolve() in f.resolve().parents:
+            raise ExternalDatasetError(f"--out {out} is, or holds, the input {f}: choose another directory (an "
+                                       "input is never overwritten)")
+    if out.exists() and not overwrite:
+        if is_lerobot_dataset(out):
+            info = json.loads((out / "meta" / "info.json").read_text())
+            return {"out": str(out), "episodes": int(info["total_episodes"]), "frames": int(info["total_frames"]),
+                    "features": sorted(info["features"]), "skipped": "exists (use --overwrite to rewrite)"}
+        raise ExternalDatasetError(f"{out} exists and is not a LeRobotDataset; remove it or pass overwrite")
+    if out.exists() and not out.is_dir():
+        raise ExternalDatasetError(f"--out {out} is a file, not a dataset directory")
+    # every input's layout and sizes are checked before anything is written (dynaguide.data.DemoSource)
+    sources_ok = [DemoSource(f) for f in files]
+    first = sources_ok[0]
+    if camera not in first.cameras(first.names[0]):
+        raise ExternalDatasetError(f"{files[0]}: no camera obs/{camera} (have {first.cameras(first.names[0])})")
+    h, w = first._camera_dataset(first.names[0], camera).shape[1:3]
+    p, a = first.proprio[first.names[0]].shape[1], first.actions[first.names[0]].shape[1]
+    version = import_lerobot()
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
     hw = (image_size, image_size) if image_size else (int(h), int(w))
     image_key = LEROBOT_CAMERA_PREFIX + lerobot_camera
     features = {
@@ -321,29 +332,28 @@ def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera
         "observation.state": {"dtype": "float32", "shape": (int(p),), "names": None},
         "action": {"dtype": "float32", "shape": (int(a),), "names": None},
     }
-    ds = LeRobotDataset.create(repo_id or f"local/{out.name}", fps=fps, features=features, root=partial,
-                               use_videos=False)
     episodes = frames = 0
-    try:
-        from tqdm import tqdm
+    with atomic_output(out) as partial:
+        ds = LeRobotDataset.create(repo_id or f"local/{out.name}", fps=fps, features=features, root=partial,
+                                   use_videos=False)
+        try:
+            from tqdm import tqdm
 
-        for path in files:
-            with h5py.File(path, "r") as f:
-                names = sorted(f["data"], key=lambda n: int(n.split("_")[-1]))
-                for name in tqdm(names, desc=f"export {path.name}", disable=not progress):
+            for path, src in zip(files, sources_ok):
+                for name in tqdm(src.names, desc=f"export {path.name}", disable=not progress):
                     if max_episodes and episodes >= max_episodes:
                         break
-                    g = f["data"][name]
+                    g = src._h5()["data"][name]
                     if only_success and not bool(g.attrs.get("success", True)):
                         continue
-                    images = g[f"obs/{camera}"][()]
+                    images = read_hdf5_array(src._camera_dataset(name, camera), f"{path}: data/{name}/obs/{camera}")
                     if image_size:
                         images = resize_frames(images, image_size)
-                    state = np.asarray(g["obs/proprio"][()], np.float32)
-                    actions = np.asarray(g["actions"][()], np.float32)
-                    if not (len(images) == len(state) == len(actions)) or len(actions) == 0:
-                        raise ExternalDatasetError(f"{path}:{name}: lengths differ or empty "
-                                                   f"({len(images)}, {len(state)}, {len(actions)})")
+                    state, actions = src.proprio[name], src.actions[name]
+                    if state.shape[1] != p or actions.shape[1] != a or images.shape[1:3] != tuple(hw):
+                        raise ExternalDatasetError(f"{path}: data/{name} has proprio {state.shape[1]}, actions "
+                                                   f"{actions.shape[1]}, frames {list(images.shape[1:3])}; the first "
+                                                   f"segment has {p}, {a}, {list(hw)}: one layout per dataset")
                     task = str(g.attrs.get("behavior", "calvin"))
                     for t in range(len(actions)):
                         ds.add_frame({image_key: images[t], "observation.state": state[t], "action": actions[t],
@@ -351,12 +361,12 @@ def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera
                     ds.save_episode()
                     episodes += 1
                     frames += len(actions)
-    finally:
-        ds.finalize()
-    if episodes == 0:
-        shutil.rmtree(partial)
-        raise ExternalDatasetError(f"no episodes exported from {[str(f) for f in files]}")
-    partial.rename(out)
+        finally:
+            ds.finalize()
+            for src in sources_ok:
+                src.close()
+        if episodes == 0:
+            raise ExternalDatasetError(f"no episodes exported from {[str(f) for f in files]}")
     return {"out": str(out), "episodes": episodes, "frames": frames, "features": sorted(features),
             "image_size": list(hw), "fps": fps, "lerobot_version": version,
             "seconds": round(time.perf_counter() - t0, 1)}

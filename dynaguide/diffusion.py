@@ -20,6 +20,10 @@ class DDIMConfig:
     steps_offset: int = 0
 
     def __post_init__(self) -> None:
+        from dynaguide.config import check_ranges
+
+        check_ranges(self, {"num_train_timesteps": (1, 100_000), "num_inference_steps": (1, 100_000),
+                            "steps_offset": (0, 100_000)})
         if self.num_train_timesteps <= 0 or self.num_inference_steps <= 0:
             raise ValueError("num_train_timesteps and num_inference_steps must be positive")
         if self.num_inference_steps > self.num_train_timesteps:

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.normalization import MinMaxNormalizer
 from dynaguide.policy.vision import ImageEncoder
@@ -128,6 +129,13 @@ class LatentDynamicsConfig:
     embedder: dict | None = None
 
     def __post_init__(self) -> None:
+        check_ranges(self, {"embed_tokens": (1, 65536), "embed_dim": (1, 16384), "pool": (1, 256),
+                            "model_dim": (1, 16384), "n_layers": (1, 128), "n_heads": (1, 256), "ff_mult": (1, 64),
+                            "dropout": (0.0, 1.0), "proprio_dim": (0, 65536), "action_dim": (1, 4096),
+                            "horizon": (1, 4096), "noised_fraction": (0.0, 1.0), "geometric_p": (0.0, 1.0)})
+        if self.dropout >= 1.0 or self.geometric_p <= 0.0:
+            raise ValueError(f"dropout must be in [0, 1) and geometric_p in (0, 1], got {self.dropout}, "
+                             f"{self.geometric_p}")
         if self.embedder is not None:
             from dynaguide.embedders import embedder_id_from_identity
 
@@ -356,6 +364,12 @@ class OutcomeClassifierConfig:
     ddim: DDIMConfig = field(default_factory=DDIMConfig)
 
     def __post_init__(self) -> None:
+        check_ranges(self, {"num_classes": (2, 65536), "image_size": (1, 4096), "num_keypoints": (1, 4096),
+                            "cnn_width": (1, 4096), "hidden_dim": (1, 65536), "proprio_dim": (0, 65536),
+                            "action_dim": (1, 4096), "horizon": (1, 4096), "noised_fraction": (0.0, 1.0),
+                            "geometric_p": (0.0, 1.0), "path_features": (0, 4096)})
+        if self.geometric_p <= 0.0:
+            raise ValueError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
         if self.path_features < 0:
             raise ValueError(f"path_features must be >= 0, got {self.path_features}")
         if self.path_features and self.action_dim != 2:

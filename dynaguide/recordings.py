@@ -38,21 +38,26 @@ Memory: the decoded camera frames of the recording are held while converting (â‰
 from __future__ import annotations
 
 import json
-import sys
+import struct
 from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from dynaguide.inputs import InputError
+
 RELATIVE_ACTION_SPACES = ("calvin_rel_ee", "ee_delta")
 """Action spaces whose hold action is zero motion with the gripper kept (see ``ActionChunk.msg``)."""
+
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+"""The first bytes of every MCAP file."""
 
 PROPRIO_SOURCES = {"calvin_state": "calvin/state", "joint_states": "joint_states"}
 SEGMENT_MODES = ("window", "behaviour")
 
 
-class RecordingError(ValueError):
+class RecordingError(InputError):
     """The recording cannot be converted (missing topics, no chunks, inconsistent frames...)."""
 
 
@@ -150,6 +155,11 @@ def read_recording(path: str | Path, cfg: FromMcapConfig) -> _Recording:
     path = Path(path)
     if not path.is_file():
         raise RecordingError(f"recording {path} does not exist")
+    with open(path, "rb") as f:
+        magic = f.read(len(MCAP_MAGIC))
+    if magic != MCAP_MAGIC:
+        raise RecordingError(f"{path} is not a readable MCAP file (it does not start with the MCAP magic bytes): "
+                             "give a recording written by `dynaguide record`")
     state_topic = cfg.topic(cfg.state_topic or PROPRIO_SOURCES[cfg.proprio])
     cams = {cfg.topic(c): camera_key(c) for c in cfg.cameras}
     if len(set(cams.values())) != len(cams):
@@ -191,8 +201,8 @@ def read_recording(path: str | Path, cfg: FromMcapConfig) -> _Recording:
                     rec.events.append((_stamp(msg.header), str(msg.behaviour)))
                 elif topic == cfg.topic(cfg.guidance_topic):
                     rec.guidance.append((_stamp(msg.header), bool(msg.active), int(msg.revision)))
-        except McapError as exc:
-            raise RecordingError(f"{path} is not a readable MCAP file: {exc}") from exc
+        except (McapError, struct.error, EOFError, UnicodeDecodeError) as exc:  # damaged or truncated records
+            raise RecordingError(f"{path} is not a readable MCAP file: {type(exc).__name__}: {exc}") from exc
     if not rec.states:
         raise RecordingError(f"{path} has no messages on {state_topic}")
     if not rec.chunks:
@@ -342,14 +352,21 @@ def segment_ranges(steps: Steps, events: list[tuple[float, str]], cfg: FromMcapC
     return [r for r in out if r[1] - r[0] >= cfg.min_length]
 
 
-def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None = None) -> dict:
+def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None = None, overwrite: bool = False
+                 ) -> dict:
     """Write the segments of recording ``path`` to the HDF5 file ``out``; returns a summary dict
-    (``segments``, ``steps``, ``held_steps``, ``rejected_chunks``, ``behaviours``, ``out``)."""
+    (``segments``, ``steps``, ``held_steps``, ``rejected_chunks``, ``behaviours``, ``out``).
+
+    ``out`` is never the recording itself, and an existing ``out`` is replaced only with ``overwrite``
+    (:class:`~dynaguide.inputs.InputError` otherwise, before anything is read).  The file is written to a temp
+    file next to ``out`` and renamed when complete; an error, Ctrl-C or SIGTERM removes the temp file."""
     import h5py
 
     from dynaguide.data import Demo, write_demo
+    from dynaguide.inputs import atomic_output, refuse_overwrite
 
     cfg = cfg or FromMcapConfig()
+    out = refuse_overwrite(out, inputs=[path], overwrite=overwrite)
     rec = read_recording(path, cfg)
     steps = reconstruct_steps(rec, cfg)
     ranges = segment_ranges(steps, rec.events, cfg)
@@ -365,11 +382,8 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise RecordingError(f"camera {cam!r} changes image size during the recording: {sorted(shapes)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
     behaviours: dict[str, int] = {}
-    with h5py.File(tmp, "w") as f:
+    with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
         data = f.create_group("data")
         data.attrs.update({"source": str(Path(path).resolve()), "source_format": "mcap (dynaguide record)",
                            "action_space": steps.action_space, "control_dt": steps.dt,
@@ -386,7 +400,6 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
                 compression=None if cfg.compression == "none" else cfg.compression, compression_opts=1)
             if behaviour:
                 behaviours[behaviour] = behaviours.get(behaviour, 0) + 1
-    tmp.replace(out)
     used = sorted({k for s, e, _ in ranges for k in range(s, e)})
     return {"out": str(out), "segments": len(ranges), "steps": len(steps.stamps), "steps_used": len(used),
             "held_steps": int(steps.held[used].sum()), "chunks": len(rec.chunks),
@@ -395,16 +408,13 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+# errors (ValueError, OSError) are printed as one line by dynaguide.cli.main (--debug: the traceback)
 def _from_mcap(args) -> int:
-    try:
-        cfg = FromMcapConfig(cameras=tuple(args.camera or ("camera/rgb_static",)), proprio=args.proprio,
-                             state_topic=args.state_topic, segment=args.segment, window=args.window,
-                             stride=args.stride, min_length=args.min_length, max_image_age_s=args.max_image_age,
-                             compression=args.compression)
-        summary = convert_mcap(args.recording, args.out, cfg)
-    except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    cfg = FromMcapConfig(cameras=tuple(args.camera or ("camera/rgb_static",)), proprio=args.proprio,
+                         state_topic=args.state_topic, segment=args.segment, window=args.window,
+                         stride=args.stride, min_length=args.min_length, max_image_age_s=args.max_image_age,
+                         compression=args.compression)
+    summary = convert_mcap(args.recording, args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(summary))
     return 0
 
@@ -417,9 +427,8 @@ def _export_lerobot(args) -> int:
                                          image_size=args.image_size, fps=args.fps, max_episodes=args.max_episodes,
                                          only_success=not args.keep_failures, overwrite=args.overwrite,
                                          progress=not args.no_progress)
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ImportError as exc:
+        raise InputError(f"LeRobot is needed to export ({exc}); `make install` installs it") from exc
     print(json.dumps(summary))
     return 0
 
@@ -430,7 +439,9 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="dataset_command", metavar="SUBCOMMAND", required=True)
     m = sub.add_parser("from-mcap", help="a `dynaguide record` MCAP file â†’ HDF5 segments (data/demo_i/...)")
     m.add_argument("recording", help="the .mcap file")
-    m.add_argument("--out", required=True, help="HDF5 file to write")
+    m.add_argument("--out", required=True, help="HDF5 file to write (never the recording; an existing file only "
+                                                "with --overwrite)")
+    m.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     m.add_argument("--camera", action="append", help="camera topic (repeatable; default camera/rgb_static)")
     m.add_argument("--proprio", choices=sorted(PROPRIO_SOURCES), default="calvin_state")
     m.add_argument("--state-topic", default="", help="robot-state topic (default: that of --proprio)")

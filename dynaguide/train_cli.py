@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dynaguide.inputs import InputError, atomic_output, refuse_overwrite
 
 FORMATS = ("auto", "hdf5", "lerobot")
 SEGMENTS = ("episode", "window")
@@ -122,7 +123,7 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
     import h5py
     import numpy as np
 
-    from dynaguide.data import Demo, DemoSource, write_demo
+    from dynaguide.data import Demo, DemoSource, read_hdf5_array, write_demo
     from dynaguide.datasets_external import window_segments
 
     path = Path(cfg.path).expanduser()
@@ -139,10 +140,11 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
         in_place = cfg.segment == "episode" and proprio_key == "proprio" and action_key == "actions"
         if in_place:
             return path, camera, {"segments": len(src.names), "prepared": False}
-        out = out_dir / "prepared.h5"
+        out = refuse_overwrite(out_dir / "prepared.h5", inputs=[path], overwrite=True,
+                               option="the prepared copy of the data in --out:")
         n = 0
-        f_in = h5py.File(path, "r")
-        with h5py.File(out, "w") as f:
+        f_in = src._h5()
+        with atomic_output(out) as tmp, h5py.File(tmp, "w") as f:
             data = f.create_group("data")
             data.attrs.update({"source": str(path.resolve()), "segment": cfg.segment, "window": cfg.window,
                                "stride": cfg.stride})
@@ -153,9 +155,11 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
                 if proprio_key and proprio_key not in g["obs"]:
                     raise ValueError(f"{path}: data/{name}/obs has no {proprio_key!r} "
                                      f"(keys: {sorted(g['obs'].keys())})")
-                actions = g[action_key][()]
-                proprio = g["obs"][proprio_key][()] if proprio_key else None
-                images = g["obs"][camera][()]
+                where = f"{path}: data/{name}"
+                actions = read_hdf5_array(g[action_key], f"{where}/{action_key}", ndim=2)
+                proprio = read_hdf5_array(g["obs"][proprio_key], f"{where}/obs/{proprio_key}", ndim=2) \
+                    if proprio_key else None
+                images = read_hdf5_array(src._camera_dataset(name, camera), f"{where}/obs/{camera}")
                 length = len(actions)
                 ranges = [(0, length)] if cfg.segment == "episode" else window_segments(length, cfg.window, cfg.stride)
                 behavior = src.behavior[name]
@@ -165,9 +169,8 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
                                           np.zeros((e - s, 0), np.float32), behavior=behavior),
                                f"demo_{n}", attrs={"source_demo": name, "start": s, "end": e})
                     n += 1
-            f_in.close()
-        if n == 0:
-            raise ValueError(f"{path}: no window of {cfg.window} steps fits any demo")
+            if n == 0:  # inside: the temp file is removed, no empty prepared.h5 is left
+                raise ValueError(f"{path}: no window of {cfg.window} steps fits any demo")
         return out, camera, {"segments": n, "prepared": True}
     finally:
         src.close()
@@ -193,7 +196,7 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     """Run ``job`` (module docstring); returns the summary (also written to ``<out>/summary.json``)."""
     import torch
 
-    from dynaguide.checkpoint import save_checkpoint
+    from dynaguide.checkpoint import model_skeleton, save_checkpoint
     from dynaguide.data import DemoSource, DynamicsDataset, build_embedding_cache, split_demos
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
     from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
@@ -206,7 +209,6 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
         torch.set_num_threads(train_cfg.num_threads)
     data_path, camera, info = prepare_data(job.data, out_dir)
     embedder = make_embedder(job.embedder or EmbedderConfig())
-    cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress)
     src = DemoSource(data_path)
     proprio_dim = int(src.proprio[src.names[0]].shape[1])
     action_dim = int(src.actions[src.names[0]].shape[1])
@@ -222,7 +224,10 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     horizon = job.horizon or (int(policy.horizon) if policy is not None else 16)
     overrides = {"proprio_dim": proprio_dim, "action_dim": action_dim, "horizon": horizon, **job.model_overrides}
     cfg = LatentDynamicsConfig.for_embedder(embedder, job.preset, **overrides)
+    model_skeleton(LatentDynamicsModel, cfg, "the dynamics model (--preset, --set)")  # size cap before allocating
     model = LatentDynamicsModel(cfg)
+    # the expensive step once the model config is known to be usable
+    cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress)
 
     if job.data.val_fraction > 0:
         train_names, val_names = split_demos(data_path, job.data.val_fraction, seed=train_cfg.seed)
@@ -268,7 +273,6 @@ def _parse_overrides(items: list[str] | None) -> dict:
 
 
 def _run_dynamics(args) -> int:
-    from dynaguide.config import ConfigError
     from dynaguide.embedders import EmbedderConfig
     from dynaguide.training import TrainConfig
 
@@ -287,9 +291,8 @@ def _run_dynamics(args) -> int:
                               checkpoint_every=max(1, min(500, args.steps)), log_every=max(1, min(25, args.steps)),
                               num_threads=args.threads, progress=not args.no_progress, plot=not args.no_plot))
         summary = train_dynamics_job(job)
-    except (ValueError, ConfigError, OSError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except TypeError as exc:  # a --set value of the wrong type reaching the model (ValueError/OSError: cli.main)
+        raise InputError(f"--set: {exc}") from exc
     print(json.dumps(summary))
     return 0
 
@@ -306,9 +309,8 @@ def _run_lerobot(args) -> int:
             down_dims=tuple(int(d) for d in args.down_dims.split(",")), lr=args.lr, warmup_steps=args.warmup_steps,
             num_inference_steps=args.num_inference_steps, threads=args.threads)
         summary = train_lerobot_diffusion(settings, progress=not args.no_progress)
-    except (ValueError, OSError, ImportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except ImportError as exc:  # ValueError/OSError: printed as one line by dynaguide.cli.main
+        raise InputError(f"LeRobot is needed to train ({exc}); `make install` installs it") from exc
     print(json.dumps(summary))
     return 0
 

@@ -8,8 +8,11 @@
   A parameter given as 0 keeps the one in force; ``set_scale = true`` takes ``scale`` as given, so
   s = 0 (unguided chunks, goals kept) is expressible.
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
-* On start, restores the last accepted guidance from ``state_dir`` (a corrupt store is logged and the
-  manager starts unguided); revision numbers keep increasing across clears and restarts.
+* On start, restores the last accepted guidance from ``state_dir``.  Everything restored is validated (the
+  store's own checks, :func:`dynaguide.guidance.store.check_stored`, and this manager's limits through
+  :func:`validate_request`); a corrupt store is logged in one line with the reason, its files are moved to
+  ``state_dir/corrupt-<time>/`` for inspection and the manager starts unguided.  Revision numbers keep
+  increasing across clears, restarts and corrupt stores.
 
 Concurrency: both services share one mutually exclusive callback group (requests are served one at a
 time, in arrival order, queued in the service's QoS history of ``request_queue_depth``); the embedding
@@ -32,7 +35,9 @@ from rclpy.node import Node
 from std_srvs.srv import Trigger
 
 from dynaguide.guidance.goals import MIN_SIGMA, GuidanceConfig
-from dynaguide.guidance.store import StoredGuidance, clear_guidance, load_guidance, save_guidance, stored_revision
+from dynaguide.guidance.store import (StoredGuidance, clear_guidance, load_guidance, quarantine_store, save_guidance,
+                                      stored_revision)
+from dynaguide.inputs import one_line
 from dynaguide.text import clip_text
 from dynaguide_msgs.msg import GuidanceSet, GuidanceState
 from dynaguide_msgs.srv import EmbedImages, SetGuidance
@@ -41,6 +46,7 @@ from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import LATCHED, service_qos
 
 _DEFAULTS = GuidanceConfig()
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_REPLY_CHARS = 1000  # longest message in a response (client strings inside it are cut far shorter)
 
 
@@ -60,7 +66,9 @@ class GuidanceManagerConfig:
 
 
 def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig) -> None:
-    """Raise :class:`MessageError` naming the first problem in ``req``."""
+    """Raise :class:`MessageError` naming the first problem in ``req`` (a ``/set_guidance`` request, or the
+    guidance restored from the store: :meth:`GuidanceManagerNode._restore` passes a request built from it, so
+    requests and restored guidance meet the same limits)."""
     n_pos, n_neg = len(req.positive), len(req.negative)
     if n_pos + n_neg == 0:
         raise MessageError("no goal images: give at least one positive or negative image")
@@ -111,9 +119,16 @@ class GuidanceManagerNode(Node):
     def _restore(self) -> None:
         self._rev = stored_revision(self.state_dir)  # also after a clear, so revisions never repeat
         try:
-            stored = load_guidance(self.state_dir)
-        except ValueError as exc:  # corrupt store: say so, run unguided; the next accepted request replaces it
-            self.get_logger().error(f"{clip_text(exc, 400)}; starting unguided (revision {self._rev})")
+            stored = load_guidance(self.state_dir)  # validates the store's own invariants (ValueError)
+            if stored is not None:  # and the limits of this manager, as for a request
+                validate_request(self._as_request(stored), self.cfg)
+        except ValueError as exc:  # corrupt store: say so, move it aside, run unguided
+            try:
+                aside = quarantine_store(self.state_dir, self._rev)
+                kept = f"; its files were moved to {aside}" if aside is not None else ""
+            except OSError as move_exc:
+                kept = f"; could not move its files aside ({clip_text(move_exc, 200)})"
+            self.get_logger().error(f"{clip_text(one_line(exc), 600)}{kept}; starting unguided (revision {self._rev})")
             self._publish(None, "restore_failed")
             return
         if stored is None:
@@ -125,6 +140,22 @@ class GuidanceManagerNode(Node):
         self.get_logger().info(f"restored guidance revision {stored.revision} "
                                f"({len(stored.positive)} positive, {len(stored.negative)} negative) "
                                f"from {self.state_dir}")
+
+    def _as_request(self, g: StoredGuidance) -> SetGuidance.Request:
+        """The parameters and counts of stored guidance as a request (images of the smallest accepted size
+        stand for the goals: their tokens are checked by the store), for :func:`validate_request`."""
+        from sensor_msgs.msg import Image
+
+        if not (abs(g.scale) <= FLOAT32_MAX and abs(g.sigma) <= FLOAT32_MAX and 0 <= g.stochastic_steps < 2**32):
+            raise MessageError(f"scale {g.scale:g}, sigma {g.sigma:g} or stochastic_steps {g.stochastic_steps} does "
+                               "not fit the guidance messages (float32, uint32)")
+        req = SetGuidance.Request()
+        req.scale, req.sigma, req.stochastic_steps = float(g.scale), float(g.sigma), int(g.stochastic_steps)
+        side = self.cfg.min_image_side
+        placeholder = Image(height=side, width=side, encoding="mono8", step=side, data=bytes(side * side))
+        req.positive = [placeholder] * len(g.positive)
+        req.negative = [placeholder] * len(g.negative)
+        return req
 
     def _publish(self, g: StoredGuidance | None, source: str) -> None:
         now = self.get_clock().now().to_msg()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dynaguide.config import from_dict, unflatten
@@ -48,3 +49,138 @@ def declare_config(node, cls: type[T]) -> T:
         if nested.get(f.name) == "" and "None" in str(hints[f.name]):
             nested[f.name] = None
     return from_dict(cls, nested)
+
+
+# ------------------------------------------------------------------------------ parameter files, before launch
+#: node executable -> "module:ConfigClass" for the nodes whose parameters are one config dataclass
+#: (:func:`declare_config`); their parameter files are checked before any process starts
+NODE_CONFIGS: dict[str, str] = {
+    "camera_node": "dynaguide_ros.camera_node:CameraNodeConfig",
+    "embedding_node": "dynaguide_ros.embedding_node:EmbeddingNodeConfig",
+    "policy_node": "dynaguide_ros.policy_node:PolicyNodeConfig",
+    "guidance_manager": "dynaguide_ros.guidance_manager_node:GuidanceManagerConfig",
+    "calvin_bridge": "calvin_bridge.node:CalvinBridgeConfig",
+}
+ROS_STANDARD_PARAMETERS = ("use_sim_time",)
+"""Parameters every rclpy node declares itself."""
+
+
+def _ros_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, (list, tuple)):
+        kinds = {_ros_type(v) for v in value}
+        return f"array of {kinds.pop()}" if len(kinds) == 1 else ("array" if not kinds else "mixed array")
+    return type(value).__name__
+
+
+def _flat_parameters(section: Any, where: str, prefix: str = "") -> dict[str, Any]:
+    """``ros__parameters`` (nested mappings allowed, as ROS reads them) → ``{dotted name: value}``."""
+    from dynaguide.config import ConfigError
+
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: ros__parameters must be a mapping, got {type(section).__name__}")
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat_parameters(value, where, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def check_params_files(graph: str, files: list[str | Path], overrides: dict[str, dict[str, Any]] | None = None
+                       ) -> None:
+    """Check the ROS parameter files of ``graph`` (layered in order, then ``overrides``: ``{node: {param:
+    value}}``) against each node's config dataclass as the node will read them: unknown parameters, values of
+    another ROS type than the declared default (rclpy refuses them and the node dies at start) and values the
+    dataclass refuses all raise :class:`~dynaguide.config.ConfigError` naming the file, node and parameter."""
+    import importlib
+
+    from dynaguide.config import ConfigError, load_yaml
+    from dynaguide_ros.graphs import GRAPHS
+
+    spec = GRAPHS[graph]
+    merged: dict[str, dict[str, tuple[Any, str]]] = {}   # node -> param -> (value, where it was set)
+    for file in files:
+        data = load_yaml(file)
+        for section, body in data.items():
+            node = str(section).lstrip("/")
+            if not isinstance(body, dict) or set(body) - {"ros__parameters"}:
+                raise ConfigError(f"{file}: section {section!r} must hold only 'ros__parameters' (ROS parameter "
+                                  "file layout: NODE: {ros__parameters: {...}})")
+            params = _flat_parameters(body.get("ros__parameters") or {}, f"{file}: {section}")
+            targets = [n.name for n in spec.nodes] if node == "**" else [node]
+            for target in targets:
+                merged.setdefault(target, {}).update({k: (v, str(file)) for k, v in params.items()})
+    for node, params in (overrides or {}).items():
+        merged.setdefault(node, {}).update({k: (v, "--set") for k, v in params.items()})
+    names = {n.name: n for n in spec.nodes}
+    for node, params in merged.items():
+        if node not in names:
+            where = next(iter(params.values()))[1] if params else "parameters"
+            raise ConfigError(f"{where}: no node {node!r} in graph {graph!r} (nodes: {sorted(names)})")
+    for node_name, node_spec in names.items():
+        target = NODE_CONFIGS.get(node_spec.executable)
+        if target is None or node_name not in merged:
+            continue
+        module, cls_name = target.split(":")
+        cls = getattr(importlib.import_module(module), cls_name)
+        declared = _flatten(cls)
+        values: dict[str, Any] = {}
+        for name, (value, where) in merged[node_name].items():
+            if name in ROS_STANDARD_PARAMETERS:
+                continue
+            if name not in declared:
+                close = sorted(declared, key=lambda d: _distance(d, name))[:3]
+                raise ConfigError(f"{where}: {node_name}: unknown parameter {name!r} (did you mean {close}?)")
+            default = "" if declared[name] is None else declared[name]
+            want, got = _ros_type(default), _ros_type(value)
+            if want != got and not (isinstance(default, list) and isinstance(value, list) and not default):
+                raise ConfigError(f"{where}: {node_name}: parameter {name!r} is {got} {value!r}, but the node "
+                                  f"declares it as {want} (e.g. {default!r}); ROS would refuse it at start")
+            values[name] = value
+        full = {**{k: ("" if v is None else v) for k, v in declared.items()}, **values}
+        nested = unflatten(full)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if nested.get(f.name) == "" and "None" in str(hints[f.name]):
+                nested[f.name] = None
+        sources = ", ".join(sorted({w for _, w in merged[node_name].values()}))
+        from_dict(cls, nested, where=f"{sources}: {node_name}")  # ConfigError naming the value the node refuses
+
+
+def _distance(a: str, b: str) -> int:
+    """Edit distance (for 'did you mean' hints)."""
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+def check_launch_arguments(args) -> None:
+    """``dynaguide launch``'s parameter files and ``--set`` overrides, checked before any node starts."""
+    from dynaguide_ros.graphs import GRAPHS
+    from dynaguide_ros.paths import config_path
+
+    files = [Path(args.params_file)] if args.params_file else \
+        [config_path(name) for name in GRAPHS[args.graph].params_files]
+    import yaml
+
+    overrides: dict[str, dict[str, Any]] = {}
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        node, dot, param = key.partition(".")
+        if sep and dot:
+            overrides.setdefault(node, {})[param] = yaml.safe_load(value)
+    check_params_files(args.graph, files, overrides)

@@ -35,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dynaguide.inputs import one_line
+
 DEFAULT_TOPICS: tuple[str, ...] = ("camera/rgb_static", "calvin/state", "joint_states", "action_chunk",
                                    "calvin/behaviour", "guidance/state")
 """What ``dynaguide record`` records by default: what ``dynaguide dataset from-mcap`` needs from the sim graph."""
@@ -332,7 +334,7 @@ def _run(args) -> int:
                              compression=args.compression, overwrite=args.overwrite)
         stats = record(cfg)
     except (ValueError, FileExistsError, LookupError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide: error: {one_line(exc)}", file=sys.stderr)
         return 2
     print(json.dumps({"recorded": stats.out, "stop_reason": stats.stop_reason, "seconds": stats.seconds,
                       "bytes": stats.bytes, "messages": stats.messages}), flush=True)

@@ -250,14 +250,30 @@ def _garbage_json(d: Path) -> None:
     (d / "guidance.json").write_text('{"revision": ')
 
 
-@pytest.mark.parametrize("corrupt", [_garbage_safetensors, _truncated_safetensors, _garbage_json],
-                         ids=["garbage_safetensors", "truncated_safetensors", "garbage_json"])
+def _edit_json(**changes):
+    def edit(d: Path) -> None:
+        meta = json.loads((d / "guidance.json").read_text())
+        meta.update(changes)
+        (d / "guidance.json").write_text(json.dumps(meta))
+    return edit
+
+
+# issue 21: a revision of -7 or 1e30 (OverflowError), a grid not matching the tensors (MessageError) crashed the
+# manager at every start; a NaN scale was published as "restored"
+@pytest.mark.parametrize("corrupt", [_garbage_safetensors, _truncated_safetensors, _garbage_json,
+                                     _edit_json(revision=-7), _edit_json(revision=1e30), _edit_json(grid_hw=[3, 5]),
+                                     _edit_json(scale=float("nan"))],
+                         ids=["garbage_safetensors", "truncated_safetensors", "garbage_json", "revision_negative",
+                              "revision_1e30", "grid_not_matching_tensors", "scale_nan"])
 def test_a_corrupt_state_file_does_not_crash_the_manager(graph, corrupt):
     res = graph.call(valid(700))
     assert res.success, res.message
     graph.restart_manager(before_start=corrupt)
     log = graph.manager.log()
     assert "unreadable" in log and "starting unguided" in log, log[-3000:]
+    (line,) = [line for line in log.splitlines() if "starting unguided" in line]  # one line says why
+    assert "moved to" in line and "restored" not in log, log[-3000:]
+    assert len(list(graph.state_dir.glob("corrupt-*"))) >= 1  # the bad files are kept for inspection
     spin_for(graph.probe, 1.0)
     alive(graph.manager)
     assert graph.shows((res.revision, False)), graph.states[-1]  # unguided, the revision kept

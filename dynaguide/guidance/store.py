@@ -1,4 +1,11 @@
-"""Persist the last accepted guidance (raw goal tokens + parameters) as safetensors + JSON."""
+"""Persist the last accepted guidance (raw goal tokens + parameters) as safetensors + JSON.
+
+Everything loaded is validated (:func:`check_stored`): the revision is an integer in ``0..MAX_REVISION``, the
+tensors are finite float32 ``(K, grid_h * grid_w, D)``, the parameters pass :class:`GuidanceConfig`'s checks (the
+one validator of s, σ and M), ``active`` is a JSON boolean and the tensor file's SHA-256 is required (stores of
+the earlier layout, with the fixed name ``guidance.safetensors`` and no hash, are still read).  A store that
+fails is reported as a ``ValueError``; :func:`quarantine_store` moves its files aside for inspection.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load, save
+
+from dynaguide.inputs import one_line
+from dynaguide.text import clip_text
 
 
 @dataclass
@@ -27,6 +37,55 @@ class StoredGuidance:
 
 STATE_FILE = "guidance.json"
 LEGACY_TENSOR_FILE = "guidance.safetensors"   # tensors of stores written before the file was named in the JSON
+MAX_REVISION = 2**63 - 1
+"""Largest revision a store may hold (``revision`` is a uint64 in the messages; one more must still fit)."""
+QUARANTINE_PREFIX = "corrupt-"
+
+
+def check_revision(value: object) -> int:
+    """``value`` as a revision, or ``ValueError`` unless it is an integer (not a bool or float) in
+    ``0..MAX_REVISION``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"revision {value!r} is not an integer")
+    if not 0 <= value <= MAX_REVISION:
+        raise ValueError(f"revision {value} is outside 0..{MAX_REVISION}")
+    return value
+
+
+def check_stored(g: StoredGuidance) -> StoredGuidance:
+    """Raise ``ValueError`` naming the first problem of ``g``: revision, grid, tensor shapes/dtype/values,
+    embedder id, or s, σ, M (checked by :class:`~dynaguide.guidance.goals.GuidanceConfig`)."""
+    from dynaguide.guidance.goals import GuidanceConfig
+
+    check_revision(g.revision)
+    grid = g.grid_hw
+    if not (isinstance(grid, (tuple, list)) and len(grid) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 2**16 for v in grid)):
+        raise ValueError(f"grid_hw {grid!r} is not two positive integers")
+    if not isinstance(g.embedder_id, str) or not g.embedder_id:
+        raise ValueError(f"embedder_id {g.embedder_id!r} is not a non-empty string")
+    dims = set()
+    for side, t in (("positive", g.positive), ("negative", g.negative)):
+        if not isinstance(t, np.ndarray) or t.dtype != np.float32 or t.ndim != 3:
+            raise ValueError(f"{side} tokens must be a float32 (K, N, D) array, got "
+                             f"{getattr(t, 'dtype', type(t).__name__)} {getattr(t, 'shape', '')}")
+        if len(t) and (t.shape[1] != grid[0] * grid[1] or t.shape[2] == 0):
+            raise ValueError(f"{side} tokens {list(t.shape)} do not match grid_hw {list(grid)} "
+                             f"({grid[0] * grid[1]} tokens per image)")
+        if len(t):
+            dims.add(t.shape[2])
+        if not np.isfinite(t).all():
+            raise ValueError(f"{side} tokens contain NaN or infinite values")
+    if len(g.positive) + len(g.negative) == 0:
+        raise ValueError("no goal tokens (active guidance needs at least one positive or negative image)")
+    if len(dims) > 1:
+        raise ValueError(f"positive and negative tokens differ in width: {sorted(dims)}")
+    for name, types in (("scale", (int, float)), ("sigma", (int, float)), ("stochastic_steps", int)):
+        value = getattr(g, name)
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise ValueError(f"{name} {value!r} is not {'an integer' if types is int else 'a number'}")
+    GuidanceConfig(scale=float(g.scale), sigma=float(g.sigma), stochastic_steps=g.stochastic_steps)
+    return g
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -87,25 +146,43 @@ def _read_meta(directory: Path) -> dict | None:
 
 def load_guidance(directory: str | Path) -> StoredGuidance | None:
     """The stored guidance, or None when there is none (or it was cleared); raises ``ValueError`` if the
-    store is corrupt (unreadable JSON, missing or damaged tensor file, checksum mismatch)."""
+    store is corrupt (unreadable JSON, missing or damaged tensor file, missing or mismatched checksum, or any
+    value :func:`check_stored` refuses)."""
     directory = Path(directory)
     try:
         meta = _read_meta(directory)
-        if meta is None or not meta.get("active", True):
+        if meta is None:
             return None
-        name = str(meta.get("tensors", LEGACY_TENSOR_FILE))
-        if Path(name).name != name:
-            raise ValueError(f"tensor file name {name[:80]!r} is not a plain file name")
-        data = (directory / name).read_bytes()
+        active = meta.get("active", True)
+        if not isinstance(active, bool):
+            raise ValueError(f"'active' is {active!r}, not true or false")
+        if not active:
+            check_revision(meta.get("revision", 0))
+            return None
+        legacy = "tensors" not in meta
+        name = meta.get("tensors", LEGACY_TENSOR_FILE)
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ValueError(f"tensor file name {str(name)[:80]!r} is not a plain file name")
+        path = directory / name
+        if path.is_symlink() or not path.is_file():
+            raise ValueError(f"tensor file {name} is missing or not a regular file")
+        data = path.read_bytes()
+        if "sha256" not in meta and not legacy:
+            raise ValueError(f"{STATE_FILE} names {name} but has no sha256: its integrity cannot be checked")
         if "sha256" in meta and hashlib.sha256(data).hexdigest() != meta["sha256"]:
             raise ValueError(f"{name} does not match the checksum in {STATE_FILE}")
         tensors = load(data)
-        return StoredGuidance(positive=tensors["positive"], negative=tensors["negative"],
-                              grid_hw=tuple(meta["grid_hw"]), embedder_id=str(meta["embedder_id"]),
-                              scale=float(meta["scale"]), sigma=float(meta["sigma"]),
-                              stochastic_steps=int(meta["stochastic_steps"]), revision=int(meta["revision"]))
+        grid = meta["grid_hw"]
+        stored = StoredGuidance(positive=tensors["positive"], negative=tensors["negative"],
+                                grid_hw=tuple(grid) if isinstance(grid, list) else grid,
+                                embedder_id=meta["embedder_id"], scale=meta["scale"], sigma=meta["sigma"],
+                                stochastic_steps=meta["stochastic_steps"], revision=meta["revision"])
+        check_stored(stored)
+        stored.scale, stored.sigma = float(stored.scale), float(stored.sigma)
+        return stored
     except Exception as exc:  # JSON, OS, safetensors (SafetensorError is no ValueError) and type errors alike
-        raise ValueError(f"stored guidance in {directory} is unreadable: {type(exc).__name__}: {exc}") from exc
+        raise ValueError(f"stored guidance in {directory} is unreadable: {type(exc).__name__}: "
+                         f"{clip_text(one_line(exc), 300)}") from exc
 
 
 def stored_revision(directory: str | Path) -> int:
@@ -116,14 +193,33 @@ def stored_revision(directory: str | Path) -> int:
     try:
         meta = _read_meta(directory)
         if meta is not None:
-            revisions.append(int(meta["revision"]))
+            revisions.append(check_revision(meta["revision"]))
     except Exception:
-        pass
+        pass  # a revision out of range or of the wrong type counts as none
     for f in directory.glob("guidance-r*-*.safetensors") if directory.is_dir() else ():
         head = f.name[len("guidance-r"):].split("-", 1)[0]
-        if head.isdigit():
+        if head.isdigit() and len(head) <= 19 and int(head) <= MAX_REVISION:
             revisions.append(int(head))
     return max(revisions)
+
+
+def quarantine_store(directory: str | Path, revision: int) -> Path | None:
+    """Move the files of a corrupt store into ``directory/corrupt-<UTC time>/`` (kept for inspection) and
+    record a clear at ``revision`` so that revisions keep increasing; returns the folder (None if nothing was
+    there to move)."""
+    import time
+
+    directory = Path(directory)
+    files = [f for f in [directory / STATE_FILE, *directory.glob("guidance*.safetensors"),
+                         *directory.glob(".guidance*.tmp")] if f.exists() or f.is_symlink()]
+    if not files:
+        return None
+    aside = directory / f"{QUARANTINE_PREFIX}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    aside.mkdir()
+    for f in files:
+        os.replace(f, aside / f.name)
+    clear_guidance(directory, revision=check_revision(revision))
+    return aside
 
 
 def clear_guidance(directory: str | Path, revision: int | None = None) -> None:

@@ -68,7 +68,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynaguide.checkpoint import model_skeleton
 from dynaguide.diffusion import DDIMConfig
+from dynaguide.inputs import check_finite_tensors, check_state_dict_matches, confined_file, safetensors_header
 from dynaguide.normalization import MinMaxNormalizer
 
 logger = logging.getLogger(__name__)
@@ -230,18 +232,29 @@ def ddim_config_from_lerobot(config: Any, num_inference_steps: int = 0) -> DDIMC
 
 
 def _check_processor_file(path: Path) -> None:
-    """Refuse processor JSON whose steps name a Python class to import (``"class"``) instead of a registered step."""
+    """Refuse processor JSON whose steps name a Python class to import (``"class"``) instead of a registered step,
+    and steps whose ``state_file`` is not a file inside the policy directory (``..``, an absolute path, a symlink
+    out) or is missing (LeRobot would fetch a missing file from the model hub); the state files must be valid
+    safetensors with finite values."""
+    from safetensors.numpy import load_file
+
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: save the processors with the policy (LeRobot >= 0.4 writes "
                                 "policy_preprocessor.json / policy_postprocessor.json next to model.safetensors)")
     try:
         steps = json.loads(path.read_text()).get("steps", [])
-    except (json.JSONDecodeError, AttributeError) as exc:
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a LeRobot processor file ({exc})") from exc
+    if not isinstance(steps, list):
+        raise ValueError(f"{path}: 'steps' is not a list")
     for i, step in enumerate(steps):
         if not isinstance(step, dict) or not step.get("registry_name"):
             raise ValueError(f"{path}: step {i} names no registered processor step (a 'class' entry would make "
                              "LeRobot import arbitrary code); refusing to load it")
+        if step.get("state_file") is not None:
+            state = confined_file(path.parent, step["state_file"], f"{path.name} step {i} state_file")
+            safetensors_header(state)  # well-formed before it is read
+            check_finite_tensors(state, load_file(str(state)))
 
 
 # -------------------------------------------------------------------------------------------- adapter
@@ -391,7 +404,13 @@ class LeRobotDiffusionAdapter(nn.Module):
         # the weights come from model.safetensors: never fetch torchvision's ImageNet weights to initialise
         config.pretrained_backbone_weights = None
         config.device = options.device
+        # the size config.json asks for, on the meta device (no memory), capped and compared with the weights'
+        # header before LeRobot allocates the model (down_dims [16, 32, 100000] asked for 120 GB)
+        skeleton = model_skeleton(LeRobotDiffusionPolicy, config, path / "config.json")
+        check_state_dict_matches(path / "model.safetensors", skeleton.state_dict())
+        del skeleton
         policy = LeRobotDiffusionPolicy.from_pretrained(path, config=config, strict=True)
+        check_finite_tensors(path / "model.safetensors", policy.state_dict())
         device_override = {"device_processor": {"device": options.device}}
         preprocessor = PolicyProcessorPipeline.from_pretrained(
             path, config_filename=PREPROCESSOR_FILE, overrides=device_override,

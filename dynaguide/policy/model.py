@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.normalization import MinMaxNormalizer
 from dynaguide.policy.unet import ConditionalUnet1D
@@ -45,6 +46,13 @@ class DiffusionPolicyConfig:
     def __post_init__(self) -> None:
         self.image_keys = tuple(self.image_keys)
         self.down_dims = tuple(self.down_dims)
+        check_ranges(self, {"image_size": (1, 4096), "proprio_dim": (0, 65536), "action_dim": (1, 4096),
+                            "horizon": (1, 4096), "n_obs_steps": (1, 1024), "n_action_steps": (1, 4096),
+                            "num_keypoints": (1, 4096), "cnn_width": (1, 4096), "down_dims": (1, 16384),
+                            "kernel_size": (1, 63), "n_groups": (1, 1024), "step_embed_dim": (1, 16384),
+                            "random_shift": (0, 1024)})
+        if not 1 <= len(self.down_dims) <= 8:
+            raise ValueError(f"down_dims must have 1 to 8 levels, got {len(self.down_dims)}")
         if not self.image_keys:
             raise ValueError("image_keys must name at least one camera")
         if "proprio" in self.image_keys or self.goal_key in self.image_keys:
