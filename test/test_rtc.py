@@ -66,12 +66,13 @@ def test_weight_schedule_shape(horizon, frozen, overlap):
 
 
 @pytest.mark.parametrize("stochastic", [(1, "repeat"), (3, "renoise")])
-@pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_frozen_prefix_is_honoured(policy, cond, mode, stochastic):
+@pytest.mark.parametrize("mode,jacobian", [("soft", False), ("hard", False), ("hard", True)])
+def test_frozen_prefix_is_honoured(policy, cond, mode, jacobian, stochastic):
     frozen, shift = 5, 8
     prefix = _previous(policy, cond, shift)
     out = _sample(policy, cond, prefix=prefix, prefix_weights=prefix_weights(T, frozen, T - shift),
-                  rtc=RTCConfig(mode=mode), stochastic_steps=stochastic[0], stochastic_mode=stochastic[1]).actions
+                  rtc=RTCConfig(mode=mode, jacobian=jacobian), stochastic_steps=stochastic[0],
+                  stochastic_mode=stochastic[1]).actions
     free = _sample(policy, cond, stochastic_steps=stochastic[0], stochastic_mode=stochastic[1]).actions
     assert (free[:, :frozen] - prefix[:, :frozen]).abs().max() > 0.05  # without RTC the chunk disagrees
     if mode == "hard":
@@ -149,6 +150,26 @@ def test_bad_prefix_arguments_raise_one_clear_line(policy, cond, kwargs, message
         _sample(policy, cond, **kwargs)
 
 
+def test_exact_jacobian_guidance_matches_the_jacobian_free_step_for_a_constant_noise_estimate():
+    """With ε_θ independent of aᵏ (∂â⁰/∂aᵏ = 1/√ᾱ exactly) the VJP step equals the Jacobian-free one
+    (without clipping of â⁰, which the Jacobian-free step applies only where W > 0)."""
+    from dynaguide.diffusion import DDIMConfig
+
+    class ConstantNoise(torch.nn.Module):
+        horizon, action_dim = T, A
+
+        def predict_noise(self, noisy_actions, timesteps, cond):
+            return 0.1 * torch.ones_like(noisy_actions) + 0.0 * noisy_actions
+
+    prefix = 0.3 * torch.ones(B, T, A)
+    noise = 0.2 * torch.randn(B, T, A, generator=torch.Generator().manual_seed(0))
+    outs = [guided_ddim_sample(ConstantNoise(), None, None, scale=0.0, initial_noise=noise, prefix=prefix,
+                               ddim=DDIMConfig(clip_sample=False),
+                               prefix_weights=prefix_weights(T, 4, 10), rtc=RTCConfig(jacobian=j)).actions
+            for j in (False, True)]
+    torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("field,value,message", [("mode", "inpaint", "rtc.mode"), ("beta", 0.0, "rtc.beta")])
 def test_rtc_config_refuses_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -159,3 +180,40 @@ def test_rtc_config_refuses_bad_values(field, value, message):
                                                     (100.0, 0.1, 1)])
 def test_delay_steps_is_ceil_of_compute_over_dt(compute_ms, dt, expected):
     assert delay_steps(compute_ms, dt) == expected
+
+
+def test_rtc_schedule_estimates_shift_and_delay_online():
+    from dynaguide.runtime import RTCSchedule
+
+    schedule = RTCSchedule(dt=0.1)
+    assert schedule.request(1.0) == (None, 0)                       # nothing published yet
+    schedule.done(1.0, latency_ms=250.0)
+    assert schedule.request(1.8) == (8, 3)                          # 8 steps later; ceil(0.25 / 0.1) = 3
+    schedule.done(1.8, latency_ms=0.0)                              # a lockstep clock: no delay
+    lockstep = RTCSchedule(dt=0.1)
+    lockstep.done(0.0, 0.0)
+    assert lockstep.request(0.8) == (8, 0)
+
+
+@pytest.mark.parametrize("mode", ["soft", "hard"])
+def test_runner_freezes_the_previous_chunks_actions_that_run_during_the_delay(mode):
+    import numpy as np
+
+    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+
+    runner = GuidedPolicyRunner.from_config(RunnerConfig(rtc=RTCConfig(enabled=True, mode=mode)))
+    rng = np.random.default_rng(0)
+    images = {"rgb_static": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)}
+    proprio = rng.normal(size=(2, 15)).astype(np.float32)
+    first = runner.act(images, proprio, None)
+    assert first.frozen_steps == 0
+    lockstep = runner.act(images, proprio, None, rtc_shift=8, rtc_delay=0)   # no delay: unconstrained
+    assert lockstep.frozen_steps == 0
+    previous = lockstep.actions
+    second = runner.act(images, proprio, None, rtc_shift=8, rtc_delay=3)
+    assert second.frozen_steps == 3
+    tol = 0.0 if mode == "hard" else 1e-4
+    np.testing.assert_allclose(second.actions[:3], previous[8:11], atol=tol, rtol=0)
+    assert np.isfinite(second.actions).all()
+    beyond = runner.act(images, proprio, None, rtc_shift=16, rtc_delay=3)      # the previous chunk has ended
+    assert beyond.frozen_steps == 0

@@ -18,6 +18,11 @@ Modes (:data:`RTC_MODES`), applied at every DDIM step after the DynaGuide gradie
   overshoots y (the true Jacobian is smaller than 1/√ᾱ at noisy levels), and λ = 1 lands the frozen steps on y
   exactly at the last step (``set_alpha_to_one``), up to float rounding (< 1e-5).  The paper's β = 5 clips
   the flow-matching velocity weight, whose pull on the denoised estimate for τ ≥ ½ is also ≈ 1.
+* ``jacobian = True`` (either mode) — the exact ΠGDM step instead: the vector-Jacobian product
+  ``g = (W ⊙ (y − â⁰))ᵀ ∂â⁰/∂aᵏ`` is taken through the policy (one extra forward and backward pass per denoising
+  step), and ``ε ← ε − (ᾱ_k/√(1−ᾱ_k)) · λ_k · g`` on *every* step of the chunk (``λ_k = 1/ᾱ_k`` is the ΠGDM weight
+  1/r_k²; under the Jacobian-free approximation this reduces to the soft step above).  Through the Jacobian the
+  constraint also moves the free steps next to the frozen ones, which the Jacobian-free step cannot.
 * ``"hard"`` — inpainting: after each DDIM step the frozen steps (W = 1) are replaced by the prefix
   forward-noised to the new level, ``√ᾱ_{k−1} y + √(1−ᾱ_{k−1}) z`` (z from the sampler's generator), and
   by ``y`` itself after the last step (exact); the decaying overlap (0 < W < 1) gets the soft guidance above.
@@ -45,11 +50,13 @@ class RTCConfig:
         whenever it is given a ``prefix``.
     mode: ``"soft"`` (Jacobian-free ΠGDM guidance on every W > 0 step) or ``"hard"`` (inpaint W = 1 steps).
     beta: β, the clip of the guidance weight ``λ_k = min(β, 1/ᾱ_k)`` (dimensionless, > 0).
+    jacobian: exact ΠGDM (vector-Jacobian product through the policy) instead of the Jacobian-free step.
     """
 
     enabled: bool = False
     mode: str = "soft"
     beta: float = 1.0
+    jacobian: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in RTC_MODES:

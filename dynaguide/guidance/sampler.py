@@ -199,10 +199,12 @@ class _RTCTerms:
     soft: torch.Tensor | None
     hard: torch.Tensor | None
     beta: float
+    full: torch.Tensor | None = None   # (B, T, 1) all weights: the error whose VJP is taken (``jacobian``)
+    clip: float | None = None          # the scheduler's clip of â⁰ (None: no clipping)
 
 
 def _rtc_terms(prefix: torch.Tensor, weights: torch.Tensor | None, cfg: RTCConfig,
-               sample: torch.Tensor) -> _RTCTerms:
+               sample: torch.Tensor, scheduler: Any) -> _RTCTerms:
     if not isinstance(prefix, torch.Tensor) or tuple(prefix.shape) != tuple(sample.shape):
         shape = tuple(prefix.shape) if isinstance(prefix, torch.Tensor) else type(prefix).__name__
         raise ValueError(f"prefix must have the chunk's shape (B, T, A) = {tuple(sample.shape)}, got {shape}")
@@ -222,28 +224,47 @@ def _rtc_terms(prefix: torch.Tensor, weights: torch.Tensor | None, cfg: RTCConfi
     if not torch.isfinite(prefix[(weights > 0).expand_as(prefix)]).all():
         raise ValueError("prefix contains NaN or infinite actions where its weight is > 0")
     prefix = torch.where(weights > 0, prefix, torch.zeros_like(prefix))
+    full = weights
     hard = None
     if cfg.mode == "hard":
         hard = weights >= 1
         weights = torch.where(hard, torch.zeros_like(weights), weights)
         hard = hard if bool(hard.any()) else None
     soft = weights if bool((weights > 0).any()) else None
-    return _RTCTerms(prefix, soft, hard, float(cfg.beta))
+    clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
+    return _RTCTerms(prefix, soft, hard, float(cfg.beta), full if cfg.jacobian else None, clip)
 
 
-def _rtc_soft(eps: torch.Tensor, sample: torch.Tensor, timestep: int, scheduler: Any,
-              terms: _RTCTerms) -> torch.Tensor:
+def _rtc_vjp(eps: torch.Tensor, sample: torch.Tensor, timestep: int, terms: _RTCTerms, policy: Any,
+             timesteps: torch.Tensor, cond: Any, a: float, lam: float) -> torch.Tensor:
+    """Exact ΠGDM: ``ε − (ᾱ/√(1−ᾱ)) λ g`` with ``g = (W ⊙ (y − â⁰))ᵀ ∂â⁰/∂aᵏ`` through the policy (â⁰ of the
+    guided ``eps``, its Jacobian from a second, differentiable policy call).  Shapes ``(B, T, A)``."""
+    x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+    if terms.clip is not None:
+        x0 = x0.clamp(-terms.clip, terms.clip)
+    error = (terms.full * (terms.prefix - x0)).detach()
+    with torch.enable_grad():
+        leaf = sample.detach().requires_grad_(True)
+        x0_of_leaf = (leaf - math.sqrt(1.0 - a) * policy.predict_noise(leaf, timesteps, cond)) / math.sqrt(a)
+        (g,) = torch.autograd.grad(x0_of_leaf, leaf, grad_outputs=error)
+    return eps - (a / math.sqrt(1.0 - a)) * lam * g.detach()
+
+
+def _rtc_soft(eps: torch.Tensor, sample: torch.Tensor, timestep: int, scheduler: Any, terms: _RTCTerms,
+              policy: Any = None, timesteps: torch.Tensor | None = None, cond: Any = None) -> torch.Tensor:
     """ε whose denoised estimate is ``â⁰ + λ_k W (y − â⁰)``, ``λ_k = min(β, 1/ᾱ_k)``, where W > 0 (ε elsewhere):
-    the Jacobian-free ΠGDM step of :mod:`dynaguide.guidance.rtc`.  Shapes ``(B, T, A)``."""
-    if terms.soft is None:
-        return eps
+    the Jacobian-free ΠGDM step of :mod:`dynaguide.guidance.rtc` (with ``terms.full``: the exact one,
+    :func:`_rtc_vjp`).  Shapes ``(B, T, A)``."""
     a = float(alpha_bar(scheduler, timestep))
     lam = min(terms.beta, 1.0 / a)
+    if terms.full is not None:
+        return _rtc_vjp(eps, sample, timestep, terms, policy, timesteps, cond, a, lam)
+    if terms.soft is None:
+        return eps
     with torch.no_grad():
         x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
-        if scheduler.config.clip_sample:
-            bound = float(scheduler.config.clip_sample_range)
-            x0 = x0.clamp(-bound, bound)
+        if terms.clip is not None:
+            x0 = x0.clamp(-terms.clip, terms.clip)
         target = x0 + lam * terms.soft * (terms.prefix - x0)
         return torch.where(terms.soft > 0, (sample - math.sqrt(a) * target) / math.sqrt(1.0 - a), eps)
 
@@ -337,7 +358,9 @@ def guided_ddim_sample(
     scheduler = make_ddim_scheduler(ddim)
     sample = initial_noise.detach()
     batch = sample.shape[0]
-    rtc_terms = _rtc_terms(prefix, prefix_weights, rtc or RTCConfig(), sample) if prefix is not None else None
+    rtc_terms = None
+    if prefix is not None:
+        rtc_terms = _rtc_terms(prefix, prefix_weights, rtc or RTCConfig(), sample, scheduler)
     if prefix is None and prefix_weights is not None:
         raise ValueError("prefix_weights given without a prefix: pass the previous chunk's actions as prefix")
     policy_s = guidance_s = 0.0
@@ -376,7 +399,7 @@ def guided_ddim_sample(
             if guide_now:
                 eps = eps - guidance_coef * grad
             if rtc_terms is not None:
-                eps = _rtc_soft(eps, sample, timestep, scheduler, rtc_terms)
+                eps = _rtc_soft(eps, sample, timestep, scheduler, rtc_terms, policy, timesteps, cond)
             with torch.no_grad():
                 denoised = scheduler.step(eps, timestep, sample).prev_sample
                 if rtc_terms is not None and rtc_terms.hard is not None:
