@@ -265,27 +265,28 @@ class Planners:
         return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset,
                                   action_transform=self.action_transform)
 
-    def _rtc(self, obs: Observation) -> dict:
-        """The sampler's real-time-chunking keywords for ``obs`` (none without a prefix)."""
+    @staticmethod
+    def _rtc(obs: Observation, rtc) -> dict:
+        """The sampler's real-time-chunking keywords for ``obs`` with settings ``rtc`` (none without a prefix)."""
         if obs.prefix is None:
             return {}
-        return {"prefix": obs.prefix, "prefix_weights": obs.prefix_weights, "rtc": self.cfg.rtc}
+        return {"prefix": obs.prefix, "prefix_weights": obs.prefix_weights, "rtc": rtc}
 
     def make(self, method: str, task: Task | str) -> Planner:
         task = Task.single(task) if isinstance(task, str) else task
-        g = self.cfg.guidance
-        if self.cfg.rtc.enabled and method in ("gpc", "goal_conditioned"):
+        g, rtc = self.cfg.guidance, self.cfg.rtc
+        if rtc.enabled and method in ("gpc", "goal_conditioned"):
             raise ValueError(f"rtc is implemented in the guided DDIM sampler; method {method!r} does not use it")
         if method == "base":
             return lambda obs: guided_ddim_sample(self.policy, self._cond(obs), None, scale=0.0, ddim=self.ddim,
-                                                  generator=obs.generators, **self._rtc(obs)).actions
+                                                  generator=obs.generators, **self._rtc(obs, rtc)).actions
         if method in ("itps", "goal_conditioned") and not task.is_single:
             raise ValueError(f"method {method!r} needs a single target behaviour, not the setup {task.name!r}")
         if method == "dynaguide":
             guidance = self.guidance_set(task)
             return lambda obs: guided_ddim_sample(
                 self.policy, self._cond(obs), self._objective(obs, guidance), ddim=self.ddim,
-                generator=obs.generators, **g.sampler_kwargs(), **self._rtc(obs)).actions
+                generator=obs.generators, **g.sampler_kwargs(), **self._rtc(obs, rtc)).actions
         if method == "gpc":
             guidance = self.guidance_set(task)
             return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
@@ -303,7 +304,7 @@ class Planners:
                 return guided_ddim_sample(self.policy, self._cond(obs), objective, scale=self.cfg.itps_scale,
                                           ddim=self.ddim, stochastic_steps=g.stochastic_steps,
                                           stochastic_mode=g.stochastic_mode, generator=obs.generators,
-                                          **self._rtc(obs)).actions
+                                          **self._rtc(obs, rtc)).actions
             return itps
         if method == "goal_conditioned":
             if self.gc_policy is None:

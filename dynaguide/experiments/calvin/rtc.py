@@ -43,10 +43,21 @@ from dynaguide.experiments.calvin.evaluate import (action_transform_for, check_e
 from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
                                                   Observation, Planners, Task, load_goal_images, load_start_poses,
                                                   trial_seed, wilson_interval)
-from dynaguide.guidance.rtc import prefix_weights, shift_prefix
+from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix
 
 #: executed steps on each side of a splice whose net translations are compared (reversal across the splice)
 SPLICE_WINDOW = 4
+
+#: RTC variants the open-loop splice measurement also reports (beside the configured ``EvalConfig.rtc``)
+SPLICE_VARIANTS = {"soft": RTCConfig(enabled=True), "hard": RTCConfig(enabled=True, mode="hard"),
+                   "hard_jacobian": RTCConfig(enabled=True, mode="hard", jacobian=True),
+                   "hard_jacobian_beta5": RTCConfig(enabled=True, mode="hard", jacobian=True, beta=5.0)}
+
+
+def variant_name(rtc: RTCConfig) -> str:
+    """``"soft"``, ``"hard_jacobian_beta5"``, …: the RTC settings in a name (trial-log directory ``rtc_<name>``)."""
+    return "_".join([rtc.mode] + (["jacobian"] if rtc.jacobian else []) + ([f"beta{rtc.beta:g}"] if rtc.beta != 1
+                                                                                   else []))
 
 
 def _reverses(before: np.ndarray, after: np.ndarray) -> bool | None:
@@ -74,18 +85,26 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
     runner = CellRunner(env_config_for(cfg), dataclasses.replace(ev, batch_envs=trials),
                         load_start_poses(cfg.data.validation, ev.split), policy.cfg.n_obs_steps, p,
                         policy.unnormalize_actions, action_offset=o)
+    variants = {"rtc": dataclasses.replace(ev.rtc, enabled=True), **SPLICE_VARIANTS}
     out: dict = {"delays": list(delays), "naive": [], "rtc": [], "naive_reversals": [], "rtc_reversals": [],
-                 "counted_splices": [], "within_chunk_step": [], "execution_steps": [], "n": 0}
+                 "counted_splices": [], "within_chunk_step": [], "execution_steps": [], "n": 0,
+                 "rtc_settings": dataclasses.asdict(variants["rtc"]), "variants": {}}
     try:
         for d in delays:
             s = min(p, horizon - o - d)
             if s < SPLICE_WINDOW or o + d + SPLICE_WINDOW > horizon:
                 raise ValueError(f"delay {d} leaves no room in a {horizon}-step chunk (offset {o})")
-            jumps = {"naive": [], "rtc": []}
-            reversals, counted, within = {"naive": 0, "rtc": 0}, 0, []
+            kinds = ["naive", *variants]
+            jumps = {k: [] for k in kinds}
+            reversals, counted, within = {k: 0 for k in kinds}, 0, []
             for target in targets:
                 task = Task.single(target)
                 planner = planners.make("dynaguide", task)
+                planners_rtc = {}
+                for kind, rtc in variants.items():
+                    planners.cfg = dataclasses.replace(ev, rtc=rtc, latency_steps=max(1, ev.latency_steps))
+                    planners_rtc[kind] = planners.make("dynaguide", task)
+                planners.cfg = ev
                 index = seed_index_of("articulated", target)
                 slots = [runner._start(runner._env(i), task, i, trial_seed(ev, index, i)) for i in range(trials)]
 
@@ -108,15 +127,16 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                             sl.proprio = (sl.proprio + [obs_k["robot_obs"]])[-runner.n_obs_steps:]
                 states = [sl.generator.get_state() for sl in slots]
                 chunks = {}
-                for kind in ("naive", "rtc"):
+                for kind in kinds:
                     for sl, state in zip(slots, states):
-                        sl.generator.set_state(state)      # the same noise for both
+                        sl.generator.set_state(state)      # the same noise for all
                     prefix = weights = None
-                    if kind == "rtc":
+                    if kind != "naive":
                         prefix = shift_prefix(a_norm, s)
                         weights = prefix_weights(horizon, o + d, horizon - s)
+                    plan = planner if kind == "naive" else planners_rtc[kind]
                     with torch.no_grad():
-                        chunks[kind] = policy.unnormalize_actions(planner(observe(prefix, weights))).cpu().numpy()
+                        chunks[kind] = policy.unnormalize_actions(plan(observe(prefix, weights))).cpu().numpy()
                 for i in range(trials):
                     executed_a = np.clip(a_raw[i, o:o + s + d], -1.0, 1.0)
                     within.extend(np.linalg.norm(np.diff(executed_a[:, :6], axis=0), axis=1).tolist())
@@ -127,14 +147,17 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                         b = np.clip(b[i], -1.0, 1.0)
                         jumps[kind].append(float(np.linalg.norm(b[o + d, :6] - last[:6])))
                         verdicts[kind] = _reverses(before, b[o + d:o + d + SPLICE_WINDOW, :3].sum(axis=0))
-                    if verdicts["naive"] is not None and verdicts["rtc"] is not None:
+                    if all(v is not None for v in verdicts.values()):
                         counted += 1
                         for kind in verdicts:
                             reversals[kind] += int(verdicts[kind])
-            for kind in ("naive", "rtc"):
-                out[kind].append(round(float(np.median(jumps[kind])), 4))
-                out[f"{kind}_reversals"].append(reversals[kind])
-                out[f"{kind}_mean"] = out.get(f"{kind}_mean", []) + [round(float(np.mean(jumps[kind])), 4)]
+            for kind in kinds:
+                entry = out if kind in ("naive", "rtc") else out["variants"].setdefault(
+                    kind, {"settings": dataclasses.asdict(variants[kind])})
+                for key, value in ((kind if entry is out else "median", round(float(np.median(jumps[kind])), 4)),
+                                   (f"{kind}_reversals" if entry is out else "reversals", reversals[kind]),
+                                   (f"{kind}_mean" if entry is out else "mean", round(float(np.mean(jumps[kind])), 4))):
+                    entry.setdefault(key, []).append(value)
             out["counted_splices"].append(counted)
             out["within_chunk_step"].append(round(float(np.median(within)), 4))
             out["execution_steps"].append(s)
@@ -148,35 +171,49 @@ def _rate(trials: list[dict]) -> tuple[int, int]:
     return sum(1 for t in trials if t["success"]), len(trials)
 
 
+def _summary(name: str, directory: Path, targets: Sequence[str], trials: int, result: dict) -> dict:
+    """``{name: rate}`` of one variant's trial logs; its CI, per-target counts, closed-loop splice jumps and
+    reversals go into ``result``'s sub-dicts."""
+    records = [t for target in targets for t in read_trials(directory / "trials" / f"{target}__dynaguide.jsonl")
+               if t["trial"] < trials]
+    k, n = _rate(records)
+    result["n"] = n
+    result["ci95"][name] = [round(x, 4) for x in wilson_interval(k, n)]
+    result["per_target"][name] = {t: _rate([r for r in records if r["target"] == t]) for t in targets}
+    jumps = [j for r in records for j in r.get("splice_jumps", [])]
+    if jumps:
+        result["splice_jump_closed_loop"][name] = {"median": round(float(np.median(jumps)), 4),
+                                                   "mean": round(float(np.mean(jumps)), 4), "splices": len(jumps)}
+    result.setdefault("reversals", {})[name] = [sum(r["reversals"] for r in records),
+                                                sum(r["chunk_pairs"] for r in records)]
+    return {name: round(k / n, 4) if n else float("nan")}
+
+
 def steering(cfg: CalvinExperimentConfig, targets: Sequence[str], latency: int, out: Path, command: str,
              policy_dir: str | None = None, dynamics_dir: str | None = None) -> dict:
     """DynaGuide in lockstep, with a naive splice and with RTC at ``latency`` steps (resumable trial logs under
     ``out/<variant>/``)."""
+    rtc = dataclasses.replace(cfg.eval.rtc, enabled=True)
+    rtc_dir = "rtc" if variant_name(rtc) == "soft" else f"rtc_{variant_name(rtc)}"
     variants = {"lockstep": dataclasses.replace(cfg.eval, latency_steps=0),
                 "naive": dataclasses.replace(cfg.eval, latency_steps=latency),
-                "rtc": dataclasses.replace(cfg.eval, latency_steps=latency,
-                                           rtc=dataclasses.replace(cfg.eval.rtc, enabled=True))}
+                "rtc": dataclasses.replace(cfg.eval, latency_steps=latency, rtc=rtc)}
     result: dict = {"latency_steps": latency, "targets": list(targets), "per_target": {}, "ci95": {},
-                    "splice_jump_closed_loop": {}}
+                    "splice_jump_closed_loop": {}, "rtc_settings": dataclasses.asdict(rtc), "dirs": {}}
     for name, ev in variants.items():
-        directory = out / name
+        directory = out / (rtc_dir if name == "rtc" else name)
         t0 = time.perf_counter()
         run_experiment(dataclasses.replace(cfg, eval=ev), "articulated", ["dynaguide"], directory, targets=targets,
                        command=command, policy_dir=policy_dir, dynamics_dir=dynamics_dir, progress=False)
         result.setdefault("seconds", {})[name] = round(time.perf_counter() - t0, 1)
-        records = [t for target in targets for t in read_trials(directory / "trials" / f"{target}__dynaguide.jsonl")
-                   if t["trial"] < ev.trials]
-        k, n = _rate(records)
-        result[name] = round(k / n, 4)
-        result["n"] = n
-        result["ci95"][name] = [round(x, 4) for x in wilson_interval(k, n)]
-        result["per_target"][name] = {t: _rate([r for r in records if r["target"] == t]) for t in targets}
-        jumps = [j for r in records for j in r.get("splice_jumps", [])]
-        if jumps:
-            result["splice_jump_closed_loop"][name] = {"median": round(float(np.median(jumps)), 4),
-                                                       "mean": round(float(np.mean(jumps)), 4), "splices": len(jumps)}
-        result.setdefault("reversals", {})[name] = [sum(r["reversals"] for r in records),
-                                                    sum(r["chunk_pairs"] for r in records)]
+        result["dirs"][name] = str(directory)
+        result.update(_summary(name, directory, targets, ev.trials, result))
+    # RTC variants measured by earlier runs into the same directory (other --rtc-mode / --rtc-jacobian settings)
+    for directory in sorted(out.glob("rtc*")):
+        if directory.is_dir() and directory.name != rtc_dir:
+            name = "rtc_soft" if directory.name == "rtc" else directory.name
+            result.setdefault("rtc_variants", {})[name] = _summary(name, directory, targets, cfg.eval.trials,
+                                                                   result)[name]
     return result
 
 
@@ -191,17 +228,21 @@ def plot(result: dict, png: Path) -> None:
     if sj:
         ax = axes[0]
         x = np.arange(len(sj["delays"]))
-        ax.bar(x - 0.2, sj["naive"], 0.4, label="naive splice")
-        ax.bar(x + 0.2, sj["rtc"], 0.4, label="RTC")
-        ax.plot(x, sj["within_chunk_step"], "k_", markersize=30, label="step change inside a chunk")
-        for i in range(len(x)):
-            ax.text(x[i] - 0.2, sj["naive"][i], f"rev {sj['naive_reversals'][i]}/{sj['counted_splices'][i]}",
-                    ha="center", va="bottom", fontsize=7)
-            ax.text(x[i] + 0.2, sj["rtc"][i], f"rev {sj['rtc_reversals'][i]}/{sj['counted_splices'][i]}",
-                    ha="center", va="bottom", fontsize=7)
+        series = [("naive splice", sj["naive"], sj["naive_reversals"]),
+                  (f"RTC ({variant_name(RTCConfig(**sj['rtc_settings']))}, used)", sj["rtc"], sj["rtc_reversals"])]
+        series += [(f"RTC {k}", v["median"], v["reversals"]) for k, v in sj.get("variants", {}).items()
+                   if v["settings"] != sj["rtc_settings"]]
+        width = 0.8 / len(series)
+        for j, (label, ys, revs) in enumerate(series):
+            xs = x + (j - (len(series) - 1) / 2) * width
+            ax.bar(xs, ys, width, label=label)
+            for i in range(len(x)):
+                ax.text(xs[i], ys[i], f"{revs[i]}", ha="center", va="bottom", fontsize=6)
+        ax.plot(x, sj["within_chunk_step"], "k_", markersize=40, label="step change inside a chunk")
         ax.set_xticks(x, [f"d = {d}" for d in sj["delays"]])
         ax.set_ylabel("median jump at the splice (action units)")
-        ax.set_title(f"splice smoothness, open loop (n = {sj['n']} per delay)", fontsize=10)
+        ax.set_title(f"splice jump, open loop (n = {sj['n']} per delay; numbers: reversals of "
+                     f"{sj['counted_splices']} counted)", fontsize=8)
         ax.legend(fontsize=8)
     st = result.get("steering")
     if st:
