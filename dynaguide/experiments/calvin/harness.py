@@ -335,6 +335,9 @@ class _Slot:
     reversals: int = 0
     chunk_pairs: int = 0
     splice_jumps: list[float] = dataclasses.field(default_factory=list)  # see CellRunner._actions_of_tick
+    chunks: int = 0                     # chunks planned so far (the id of the newest one)
+    last_action: np.ndarray | None = None  # the last action handed out (raw) and the chunk it came from (0: hold)
+    last_source: int = 0
 
 
 def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
@@ -390,23 +393,30 @@ class CellRunner:
         step o = ``action_offset``: the new chunk's steps o … o + P − 1 in lockstep; with ``latency_steps = d``
         first the previous chunk's steps o + P … o + P + d − 1 (the pose held at the start of a trial), then
         the new chunk's steps o + d … o + P − 1.  ``chunk``: ``(T, A)`` raw; ``normalised``: the same chunk in
-        the policy's space (kept as the next chunk's real-time-chunking prefix).  With a previous chunk and d > 0
-        the splice's jump — ``‖a_d − a_{d−1}‖`` over the six motion dimensions of the executed actions clipped to
-        [−1, 1] as the env clips them (action units; 1 = 2 cm / 0.05 rad per step) — is appended to
-        ``slot.splice_jumps``."""
+        the policy's space (kept as the next chunk's real-time-chunking prefix).
+
+        Splices: wherever the executed sequence switches from one chunk to the next (at a tick's start in lockstep
+        and with d = P, at step d of the tick with 0 < d < P; the hold at a trial's start does not count), the
+        jump ``‖a_k − a_{k−1}‖`` over the six motion dimensions of the two actions clipped to [−1, 1] as the env
+        clips them (action units; 1 = 2 cm / 0.05 rad per step) is appended to ``slot.splice_jumps``."""
         d, p, o = self.cfg.latency_steps, self.n_action_steps, self.action_offset
         if o + p + d > chunk.shape[0]:
             raise ValueError(f"action_offset {o} + n_action_steps {p} + latency_steps {d} exceed the chunk's "
                              f"{chunk.shape[0]} steps")
+        slot.chunks += 1
         if d == 0:
-            return chunk[o:o + p]
-        had_previous = slot.previous is not None
-        before = slot.previous[o + p:o + p + d] if had_previous else np.repeat(slot.hold[None], d, axis=0)
-        slot.previous, slot.previous_norm = chunk, normalised
-        tick = np.concatenate([before, chunk[o + d:o + p]])
-        if had_previous and d < len(tick):
-            motion = np.clip(tick[d - 1:d + 1, :6], -1.0, 1.0)
-            slot.splice_jumps.append(round(float(np.linalg.norm(motion[1] - motion[0])), 5))
+            tick, sources = chunk[o:o + p], [slot.chunks] * p
+        else:
+            had_previous = slot.previous is not None
+            before = slot.previous[o + p:o + p + d] if had_previous else np.repeat(slot.hold[None], d, axis=0)
+            slot.previous, slot.previous_norm = chunk, normalised
+            tick = np.concatenate([before, chunk[o + d:o + p]])
+            sources = [slot.chunks - 1 if had_previous else 0] * d + [slot.chunks] * (p - d)
+        for action, source in zip(tick, sources):
+            if slot.last_action is not None and slot.last_source and source != slot.last_source:
+                motion = np.clip(np.stack([slot.last_action[:6], action[:6]]), -1.0, 1.0)
+                slot.splice_jumps.append(round(float(np.linalg.norm(motion[1] - motion[0])), 5))
+            slot.last_action, slot.last_source = action, source
         return tick
 
     def _rtc_prefix(self, slots: Sequence[_Slot], horizon: int, action_dim: int
@@ -476,7 +486,7 @@ class CellRunner:
                     record({"target": task.name, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
                             "success": task.success(slot.label), "steps": slot.steps,
                             "reversals": slot.reversals, "chunk_pairs": slot.chunk_pairs,
-                            **({"splice_jumps": slot.splice_jumps} if self.cfg.latency_steps else {}),
+                            "splice_jumps": slot.splice_jumps,
                             "seconds": round(time.perf_counter() - slot.started, 2)})
                     slots[i] = None
                     bar.update(1)
