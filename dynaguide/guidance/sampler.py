@@ -250,7 +250,7 @@ def _rtc_vjp(eps: torch.Tensor, sample: torch.Tensor, timestep: int, terms: _RTC
     return eps - (a / math.sqrt(1.0 - a)) * lam * g.detach()
 
 
-def _rtc_soft(eps: torch.Tensor, sample: torch.Tensor, timestep: int, scheduler: Any, terms: _RTCTerms,
+def _rtc_guide(eps: torch.Tensor, sample: torch.Tensor, timestep: int, scheduler: Any, terms: _RTCTerms,
               policy: Any = None, timesteps: torch.Tensor | None = None, cond: Any = None) -> torch.Tensor:
     """ε whose denoised estimate is ``â⁰ + λ_k W (y − â⁰)``, ``λ_k = min(β, 1/ᾱ_k)``, where W > 0 (ε elsewhere):
     the Jacobian-free ΠGDM step of :mod:`dynaguide.guidance.rtc` (with ``terms.full``: the exact one,
@@ -323,7 +323,9 @@ def guided_ddim_sample(
             chunk's remaining actions aligned to this chunk, :func:`dynaguide.guidance.rtc.shift_prefix`); None = off.
         prefix_weights: ``(T,)`` or ``(B, T)`` soft mask in [0, 1] (:func:`dynaguide.guidance.rtc.prefix_weights`);
             required with ``prefix``.
-        rtc: mode and β of the prefix constraint (:class:`dynaguide.guidance.rtc.RTCConfig`; its defaults when None).
+        rtc: mode, β and Jacobian option of the prefix constraint (:class:`dynaguide.guidance.rtc.RTCConfig`; its
+            defaults when None).  With ``rtc.jacobian`` each step makes one more (differentiable) policy call,
+            counted in ``timings.policy_calls``.
 
     Returns:
         :class:`GuidedSample` with normalised ``actions (B, T, A)``; every returned tensor is detached.
@@ -399,7 +401,11 @@ def guided_ddim_sample(
             if guide_now:
                 eps = eps - guidance_coef * grad
             if rtc_terms is not None:
-                eps = _rtc_soft(eps, sample, timestep, scheduler, rtc_terms, policy, timesteps, cond)
+                t0 = time.perf_counter()
+                eps = _rtc_guide(eps, sample, timestep, scheduler, rtc_terms, policy, timesteps, cond)
+                if rtc_terms.full is not None:   # the VJP's policy pass (forward + backward) counts as policy time
+                    policy_s += time.perf_counter() - t0
+                    policy_calls += 1
             with torch.no_grad():
                 denoised = scheduler.step(eps, timestep, sample).prev_sample
                 if rtc_terms is not None and rtc_terms.hard is not None:
