@@ -96,15 +96,16 @@ def test_no_prefix_or_all_zero_mask_is_identical_to_before(policy, cond, guided)
     assert torch.equal(plain, zero_mask)
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_guidance_and_rtc_together_stay_finite_and_steer(policy, cond, mode):
+@pytest.mark.parametrize("mode,jacobian", [("soft", False), ("hard", False), ("hard", True)])
+def test_guidance_and_rtc_together_stay_finite_and_steer(policy, cond, mode, jacobian):
     """Same denoising steps: the prefix still holds on the DiffusionPolicy, and on the exact denoiser of N(0, 0.3²)
     data (where steering is well defined: an untrained network's noisy-chunk gradient is not) the gradient still
     moves the free tail of the chunk, as much as without RTC."""
     frozen, shift = 4, 8
     weights = prefix_weights(T, frozen, T - shift)
     prefix = _previous(policy, cond, shift)
-    kw = dict(prefix=prefix, prefix_weights=weights, rtc=RTCConfig(mode=mode), objective=first_dim_mean)
+    kw = dict(prefix=prefix, prefix_weights=weights, rtc=RTCConfig(mode=mode, jacobian=jacobian),
+              objective=first_dim_mean)
     both = _sample(policy, cond, scale=1.0, **kw)
     assert torch.isfinite(both.actions).all()
     assert not torch.equal(both.actions, _sample(policy, cond, scale=0.0, **kw).actions)
@@ -122,7 +123,7 @@ def test_guidance_and_rtc_together_stay_finite_and_steer(policy, cond, mode):
         return out
 
     plain_gain = tail(2.0).objective.mean() - tail(0.0).objective.mean()
-    rtc = dict(prefix=y, prefix_weights=weights, rtc=RTCConfig(mode=mode))
+    rtc = dict(prefix=y, prefix_weights=weights, rtc=RTCConfig(mode=mode, jacobian=jacobian))
     steered, unsteered = tail(2.0, **rtc), tail(0.0, **rtc)
     assert (steered.actions[:, :frozen] - y[:, :frozen]).abs().max() <= tol
     assert steered.objective.mean() - unsteered.objective.mean() > 0.5 * plain_gain > 0.05
@@ -132,7 +133,7 @@ def test_per_sample_weights_leave_samples_without_a_previous_chunk_unchanged(pol
     prefix = _previous(policy, cond, 8)
     weights = prefix_weights(T, 4, 8).repeat(B, 1)
     weights[1] = 0.0
-    out = _sample(policy, cond, prefix=prefix, prefix_weights=weights).actions
+    out = _sample(policy, cond, prefix=prefix, prefix_weights=weights).actions   # the default: hard + Jacobian
     plain = _sample(policy, cond).actions
     assert torch.equal(out[1], plain[1])
     assert (out[0, :4] - prefix[0, :4]).abs().max() < 1e-4
@@ -165,7 +166,7 @@ def test_exact_jacobian_guidance_matches_the_jacobian_free_step_for_a_constant_n
     noise = 0.2 * torch.randn(B, T, A, generator=torch.Generator().manual_seed(0))
     outs = [guided_ddim_sample(ConstantNoise(), None, None, scale=0.0, initial_noise=noise, prefix=prefix,
                                ddim=DDIMConfig(clip_sample=False),
-                               prefix_weights=prefix_weights(T, 4, 10), rtc=RTCConfig(jacobian=j)).actions
+                               prefix_weights=prefix_weights(T, 4, 10), rtc=RTCConfig(mode="soft", jacobian=j)).actions
             for j in (False, True)]
     torch.testing.assert_close(outs[0], outs[1], atol=1e-5, rtol=0)
 
@@ -195,13 +196,13 @@ def test_rtc_schedule_estimates_shift_and_delay_online():
     assert lockstep.request(0.8) == (8, 0)
 
 
-@pytest.mark.parametrize("mode", ["soft", "hard"])
-def test_runner_freezes_the_previous_chunks_actions_that_run_during_the_delay(mode):
+@pytest.mark.parametrize("mode,jacobian", [("soft", False), ("hard", True)])
+def test_runner_freezes_the_previous_chunks_actions_that_run_during_the_delay(mode, jacobian):
     import numpy as np
 
     from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
 
-    runner = GuidedPolicyRunner.from_config(RunnerConfig(rtc=RTCConfig(enabled=True, mode=mode)))
+    runner = GuidedPolicyRunner.from_config(RunnerConfig(rtc=RTCConfig(enabled=True, mode=mode, jacobian=jacobian)))
     rng = np.random.default_rng(0)
     images = {"rgb_static": rng.integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)}
     proprio = rng.normal(size=(2, 15)).astype(np.float32)

@@ -51,12 +51,16 @@ class RTCConfig:
     mode: ``"soft"`` (Jacobian-free ΠGDM guidance on every W > 0 step) or ``"hard"`` (inpaint W = 1 steps).
     beta: β, the clip of the guidance weight ``λ_k = min(β, 1/ᾱ_k)`` (dimensionless, > 0).
     jacobian: exact ΠGDM (vector-Jacobian product through the policy) instead of the Jacobian-free step.
+
+    Defaults = the setting measured best (``results/rtc.md``: at an 8-step delay the median splice jump 4.6×
+    smaller than a naive splice, against 2.4× soft / 2.8× hard without the Jacobian); the Jacobian costs one more
+    differentiable policy pass per denoising step — ``jacobian = False`` (and ``mode = "soft"``) is the cheap one.
     """
 
     enabled: bool = False
-    mode: str = "soft"
+    mode: str = "hard"
     beta: float = 1.0
-    jacobian: bool = False
+    jacobian: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in RTC_MODES:

@@ -40,7 +40,8 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
         overrides["guidance"] = dataclasses.replace(ev.guidance, **guidance)
     rtc = {k: v for k, v in {"enabled": getattr(args, "rtc", None) or None, "mode": getattr(args, "rtc_mode", None),
                              "beta": getattr(args, "rtc_beta", None),
-                             "jacobian": getattr(args, "rtc_jacobian", None) or None}.items() if v is not None}
+                             "jacobian": {"on": True, "off": False}.get(getattr(args, "rtc_jacobian", None))
+                             }.items() if v is not None}
     if rtc:
         overrides["rtc"] = dataclasses.replace(ev.rtc, **rtc)
     if getattr(args, "split", None) == "validation":
@@ -218,8 +219,9 @@ def rtc_options(p) -> None:
     p.add_argument("--rtc-mode", choices=("soft", "hard"), default=None,
                    help="soft: guidance on the denoised estimate; hard: inpainting (default: RTCConfig.mode)")
     p.add_argument("--rtc-beta", type=float, default=None, help="clip of the RTC guidance weight (RTCConfig.beta)")
-    p.add_argument("--rtc-jacobian", action="store_true",
-                   help="exact ΠGDM: the RTC guidance through the policy's Jacobian (one more pass per step)")
+    p.add_argument("--rtc-jacobian", nargs="?", const="on", choices=("on", "off"), default=None,
+                   help="exact ΠGDM: the RTC guidance through the policy's Jacobian, one more pass per step "
+                        "(default: RTCConfig.jacobian)")
 
 
 def register_into(sub) -> None:
@@ -237,7 +239,7 @@ def register_into(sub) -> None:
     p.add_argument("--parts", default="splice,steering", help="splice, steering or both")
     p.add_argument("--rtc-mode", choices=("soft", "hard"), default=None)
     p.add_argument("--rtc-beta", type=float, default=None)
-    p.add_argument("--rtc-jacobian", action="store_true")
+    p.add_argument("--rtc-jacobian", nargs="?", const="on", choices=("on", "off"), default=None)
     p.add_argument("--policy", default=None)
     p.add_argument("--dynamics", default=None)
     p.add_argument("--out", type=Path, default=Path("results/rtc"),

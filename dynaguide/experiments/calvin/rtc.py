@@ -49,7 +49,8 @@ from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix
 SPLICE_WINDOW = 4
 
 #: RTC variants the open-loop splice measurement also reports (beside the configured ``EvalConfig.rtc``)
-SPLICE_VARIANTS = {"soft": RTCConfig(enabled=True), "hard": RTCConfig(enabled=True, mode="hard"),
+SPLICE_VARIANTS = {"soft": RTCConfig(enabled=True, mode="soft", jacobian=False),
+                   "hard": RTCConfig(enabled=True, mode="hard", jacobian=False),
                    "hard_jacobian": RTCConfig(enabled=True, mode="hard", jacobian=True),
                    "hard_jacobian_beta5": RTCConfig(enabled=True, mode="hard", jacobian=True, beta=5.0)}
 
