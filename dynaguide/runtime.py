@@ -4,6 +4,13 @@
 it keeps the observation history, the current :class:`~dynaguide.guidance.goals.GuidanceSet`, and turns
 one observation into one un-normalised action chunk with the guided DDIM sampler.  No ROS here.
 
+Real-time chunking (``RunnerConfig.rtc.enabled``, off by default): in wall-clock mode the robot runs the previous
+chunk while the next one is computed.  :class:`RTCSchedule` estimates that delay d online (ceil of the p95 of the
+last observation-to-publication latencies over the action period, measured on the node's clock: 0 with a
+lockstep simulator, whose clock stops while the policy thinks, so lockstep behaviour is unchanged) and the shift
+between consecutive chunks' observations; :meth:`GuidedPolicyRunner.act` then samples the chunk with the previous
+chunk as its prefix, its first d actions frozen (``ChunkResult.frozen_steps``; :mod:`dynaguide.guidance.rtc`).
+
 Embedder check: a dynamics model whose config records the embedder it was trained on
 (``LatentDynamicsConfig.embedder``) only accepts observation/goal tokens whose ``embedder_id`` is that
 embedder's id (or empty: provenance unknown); other ids raise :class:`EmbedderMismatchError` instead of
@@ -27,7 +34,9 @@ from dynaguide.checkpoint import load_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective
+from dynaguide.guidance.rtc import RTCConfig, delay_steps, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
+from dynaguide.realtime import LatencyMonitor
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.policy.lerobot_adapter import POLICY_KINDS, LeRobotAdapterConfig, load_policy
 
@@ -65,6 +74,7 @@ class RunnerConfig:
     parallel_policy: bool = False
     policy_kind: str = "dynaguide"   # "lerobot": policy_checkpoint is a LeRobot DiffusionPolicy save_pretrained dir
     lerobot: LeRobotAdapterConfig = field(default_factory=LeRobotAdapterConfig)
+    rtc: RTCConfig = field(default_factory=RTCConfig)
 
     def __post_init__(self) -> None:
         if self.policy_kind not in POLICY_KINDS:
@@ -80,6 +90,34 @@ class ChunkResult:
     metric: float                # Eq. 2 value of the returned chunk (NaN when unguided)
     compute_ms: float
     fallback: str = ""           # why a chunk meant to be guided is unguided (non-finite guidance), else ""
+    frozen_steps: int = 0        # actions from action_offset on constrained to the previous chunk's (RTC), 0 = none
+
+
+class RTCSchedule:
+    """Online real-time-chunking bookkeeping of a policy loop (ROS-free; the policy node holds one).
+
+    ``request(obs_stamp)`` → ``(shift, delay)`` for :meth:`GuidedPolicyRunner.act`: ``shift`` = control steps
+    between the previous chunk's observation and ``obs_stamp`` (None before the first chunk), ``delay`` = d =
+    ``ceil(p95 latency / dt)`` over the last ``window`` chunks (0 before any).  ``done(obs_stamp, latency_ms)``
+    records a published chunk: its observation stamp (s) and the time from that observation to publication (ms,
+    on the loop's clock).  ``dt``: seconds per action.
+    """
+
+    def __init__(self, dt: float, window: int = 20) -> None:
+        if not (dt > 0 and math.isfinite(dt)):
+            raise ValueError(f"RTCSchedule needs a positive action period dt, got {dt}")
+        self.dt = float(dt)
+        self.latency = LatencyMonitor(1.0, window)   # only its p95 is used (the budget is irrelevant here)
+        self.last_stamp: float | None = None
+
+    def request(self, obs_stamp: float) -> tuple[int | None, int]:
+        shift = None if self.last_stamp is None else max(0, round((obs_stamp - self.last_stamp) / self.dt))
+        p95 = self.latency.p95_ms
+        return shift, (delay_steps(max(0.0, p95), self.dt) if math.isfinite(p95) else 0)
+
+    def done(self, obs_stamp: float, latency_ms: float) -> None:
+        self.last_stamp = float(obs_stamp)
+        self.latency.add(max(0.0, float(latency_ms)))
 
 
 class GuidedPolicyRunner:
@@ -92,7 +130,7 @@ class GuidedPolicyRunner:
 
     def __init__(self, policy: DiffusionPolicy, dynamics: LatentDynamicsModel, *, trained: bool,
                  guidance_defaults: GuidanceConfig | None = None, seed: int = 0, torch_threads: int = 1,
-                 parallel_policy: bool = False) -> None:
+                 parallel_policy: bool = False, rtc: RTCConfig | None = None) -> None:
         # inference only: frozen weights (autograd then records only the path from the chunk to the metric)
         self.policy = policy.eval().requires_grad_(False)
         self.dynamics = dynamics.eval().requires_grad_(False)
@@ -108,6 +146,8 @@ class GuidedPolicyRunner:
                                                       initargs=(self.torch_threads,))
         # index of the current step in the policy's chunk (0 for DiffusionPolicy: the chunk starts now)
         self.action_offset = int(getattr(policy, "action_offset", 0))
+        self.rtc = rtc or RTCConfig()
+        self._previous_chunk: torch.Tensor | None = None  # (1, T, A) normalised: the last chunk act() returned
         # id of the embedder the dynamics model was trained on (None: not recorded, nothing to check against)
         self.expected_embedder_id: str | None = getattr(getattr(dynamics, "cfg", None), "embedder_id", None)
         if trained:
@@ -150,7 +190,7 @@ class GuidedPolicyRunner:
                 embed_tokens=cfg.embed_tokens, embed_dim=cfg.embed_dim, proprio_dim=cfg.proprio_dim,
                 action_dim=policy.action_dim, horizon=policy.horizon))
         return cls(policy, dynamics, trained=trained, guidance_defaults=cfg.guidance, seed=cfg.seed,
-                   torch_threads=cfg.torch_threads, parallel_policy=cfg.parallel_policy)
+                   torch_threads=cfg.torch_threads, parallel_policy=cfg.parallel_policy, rtc=cfg.rtc)
 
     def close(self) -> None:
         """Stop the policy thread of ``parallel_policy`` (idempotent)."""
@@ -202,8 +242,21 @@ class GuidedPolicyRunner:
         self.guidance = None
 
     # ----------------------------------------------------------------------------- acting
+    def _rtc_kwargs(self, shift: int | None, delay: int) -> tuple[dict, int]:
+        """The sampler's prefix keywords and the frozen-step count for a chunk planned ``shift`` steps after the
+        previous one, with ``delay`` steps running from the previous chunk meanwhile (none: ``({}, 0)``)."""
+        if not self.rtc.enabled or shift is None or delay <= 0 or self._previous_chunk is None:
+            return {}, 0
+        horizon, o = self.policy.horizon, self.action_offset
+        overlap = horizon - int(shift)
+        frozen = min(int(delay), overlap - o)
+        if frozen <= 0:
+            return {}, 0   # the previous chunk ends before this one's current step: nothing to agree with
+        return {"prefix": shift_prefix(self._previous_chunk, shift),
+                "prefix_weights": prefix_weights(horizon, o + frozen, overlap), "rtc": self.rtc}, frozen
+
     def act(self, images: dict[str, np.ndarray], proprio: np.ndarray, obs_tokens: np.ndarray | None,
-            obs_embedder_id: str | None = None) -> ChunkResult:
+            obs_embedder_id: str | None = None, *, rtc_shift: int | None = None, rtc_delay: int = 0) -> ChunkResult:
         """One chunk from the latest observation history.
 
         Args:
@@ -212,6 +265,9 @@ class GuidedPolicyRunner:
             obs_tokens: ``(N, D)`` embedder tokens of the newest policy-camera frame (needed when guided).
             obs_embedder_id: the id ``obs_tokens`` carry (empty/None = unknown); another embedder's id raises
                 :class:`EmbedderMismatchError` when guided.
+            rtc_shift, rtc_delay: real-time chunking (with ``rtc.enabled``; :class:`RTCSchedule`): control steps since
+                the previous chunk's observation (None: no RTC) and the delay d in steps; the chunk's first d actions
+                from ``action_offset`` then agree with the previous chunk's (``ChunkResult.frozen_steps``).
         """
         start = time.perf_counter()
         # OpenMP thread counts are per calling thread: a ROS executor thread would otherwise use every core,
@@ -238,10 +294,12 @@ class GuidedPolicyRunner:
         with torch.no_grad():
             cond = self.policy.encode_observation(obs)
         fallback = ""
+        rtc_kwargs, frozen = self._rtc_kwargs(rtc_shift, rtc_delay)
         try:
             sampling = guidance.config.sampler_kwargs() if objective else {"scale": 0.0}
             sample = guided_ddim_sample(self.policy, cond, objective, ddim=self.policy.cfg.ddim,
-                                        policy_executor=self.policy_executor, generator=self.generator, **sampling)
+                                        policy_executor=self.policy_executor, generator=self.generator, **sampling,
+                                        **rtc_kwargs)
             if objective is not None and not torch.isfinite(sample.actions).all():
                 raise ValueError("the guided chunk is not finite")
         except ValueError as exc:
@@ -251,10 +309,11 @@ class GuidedPolicyRunner:
             fallback = f"guidance fell back to the base policy for this chunk: {exc}"
             objective = None
             sample = guided_ddim_sample(self.policy, cond, None, scale=0.0, ddim=self.policy.cfg.ddim,
-                                        generator=self.generator)
+                                        generator=self.generator, **rtc_kwargs)
+        self._previous_chunk = sample.actions.detach().clone()
         # the sampler already scored its final chunk (GuidedSample.objective): no second dynamics pass
         metric = float(sample.objective[0]) if objective is not None and sample.objective is not None else float("nan")
         with torch.no_grad():
             actions = self.policy.unnormalize_actions(sample.actions)[0].cpu().numpy()
         return ChunkResult(actions=actions.astype(np.float32), guided=objective is not None, metric=metric,
-                           compute_ms=(time.perf_counter() - start) * 1e3, fallback=fallback)
+                           compute_ms=(time.perf_counter() - start) * 1e3, fallback=fallback, frozen_steps=frozen)

@@ -22,6 +22,12 @@ old (c = compute time).  ``policy/diagnostics`` carries the compute p95 over the
 execution budget ``n_action_steps · action_dt`` and a WARN is logged while it is over budget;
 ``dynaguide bench realtime --config <graph.yaml>`` measures the same before a robot is involved
 (:mod:`dynaguide.realtime`).
+
+Real-time chunking (``runner.rtc.enabled``): each chunk is sampled to agree with the previous chunk's actions that
+run while it is computed — d = ceil(p95 observation-to-publication latency / ``action_dt``), measured on the node's
+clock (0 under a lockstep simulator: unchanged there; :class:`dynaguide.runtime.RTCSchedule`).  How many leading
+actions were frozen is published as ``frozen_steps`` in the ``/diagnostics`` status (``ActionChunk`` has no field
+for it: adding one means rebuilding ``dynaguide_msgs``).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from geometry_msgs.msg import Point, PoseStamped
 
 from dynaguide.execution import StampedHistory
 from dynaguide.realtime import LatencyMonitor
-from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
+from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RTCSchedule, RunnerConfig
 from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
 from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
                                        seconds_to_time, time_to_seconds)
@@ -89,6 +95,7 @@ class PolicyNode(Node):
         self.n_obs = self.runner.policy.n_obs_steps
         # compute against the time the chunk's committed actions last (dynaguide.realtime)
         self.latency = LatencyMonitor(self.runner.policy.n_action_steps * self.cfg.action_dt * 1e3)
+        self.rtc_schedule = RTCSchedule(self.cfg.action_dt)   # real-time chunking's delay and shift (runner.rtc)
         # the actions executed before the next replan (a lockstep simulator runs exactly these, then waits): the
         # replanning period in steps — with replan_period_s = n_action_steps * action_dt, the policy's n_action_steps
         horizon_left = self.runner.policy.horizon - self.runner.action_offset
@@ -240,8 +247,9 @@ class PolicyNode(Node):
                                           "not acting", throttle_duration_sec=2.0)
                 return
             tokens, tokens_id = embedding[1], embedding[2]
+        rtc_shift, rtc_delay = self.rtc_schedule.request(obs_stamp)
         try:
-            result = self.runner.act(images, proprio, tokens, tokens_id)
+            result = self.runner.act(images, proprio, tokens, tokens_id, rtc_shift=rtc_shift, rtc_delay=rtc_delay)
         except EmbedderMismatchError as exc:
             self.get_logger().warning(f"not acting: {exc}", throttle_duration_sec=2.0)
             return
@@ -256,6 +264,7 @@ class PolicyNode(Node):
                              frame_id=self.cfg.frame_id, commit_steps=self.commit_steps)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
+        self.rtc_schedule.done(obs_stamp, latency_ms)
         self.latency.add(result.compute_ms)
         if not self.latency.keeps_up:
             self.get_logger().warning(
@@ -281,7 +290,8 @@ class PolicyNode(Node):
                                   level=DiagnosticStatus.WARN if result.fallback else DiagnosticStatus.OK,
                                   message=result.fallback[:500] or ("guided" if result.guided else "unguided"),
                                   values=[KeyValue(key="guidance_revision", value=str(self.guidance_revision)),
-                                          KeyValue(key="sequence", value=str(self.sequence))])
+                                          KeyValue(key="sequence", value=str(self.sequence)),
+                                          KeyValue(key="frozen_steps", value=str(result.frozen_steps))])
         self.status_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
 
     def _publish_markers(self, start: np.ndarray, actions: np.ndarray, stamp, guided: bool) -> None:

@@ -327,3 +327,45 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
     graph = runner.act({"rgb_static": images}, proprio, node_tokens(frame[None])[0])
     assert graph.guided
     np.testing.assert_allclose(graph.actions, policy.unnormalize_actions(harness)[0].numpy(), atol=1e-4)
+
+
+def test_rtc_latency_run_plans_with_the_previous_chunk_frozen_and_records_splices(tiny_setup, tmp_path):
+    """Closed loop with latency 4 and RTC (tiny real models): every splice's jump is recorded, and the RTC chunk's
+    first o + d steps agree with the previous chunk's actions that ran meanwhile (hard mode: exactly)."""
+    from dynaguide.guidance.rtc import RTCConfig
+
+    root, cfg = tiny_setup
+    ev = dataclasses.replace(cfg.eval, trials=2, horizon=40, latency_steps=4,
+                             rtc=RTCConfig(enabled=True, mode="hard"))
+    run_experiment(dataclasses.replace(cfg, eval=ev), "articulated", ["dynaguide"], tmp_path / "rtc",
+                   targets=["switch_on"], progress=False)
+    for trial in read_trials(tmp_path / "rtc" / "trials" / "switch_on__dynaguide.jsonl"):
+        assert len(trial["splice_jumps"]) >= (trial["steps"] - 4) // 8 - 1 >= 0   # hold -> chunk 1 not counted
+        assert all(j >= 0 for j in trial["splice_jumps"])
+
+    runner, slot = _slot_runner(4)
+    runner.cfg = dataclasses.replace(runner.cfg, rtc=RTCConfig(enabled=True))
+    assert runner._rtc_prefix([slot], 16, 7) == (None, None)          # no previous chunk: no prefix
+    first = np.tile(np.linspace(-1, 1, 16)[:, None], (1, 7)).astype(np.float32)
+    runner._actions_of_tick(slot, first, first)
+    prefix, weights = runner._rtc_prefix([slot], 16, 7)
+    np.testing.assert_array_equal(prefix[0, :8].numpy(), first[8:])   # aligned: new step i = previous step i + P
+    assert torch.all(weights[0, :4] == 1) and torch.all(weights[0, 8:] == 0) and 0 < weights[0, 4] < 1
+
+
+@pytest.mark.parametrize("latency", [0, 3, 8])
+def test_splice_jumps_are_taken_where_execution_switches_chunks(latency):
+    runner, slot = _slot_runner(latency)
+    chunks = [np.full((16, 7), 0.1 * (k + 1)) for k in range(3)]
+    for chunk in chunks:
+        runner._actions_of_tick(slot, chunk)
+    # lockstep and d < P: chunk 1 -> 2 -> 3 (two splices); d = P: each tick runs the previous chunk (one splice)
+    expected = [np.sqrt(6) * 0.1] * (1 if latency == 8 else 2)
+    np.testing.assert_allclose(slot.splice_jumps, expected, atol=1e-5)
+
+
+def test_rtc_needs_latency():
+    from dynaguide.guidance.rtc import RTCConfig
+
+    with pytest.raises(ValueError, match="rtc needs latency_steps > 0"):
+        EvalConfig(rtc=RTCConfig(enabled=True))

@@ -309,3 +309,21 @@ def test_refuses_what_it_cannot_load_safely_or_exactly(saved_dir, tmp_path):
     assert ddim_config_from_lerobot(_tiny_config(num_inference_steps=None)).num_inference_steps == 100
     with pytest.raises(ValueError, match="policy kind"):
         load_policy("diffusers", saved_dir)
+
+
+@pytest.mark.parametrize("jacobian", [False, True])
+def test_rtc_prefix_is_honoured_through_the_adapter(adapter, jacobian):
+    """Real-time chunking through a LeRobot policy (the same sampler): the frozen steps from the chunk's current
+    step (action_offset = To − 1) on equal the previous chunk's, also with the VJP through LeRobot's U-Net."""
+    from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix
+
+    cond = adapter.encode_observation(_our_obs(_frames(TO, seed=7)))
+    g = torch.Generator().manual_seed(8)
+    previous = guided_ddim_sample(adapter, cond, None, scale=0.0, ddim=adapter.cfg.ddim, generator=g).actions
+    shift, frozen = NA, adapter.action_offset + 2
+    prefix = shift_prefix(previous, shift)
+    out = guided_ddim_sample(adapter, cond, None, scale=0.0, ddim=adapter.cfg.ddim, generator=g, prefix=prefix,
+                             prefix_weights=prefix_weights(T, frozen, T - shift),
+                             rtc=RTCConfig(mode="hard", jacobian=jacobian)).actions
+    assert torch.equal(out[:, :frozen], prefix[:, :frozen])
+    assert torch.isfinite(out).all()

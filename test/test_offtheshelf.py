@@ -186,8 +186,8 @@ def test_harness_evaluates_a_lerobot_policy_from_its_action_offset(harness_setup
     executed = []
     original = harness.CellRunner._actions_of_tick
 
-    def spy(self, slot, chunk):
-        actions = original(self, slot, chunk)
+    def spy(self, slot, chunk, normalised=None):
+        actions = original(self, slot, chunk, normalised)
         executed.append((self.action_offset, chunk, actions))
         return actions
 

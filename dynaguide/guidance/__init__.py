@@ -8,6 +8,7 @@ from dynaguide.guidance.objectives import (
     PositionGuidanceObjective,
     chunk_for_dynamics,
 )
+from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import (
     GuidedSample,
     SampleTimings,
@@ -24,11 +25,14 @@ __all__ = [
     "GuidanceSet",
     "GuidedSample",
     "PositionGuidanceObjective",
+    "RTCConfig",
     "SampleTimings",
     "chunk_for_dynamics",
     "goal_distances",
     "guided_ddim_sample",
     "latent_guidance_metric",
     "objective_value_and_grad",
+    "prefix_weights",
     "renoise",
+    "shift_prefix",
 ]

@@ -31,6 +31,10 @@ Two options change the computation (off by default): ``guided_steps = k`` applie
 stochastic repeats) only on the last k of the DDIM steps, the earlier, noisiest steps are plain DDIM steps
 (cheaper); ``guidance_input = "denoised"`` scores the policy's denoised estimate instead of the noisy chunk
 (:data:`GUIDANCE_INPUTS`; the policy's noise estimate is then needed first, so it runs sequentially).
+
+Real-time chunking (off unless a ``prefix`` is given): the previous chunk's remaining actions constrain the new
+chunk's first steps, in the same DDIM step as the guidance gradient — soft (Jacobian-free ΠGDM on the denoised
+estimate) or hard (inpainting); see :mod:`dynaguide.guidance.rtc`.  Without a prefix the loop is unchanged.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from collections.abc import Sequence
 import torch
 
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.guidance.rtc import RTCConfig
 from dynaguide.interfaces import GuidanceObjective, NoisePredictionPolicy
 
 StochasticMode = Literal["repeat", "renoise"]
@@ -184,6 +189,100 @@ def _policy_device_dtype(policy: Any) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+@dataclass
+class _RTCTerms:
+    """The prefix constraint prepared once per call: ``prefix (B, T, A)``; ``soft (B, T, 1)`` weights of the
+    soft guidance (None: no step has one); ``hard (B, T, 1)`` bool mask of inpainted steps (None: soft mode);
+    ``beta``: the weight clip."""
+
+    prefix: torch.Tensor
+    soft: torch.Tensor | None
+    hard: torch.Tensor | None
+    beta: float
+    full: torch.Tensor | None = None   # (B, T, 1) all weights: the error whose VJP is taken (``jacobian``)
+    clip: float | None = None          # the scheduler's clip of â⁰ (None: no clipping)
+
+
+def _rtc_terms(prefix: torch.Tensor, weights: torch.Tensor | None, cfg: RTCConfig,
+               sample: torch.Tensor, scheduler: Any) -> _RTCTerms:
+    if not isinstance(prefix, torch.Tensor) or tuple(prefix.shape) != tuple(sample.shape):
+        shape = tuple(prefix.shape) if isinstance(prefix, torch.Tensor) else type(prefix).__name__
+        raise ValueError(f"prefix must have the chunk's shape (B, T, A) = {tuple(sample.shape)}, got {shape}")
+    if weights is None:
+        raise ValueError("a prefix needs prefix_weights (T,) or (B, T): see dynaguide.guidance.rtc.prefix_weights")
+    batch, horizon = sample.shape[:2]
+    weights = torch.as_tensor(weights).to(device=sample.device, dtype=sample.dtype)
+    if weights.dim() == 1:
+        weights = weights.expand(batch, horizon) if weights.shape[0] == horizon else weights
+    if tuple(weights.shape) != (batch, horizon):
+        raise ValueError(f"prefix_weights must be (T,) = ({horizon},) or (B, T) = ({batch}, {horizon}), "
+                         f"got {tuple(weights.shape)}")
+    if not (torch.isfinite(weights).all() and (weights >= 0).all() and (weights <= 1).all()):
+        raise ValueError("prefix_weights must be finite and in [0, 1]")
+    prefix = prefix.detach().to(device=sample.device, dtype=sample.dtype)
+    weights = weights[..., None]
+    if not torch.isfinite(prefix[(weights > 0).expand_as(prefix)]).all():
+        raise ValueError("prefix contains NaN or infinite actions where its weight is > 0")
+    prefix = torch.where(weights > 0, prefix, torch.zeros_like(prefix))
+    full = weights
+    hard = None
+    if cfg.mode == "hard":
+        hard = weights >= 1
+        weights = torch.where(hard, torch.zeros_like(weights), weights)
+        hard = hard if bool(hard.any()) else None
+    soft = weights if bool((weights > 0).any()) else None
+    clip = float(scheduler.config.clip_sample_range) if scheduler.config.clip_sample else None
+    return _RTCTerms(prefix, soft, hard, float(cfg.beta), full if cfg.jacobian else None, clip)
+
+
+def _rtc_vjp(eps: torch.Tensor, sample: torch.Tensor, timestep: int, terms: _RTCTerms, policy: Any,
+             timesteps: torch.Tensor, cond: Any, a: float, lam: float) -> torch.Tensor:
+    """Exact ΠGDM: ``ε − (ᾱ/√(1−ᾱ)) λ g`` with ``g = (W ⊙ (y − â⁰))ᵀ ∂â⁰/∂aᵏ`` through the policy (â⁰ of the
+    guided ``eps``, its Jacobian from a second, differentiable policy call).  Shapes ``(B, T, A)``."""
+    x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+    if terms.clip is not None:
+        x0 = x0.clamp(-terms.clip, terms.clip)
+    error = (terms.full * (terms.prefix - x0)).detach()
+    with torch.enable_grad():
+        leaf = sample.detach().requires_grad_(True)
+        x0_of_leaf = (leaf - math.sqrt(1.0 - a) * policy.predict_noise(leaf, timesteps, cond)) / math.sqrt(a)
+        (g,) = torch.autograd.grad(x0_of_leaf, leaf, grad_outputs=error)
+    return eps - (a / math.sqrt(1.0 - a)) * lam * g.detach()
+
+
+def _rtc_guide(eps: torch.Tensor, sample: torch.Tensor, timestep: int, scheduler: Any, terms: _RTCTerms,
+              policy: Any = None, timesteps: torch.Tensor | None = None, cond: Any = None) -> torch.Tensor:
+    """ε whose denoised estimate is ``â⁰ + λ_k W (y − â⁰)``, ``λ_k = min(β, 1/ᾱ_k)``, where W > 0 (ε elsewhere):
+    the Jacobian-free ΠGDM step of :mod:`dynaguide.guidance.rtc` (with ``terms.full``: the exact one,
+    :func:`_rtc_vjp`).  Shapes ``(B, T, A)``."""
+    a = float(alpha_bar(scheduler, timestep))
+    lam = min(terms.beta, 1.0 / a)
+    if terms.full is not None:
+        return _rtc_vjp(eps, sample, timestep, terms, policy, timesteps, cond, a, lam)
+    if terms.soft is None:
+        return eps
+    with torch.no_grad():
+        x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+        if terms.clip is not None:
+            x0 = x0.clamp(-terms.clip, terms.clip)
+        target = x0 + lam * terms.soft * (terms.prefix - x0)
+        return torch.where(terms.soft > 0, (sample - math.sqrt(a) * target) / math.sqrt(1.0 - a), eps)
+
+
+def _rtc_inpaint(denoised: torch.Tensor, timestep: int, scheduler: Any, terms: _RTCTerms,
+                 generator: GeneratorArg) -> torch.Tensor:
+    """Hard mode: the frozen steps of ``denoised`` (at the level after ``timestep``) replaced by the prefix
+    forward-noised to that level; by the prefix itself after the last step.  Shapes ``(B, T, A)``."""
+    to = previous_timestep(scheduler, timestep)
+    if to < 0:
+        noised = terms.prefix
+    else:
+        a = float(alpha_bar(scheduler, to))
+        noise = sample_noise(denoised.shape, generator, denoised.device, denoised.dtype)
+        noised = math.sqrt(a) * terms.prefix + math.sqrt(1.0 - a) * noise
+    return torch.where(terms.hard, noised, denoised)
+
+
 def guided_ddim_sample(
     policy: NoisePredictionPolicy,
     cond: Any,
@@ -199,6 +298,9 @@ def guided_ddim_sample(
     guided_steps: int | None = None,
     guidance_input: str = "noisy",
     policy_executor: Executor | None = None,
+    prefix: torch.Tensor | None = None,
+    prefix_weights: torch.Tensor | None = None,
+    rtc: RTCConfig | None = None,
 ) -> GuidedSample:
     """Sample an action chunk with DDIM, steered by ``objective`` (Algorithm 1 of the paper).
 
@@ -217,6 +319,13 @@ def guided_ddim_sample(
         guidance_input: ``"noisy"`` (Eq. 3) or ``"denoised"``: see :data:`GUIDANCE_INPUTS`.
         policy_executor: run ``policy.predict_noise`` on this executor while the objective's gradient is
             computed on the calling thread (same result; faster when a second core is free).
+        prefix: real-time chunking: ``(B, T, A)`` normalised actions the new chunk should agree with (the previous
+            chunk's remaining actions aligned to this chunk, :func:`dynaguide.guidance.rtc.shift_prefix`); None = off.
+        prefix_weights: ``(T,)`` or ``(B, T)`` soft mask in [0, 1] (:func:`dynaguide.guidance.rtc.prefix_weights`);
+            required with ``prefix``.
+        rtc: mode, β and Jacobian option of the prefix constraint (:class:`dynaguide.guidance.rtc.RTCConfig`; its
+            defaults when None).  With ``rtc.jacobian`` each step makes one more (differentiable) policy call,
+            counted in ``timings.policy_calls``.
 
     Returns:
         :class:`GuidedSample` with normalised ``actions (B, T, A)``; every returned tensor is detached.
@@ -251,6 +360,11 @@ def guided_ddim_sample(
     scheduler = make_ddim_scheduler(ddim)
     sample = initial_noise.detach()
     batch = sample.shape[0]
+    rtc_terms = None
+    if prefix is not None:
+        rtc_terms = _rtc_terms(prefix, prefix_weights, rtc or RTCConfig(), sample, scheduler)
+    if prefix is None and prefix_weights is not None:
+        raise ValueError("prefix_weights given without a prefix: pass the previous chunk's actions as prefix")
     policy_s = guidance_s = 0.0
     policy_calls = guidance_calls = 0
 
@@ -286,8 +400,16 @@ def guided_ddim_sample(
                                  f"expected {tuple(sample.shape)}")
             if guide_now:
                 eps = eps - guidance_coef * grad
+            if rtc_terms is not None:
+                t0 = time.perf_counter()
+                eps = _rtc_guide(eps, sample, timestep, scheduler, rtc_terms, policy, timesteps, cond)
+                if rtc_terms.full is not None:   # the VJP's policy pass (forward + backward) counts as policy time
+                    policy_s += time.perf_counter() - t0
+                    policy_calls += 1
             with torch.no_grad():
                 denoised = scheduler.step(eps, timestep, sample).prev_sample
+                if rtc_terms is not None and rtc_terms.hard is not None:
+                    denoised = _rtc_inpaint(denoised, timestep, scheduler, rtc_terms, generator)
                 if stochastic_mode == "renoise" and repeat < repeats - 1:
                     noise = sample_noise(sample.shape, generator, sample.device, sample.dtype)
                     sample = renoise(denoised, scheduler, previous_timestep(scheduler, timestep), timestep, noise)

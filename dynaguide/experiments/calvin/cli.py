@@ -38,6 +38,12 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
                                   "guidance_input": getattr(args, "guidance_input", None)}.items() if v is not None}
     if guidance:
         overrides["guidance"] = dataclasses.replace(ev.guidance, **guidance)
+    rtc = {k: v for k, v in {"enabled": getattr(args, "rtc", None) or None, "mode": getattr(args, "rtc_mode", None),
+                             "beta": getattr(args, "rtc_beta", None),
+                             "jacobian": {"on": True, "off": False}.get(getattr(args, "rtc_jacobian", None))
+                             }.items() if v is not None}
+    if rtc:
+        overrides["rtc"] = dataclasses.replace(ev.rtc, **rtc)
     if getattr(args, "split", None) == "validation":
         overrides["seed"] = 3_500_000
         overrides["split"] = "validation"
@@ -190,10 +196,55 @@ def cmd_breakdown(args: argparse.Namespace) -> int:
     return _report(result, args.json)
 
 
+def cmd_rtc(args: argparse.Namespace) -> int:
+    from dynaguide.experiments.calvin.rtc import run_rtc
+
+    args.split = "validation"
+    cfg = _config(args)
+    try:
+        delays = [int(d) for d in args.delays.split(",")]
+    except ValueError:
+        raise SystemExit(f"--delays wants comma-separated integers (e.g. 4,8,12), got {args.delays!r}") from None
+    result = run_rtc(cfg, args.targets.split(","), args.trials, args.latency_steps, delays, args.out,
+                     parts=tuple(args.parts.split(",")), policy_dir=args.policy, dynamics_dir=args.dynamics)
+    print(json.dumps({k: result.get(k) for k in ("splice_jump", "steering")}, indent=2))
+    return 0
+
+
+def rtc_options(p) -> None:
+    """``--rtc``, ``--rtc-mode``, ``--rtc-beta`` (EvalConfig.rtc, dynaguide.guidance.rtc.RTCConfig)."""
+    p.add_argument("--rtc", action="store_true",
+                   help="real-time chunking with --latency-steps: each chunk is planned to agree with the previous "
+                        "chunk's actions that run during its delay")
+    p.add_argument("--rtc-mode", choices=("soft", "hard"), default=None,
+                   help="soft: guidance on the denoised estimate; hard: inpainting (default: RTCConfig.mode)")
+    p.add_argument("--rtc-beta", type=float, default=None, help="clip of the RTC guidance weight (RTCConfig.beta)")
+    p.add_argument("--rtc-jacobian", nargs="?", const="on", choices=("on", "off"), default=None,
+                   help="exact ΠGDM: the RTC guidance through the policy's Jacobian, one more pass per step "
+                        "(default: RTCConfig.jacobian)")
+
+
 def register_into(sub) -> None:
     """Add ``train``, ``check-dynamics`` and ``eval`` to the ``dynaguide calvin`` subparsers ``sub``."""
     def common(p):
         p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="CalvinExperimentConfig YAML")
+
+    p = sub.add_parser("rtc", help="real-time chunking: splice smoothness (open loop) and steering under delay, "
+                                   "naive vs RTC vs lockstep, on validation seeds")
+    common(p)
+    p.add_argument("--targets", default="switch_on,button_on,drawer_open")
+    p.add_argument("--trials", type=int, default=8, help="trials (and open-loop start states) per target")
+    p.add_argument("--latency-steps", type=int, default=8, help="delay d of the steering comparison")
+    p.add_argument("--delays", default="4,8,12", help="delays of the open-loop splice measurement")
+    p.add_argument("--parts", default="splice,steering", help="splice, steering or both")
+    p.add_argument("--rtc-mode", choices=("soft", "hard"), default=None)
+    p.add_argument("--rtc-beta", type=float, default=None)
+    p.add_argument("--rtc-jacobian", nargs="?", const="on", choices=("on", "off"), default=None)
+    p.add_argument("--policy", default=None)
+    p.add_argument("--dynamics", default=None)
+    p.add_argument("--out", type=Path, default=Path("results/rtc"),
+                   help="writes OUT.json, OUT.png and trial logs under OUT/")
+    p.set_defaults(func=cmd_rtc)
 
     p = sub.add_parser("train", help="resumable data merge, embedding, policy and dynamics training, export")
     common(p)
@@ -242,6 +293,7 @@ def register_into(sub) -> None:
                    help="wall-clock execution: chunks arrive this many control steps after their observation")
     p.add_argument("--commit-steps", type=int, default=None,
                    help="actions executed per chunk before replanning (default: the policy's n_action_steps)")
+    rtc_options(p)
     p.add_argument("--negatives", choices=("none", "others"), default=None)
     p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
                    help="validation: trial seeds from the validation range (for choosing s, sigma, M)")

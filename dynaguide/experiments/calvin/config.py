@@ -13,6 +13,7 @@ from pathlib import Path
 from dynaguide.config import load_config
 from dynaguide.embedders import EmbedderConfig
 from dynaguide.guidance.goals import GuidanceConfig
+from dynaguide.guidance.rtc import RTCConfig
 
 #: episode-seed ranges of each use (``dynaguide calvin collect/goals`` seeds; evaluation trial seeds)
 SEED_RANGES = {
@@ -129,7 +130,11 @@ class EvalConfig:
     the previous chunk's steps ``n_action_steps … n_action_steps + d − 1`` run meanwhile (the robot holds at
     the start of a trial) — what the bridge's executor does with back-to-back replanning when a chunk takes
     d · dt to compute (d = ceil(p95 compute / dt) from ``dynaguide bench realtime``).  Needs
-    ``n_action_steps + d ≤ horizon``."""
+    ``n_action_steps + d ≤ horizon``.
+
+    ``rtc.enabled`` (needs ``latency_steps > 0``): real-time chunking — each chunk is planned with the previous
+    chunk's remaining actions as its prefix (the d actions that run during the delay frozen, the rest of the
+    overlap softly weighted; :mod:`dynaguide.guidance.rtc`); what executes is unchanged, the chunk agrees with it."""
 
     trials: int = 20
     horizon: int = 400
@@ -144,8 +149,11 @@ class EvalConfig:
     latency_steps: int = 0                # 0 = lockstep; d > 0: chunks arrive d control steps after their observation
     commit_steps: int = 0                 # actions run per chunk before replanning (0: the policy's n_action_steps)
     guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    rtc: RTCConfig = field(default_factory=RTCConfig)
 
     def __post_init__(self) -> None:
+        if self.rtc.enabled and self.latency_steps == 0:
+            raise ValueError("rtc needs latency_steps > 0 (in lockstep no action runs while a chunk is computed)")
         if self.trials < 1 or self.horizon < 1 or self.batch_envs < 1:
             raise ValueError("trials, horizon and batch_envs must be >= 1")
         if not isinstance(self.latency_steps, int) or self.latency_steps < 0:

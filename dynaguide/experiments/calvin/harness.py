@@ -45,6 +45,7 @@ from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
 from dynaguide.data import to_image_tensor
 from dynaguide.guidance.goals import GuidanceSet
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
+from dynaguide.guidance.rtc import prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
 
 from dynaguide.experiments.calvin.config import EvalConfig, ObjectiveSetup
@@ -213,13 +214,17 @@ class Observation:
 
     images: ``(B, To, 3, H, W)`` float [0, 1] static camera (oldest first); proprio: ``(B, To, 15)`` raw
     ``robot_obs``; targets: ``(B, 3)`` m, the target part's contact point (ITPS only); generators: one
-    torch generator per environment (its trial's noise stream).
+    torch generator per environment (its trial's noise stream); prefix / prefix_weights: real-time chunking's
+    ``(B, T, A)`` normalised previous-chunk actions aligned to the new chunk and ``(B, T)`` soft mask
+    (:func:`dynaguide.guidance.sampler.guided_ddim_sample`), None without RTC.
     """
 
     images: torch.Tensor
     proprio: torch.Tensor
     targets: torch.Tensor
     generators: list[torch.Generator]
+    prefix: torch.Tensor | None = None
+    prefix_weights: torch.Tensor | None = None
 
 
 Planner = Callable[[Observation], torch.Tensor]   # → normalised chunks (B, T, A)
@@ -268,19 +273,28 @@ class Planners:
         return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset,
                                   action_transform=self.action_transform)
 
+    @staticmethod
+    def _rtc(obs: Observation, rtc) -> dict:
+        """The sampler's real-time-chunking keywords for ``obs`` with settings ``rtc`` (none without a prefix)."""
+        if obs.prefix is None:
+            return {}
+        return {"prefix": obs.prefix, "prefix_weights": obs.prefix_weights, "rtc": rtc}
+
     def make(self, method: str, task: Task | str) -> Planner:
         task = Task.single(task) if isinstance(task, str) else task
-        g = self.cfg.guidance
+        g, rtc = self.cfg.guidance, self.cfg.rtc
+        if rtc.enabled and method in ("gpc", "goal_conditioned"):
+            raise ValueError(f"rtc is implemented in the guided DDIM sampler; method {method!r} does not use it")
         if method == "base":
             return lambda obs: guided_ddim_sample(self.policy, self._cond(obs), None, scale=0.0, ddim=self.ddim,
-                                                  generator=obs.generators).actions
+                                                  generator=obs.generators, **self._rtc(obs, rtc)).actions
         if method in ("itps", "goal_conditioned") and not task.is_single:
             raise ValueError(f"method {method!r} needs a single target behaviour, not the setup {task.name!r}")
         if method == "dynaguide":
             guidance = self.guidance_set(task)
             return lambda obs: guided_ddim_sample(
                 self.policy, self._cond(obs), self._objective(obs, guidance), ddim=self.ddim,
-                generator=obs.generators, **g.sampler_kwargs()).actions
+                generator=obs.generators, **g.sampler_kwargs(), **self._rtc(obs, rtc)).actions
         if method == "gpc":
             guidance = self.guidance_set(task)
             return lambda obs: sampling_baseline(self.policy, self._cond(obs), self._objective(obs, guidance),
@@ -297,7 +311,8 @@ class Planners:
                                                       step_scale=self.max_rel_pos, reduction="min")
                 return guided_ddim_sample(self.policy, self._cond(obs), objective, scale=self.cfg.itps_scale,
                                           ddim=self.ddim, stochastic_steps=g.stochastic_steps,
-                                          stochastic_mode=g.stochastic_mode, generator=obs.generators).actions
+                                          stochastic_mode=g.stochastic_mode, generator=obs.generators,
+                                          **self._rtc(obs, rtc)).actions
             return itps
         if method == "goal_conditioned":
             if self.gc_policy is None:
@@ -322,9 +337,14 @@ class _Slot:
     started: float = 0.0
     label: str | None = None
     previous: np.ndarray | None = None  # the last chunk (raw, (T, A)): runs on while the next one is computed
+    previous_norm: np.ndarray | None = None  # the same chunk normalised (T, A): real-time chunking's prefix
     hold: np.ndarray | None = None      # the action that holds the pose (start of a wall-clock trial)
     last_move: np.ndarray | None = None  # net xyz translation (3,) of the last executed tick (reversal count)
     turns: list[float] = dataclasses.field(default_factory=list)   # chunk_turn of each counted pair
+    splice_jumps: list[float] = dataclasses.field(default_factory=list)  # see CellRunner._actions_of_tick
+    chunks: int = 0                     # chunks planned so far (the id of the newest one)
+    last_action: np.ndarray | None = None  # the last action handed out (raw) and the chunk it came from (0: hold)
+    last_source: int = 0
 
 
 def trial_seed(cfg: EvalConfig, target_index: int, trial: int) -> int:
@@ -348,6 +368,7 @@ class CellRunner:
         self.action_offset = action_offset
         self.unnormalize = unnormalize
         self.envs: list[CalvinEnv] = []
+        self._chunk_shape: tuple[int, int] = (0, 0)  # (T, A) of the planner's chunks, known after its first call
 
     def close(self) -> None:
         for env in self.envs:
@@ -374,20 +395,52 @@ class CellRunner:
                      torch.Generator().manual_seed(seed), started=time.perf_counter(),
                      hold=hold)
 
-    def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray) -> np.ndarray:
+    def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray, normalised: np.ndarray | None = None) -> np.ndarray:
         """The ``n_action_steps`` actions executed between two replanning ticks, counted from the chunk's current
         step o = ``action_offset``: the new chunk's steps o … o + P − 1 in lockstep; with ``latency_steps = d``
         first the previous chunk's steps o + P … o + P + d − 1 (the pose held at the start of a trial), then
-        the new chunk's steps o + d … o + P − 1.  ``chunk``: ``(T, A)`` raw."""
+        the new chunk's steps o + d … o + P − 1.  ``chunk``: ``(T, A)`` raw; ``normalised``: the same chunk in
+        the policy's space (kept as the next chunk's real-time-chunking prefix).
+
+        Splices: wherever the executed sequence switches from one chunk to the next (at a tick's start in lockstep
+        and with d = P, at step d of the tick with 0 < d < P; the hold at a trial's start does not count), the
+        jump ``‖a_k − a_{k−1}‖`` over the six motion dimensions of the two actions clipped to [−1, 1] as the env
+        clips them (action units; 1 = 2 cm / 0.05 rad per step) is appended to ``slot.splice_jumps``."""
         d, p, o = self.cfg.latency_steps, self.n_action_steps, self.action_offset
         if o + p + d > chunk.shape[0]:
             raise ValueError(f"action_offset {o} + n_action_steps {p} + latency_steps {d} exceed the chunk's "
                              f"{chunk.shape[0]} steps")
+        slot.chunks += 1
         if d == 0:
-            return chunk[o:o + p]
-        before = slot.previous[o + p:o + p + d] if slot.previous is not None else np.repeat(slot.hold[None], d, axis=0)
-        slot.previous = chunk
-        return np.concatenate([before, chunk[o + d:o + p]])
+            tick, sources = chunk[o:o + p], [slot.chunks] * p
+        else:
+            had_previous = slot.previous is not None
+            before = slot.previous[o + p:o + p + d] if had_previous else np.repeat(slot.hold[None], d, axis=0)
+            slot.previous, slot.previous_norm = chunk, normalised
+            tick = np.concatenate([before, chunk[o + d:o + p]])
+            sources = [slot.chunks - 1 if had_previous else 0] * d + [slot.chunks] * (p - d)
+        for action, source in zip(tick, sources):
+            if slot.last_action is not None and slot.last_source and source != slot.last_source:
+                motion = np.clip(np.stack([slot.last_action[:6], action[:6]]), -1.0, 1.0)
+                slot.splice_jumps.append(round(float(np.linalg.norm(motion[1] - motion[0])), 5))
+            slot.last_action, slot.last_source = action, source
+        return tick
+
+    def _rtc_prefix(self, slots: Sequence[_Slot], horizon: int, action_dim: int
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Real-time chunking's ``prefix (B, T, A)`` and ``weights (B, T)`` for the planner: each slot's previous
+        normalised chunk shifted by P = ``n_action_steps`` (what it still covers of the new chunk), frozen on the
+        new chunk's first o + d steps (those run from the previous chunk), soft over the rest of the overlap
+        T − P; a slot without a previous chunk gets zero weights.  ``(None, None)`` without RTC or no previous."""
+        d, p, o = self.cfg.latency_steps, self.n_action_steps, self.action_offset
+        if not self.cfg.rtc.enabled or d == 0 or all(s.previous_norm is None for s in slots):
+            return None, None
+        zeros = np.zeros((horizon, action_dim), dtype=np.float32)
+        previous = torch.from_numpy(np.stack([s.previous_norm if s.previous_norm is not None else zeros
+                                              for s in slots]).astype(np.float32))
+        w = prefix_weights(horizon, o + d, horizon - p)
+        weights = torch.stack([w if s.previous_norm is not None else torch.zeros(horizon) for s in slots])
+        return shift_prefix(previous, p), weights
 
     def run_cell(self, task: Task | str, target_index: int, planner: Planner, done: set[int],
                  record: Callable[[dict], None], progress: bool = True, desc: str = "") -> None:
@@ -404,17 +457,20 @@ class CellRunner:
                     trial = pending.pop(0)
                     slots[i] = self._start(self._env(i), task, trial, trial_seed(self.cfg, target_index, trial))
             active = [i for i, s in enumerate(slots) if s is not None]
+            prefix, weights = self._rtc_prefix([slots[i] for i in active], *self._chunk_shape)
             obs = Observation(
                 images=to_image_tensor(np.stack([np.stack(slots[i].frames) for i in active])),
                 proprio=torch.from_numpy(np.stack([np.stack(slots[i].proprio) for i in active])).float(),
                 targets=torch.from_numpy(np.stack([slots[i].target_xyz for i in active])).float(),
-                generators=[slots[i].generator for i in active])
+                generators=[slots[i].generator for i in active], prefix=prefix, prefix_weights=weights)
             with torch.no_grad():
                 chunk = planner(obs)
                 raw = self.unnormalize(chunk).cpu().numpy()
+                normalised = chunk.cpu().numpy()
+            self._chunk_shape = tuple(normalised.shape[1:])
             for row, i in enumerate(active):
                 slot, env = slots[i], self.envs[i]
-                tick = self._actions_of_tick(slot, raw[row])
+                tick = self._actions_of_tick(slot, raw[row], normalised[row])
                 move = np.clip(tick[:, :3], -1.0, 1.0).sum(axis=0)
                 turn = chunk_turn(slot.last_move, move)
                 if turn is not None:
@@ -437,6 +493,7 @@ class CellRunner:
                             "success": task.success(slot.label), "steps": slot.steps,
                             "reversals": sum(t < REVERSAL_COSINE for t in slot.turns),
                             "chunk_pairs": len(slot.turns), "chunk_turns": slot.turns,
+                            "splice_jumps": slot.splice_jumps,
                             "seconds": round(time.perf_counter() - slot.started, 2)})
                     slots[i] = None
                     bar.update(1)
