@@ -205,7 +205,8 @@ class CalvinBridgeNode(Node):
         return res
 
     def destroy_node(self) -> None:
-        self.env.close()
+        if hasattr(self, "env"):  # missing when the constructor failed
+            self.env.close()
         super().destroy_node()
 
 

@@ -54,7 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    result = args.func(args)
+    from dynaguide.config import ConfigError
+
+    try:
+        result = args.func(args)
+    except ConfigError as exc:  # a user's configuration mistake: one line, no traceback
+        print(f"dynaguide {args.command}: {exc}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

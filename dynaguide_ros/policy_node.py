@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -50,6 +51,10 @@ from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
 
 @dataclass
 class PolicyNodeConfig:
+    # a directory with policy/ and dynamics/ (e.g. the shipped checkpoints/calvin_effnet); relative paths
+    # resolve under the repo / installed package first, then the current directory.  runner.policy_checkpoint /
+    # runner.dynamics_checkpoint, when set, take precedence.  All empty: UNTRAINED random models (plumbing only).
+    models: str = ""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     action_space: str = "calvin_rel_ee"
     action_dt: float = 1.0 / 30.0
@@ -72,13 +77,29 @@ def integrate_path(start_xyz: np.ndarray, actions: np.ndarray, action_space: str
     return np.vstack([start_xyz, start_xyz + np.cumsum(steps, axis=0)])
 
 
+def resolved_runner_config(cfg: PolicyNodeConfig) -> RunnerConfig:
+    """``cfg.runner`` with its checkpoints filled from ``cfg.models`` and every path resolved
+    (:func:`dynaguide_ros.paths.resolve_model_path`: not relative to the current directory)."""
+    from dataclasses import replace
+
+    from dynaguide_ros.paths import resolve_model_path
+
+    policy, dynamics = cfg.runner.policy_checkpoint, cfg.runner.dynamics_checkpoint
+    if cfg.models:
+        models = Path(resolve_model_path(cfg.models))
+        policy = policy or str(models / "policy")
+        dynamics = dynamics or str(models / "dynamics")
+    return replace(cfg.runner, policy_checkpoint=resolve_model_path(policy),
+                   dynamics_checkpoint=resolve_model_path(dynamics))
+
+
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy_node")
         self.cfg = declare_config(self, PolicyNodeConfig)
         if self.cfg.proprio_source not in ("calvin_state", "joint_states"):
             raise ValueError(f"proprio_source must be calvin_state or joint_states, got {self.cfg.proprio_source!r}")
-        self.runner = GuidedPolicyRunner.from_config(self.cfg.runner)
+        self.runner = GuidedPolicyRunner.from_config(resolved_runner_config(self.cfg))
         if not self.runner.trained:
             self.get_logger().warning("no checkpoints configured: running an UNTRAINED, randomly initialised policy")
         elif self.runner.expected_embedder_id is None:
@@ -209,9 +230,12 @@ class PolicyNode(Node):
                 self.get_logger().error(f"policy tick failed: {exc!r}", throttle_duration_sec=2.0)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._worker.join(timeout=5.0)
-        self.runner.close()
+        # attributes may be missing when the constructor failed (rclpy then destroys the half-built node)
+        if hasattr(self, "_stop"):
+            self._stop.set()
+            self._worker.join(timeout=5.0)
+        if hasattr(self, "runner"):
+            self.runner.close()
         super().destroy_node()
 
     def _tick(self) -> None:
