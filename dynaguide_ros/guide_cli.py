@@ -101,7 +101,8 @@ def check_args(args) -> None:
     if not (args.clear or values or images):
         raise GuideError("give goal images (--positive/--negative), a value to retune the guidance in force "
                          "(--scale/--sigma/--stochastic-steps), or --clear")
-    for flag, value in (("--scale", args.scale), ("--sigma", args.sigma), ("--stochastic-steps", args.stochastic_steps)):
+    checked = (("--scale", args.scale), ("--sigma", args.sigma), ("--stochastic-steps", args.stochastic_steps))
+    for flag, value in checked:
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise GuideError(f"{flag} must be a finite number >= 0, got {value}")
 
