@@ -64,6 +64,10 @@ class PolicyNodeConfig:
     max_embedding_age_s: float = 2.0
     frame_id: str = "world"
     path_scale_m: float = 0.02                # calvin_rel_ee: metres per action unit (for markers)
+    lockstep: bool = False                    # the simulator waits for the policy (calvin_bridge lockstep): act
+                                              # only once the state and, when guided, the embedding of the newest
+                                              # frame have arrived — the inputs the policy was trained on, and the
+                                              # same run for the same seed
 
 
 def integrate_path(start_xyz: np.ndarray, actions: np.ndarray, action_space: str, scale: float) -> np.ndarray:
@@ -121,6 +125,7 @@ class PolicyNode(Node):
         self.tcp_xyz = np.zeros(3)
         self.embedding: tuple[float, np.ndarray, str] | None = None
         self.guidance_revision = 0
+        self._replan = False  # a guidance change: replan from the current observation at once
         self.sequence = 0
         data = MutuallyExclusiveCallbackGroup()
         for key in self.frames:
@@ -199,8 +204,10 @@ class PolicyNode(Node):
 
     def _on_guidance(self, msg: GuidanceSet) -> None:
         if not msg.active:
-            self.runner.clear_guidance()
-            self.guidance_revision = msg.revision
+            with self._lock:
+                self.runner.clear_guidance()
+                self.guidance_revision = msg.revision
+                self._replan = True
             self.get_logger().info(f"guidance revision {msg.revision}: inactive, running the base policy")
             return
         try:
@@ -215,7 +222,9 @@ class PolicyNode(Node):
         except (MessageError, ValueError) as exc:
             self.get_logger().error(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")
             return
-        self.guidance_revision = msg.revision
+        with self._lock:
+            self.guidance_revision = msg.revision
+            self._replan = True
         self.get_logger().info(f"guidance revision {msg.revision} in force: {len(msg.positive)} positive, "
                                f"{len(msg.negative)} negative, scale {msg.scale:g}, sigma {msg.sigma:g}")
 
@@ -245,9 +254,20 @@ class PolicyNode(Node):
                 self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
                 return
             obs_stamp = min(f.newest_stamp for f in self.frames.values())
-            # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step
-            if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt:
+            # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step;
+            # a guidance change replans from the current observation at once
+            if (not self._replan
+                    and obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt):
                 return  # the last chunk is recent enough
+            if self.cfg.lockstep:  # the world waits: take the state and the embedding of this very frame
+                if self.proprio.newest_stamp < obs_stamp:
+                    return
+                if self.runner.guidance is not None and (self.embedding is None or self.embedding[0] < obs_stamp):
+                    return
+            # a guidance change restarts the sampling noise from runner.seed: the first chunk under new guidance
+            # is the same whether or not an earlier chunk was computed (a held world's demo start is repeatable)
+            reseed, self._replan = self._replan, False
+            revision = self.guidance_revision
             images = {k: np.stack(f.padded(self.n_obs)) for k, f in self.frames.items()}
             proprio = np.stack(self.proprio.padded(self.n_obs))
             embedding = self.embedding
@@ -264,6 +284,8 @@ class PolicyNode(Node):
                                           "not acting", throttle_duration_sec=2.0)
                 return
             tokens, tokens_id = embedding[1], embedding[2]
+        if reseed:
+            self.runner.generator.manual_seed(self.cfg.runner.seed)
         try:
             result = self.runner.act(images, proprio, tokens, tokens_id)
         except EmbedderMismatchError as exc:
@@ -289,7 +311,7 @@ class PolicyNode(Node):
                 throttle_duration_sec=10.0)
         diag = PolicyDiagnostics(sequence=self.sequence, guided=result.guided, latency_ms=float(latency_ms),
                                  compute_ms=float(result.compute_ms), metric=float(result.metric),
-                                 observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision),
+                                 observation_age_ms=float(age * 1e3), guidance_revision=int(revision),
                                  compute_p95_ms=float(self.latency.p95_ms), budget_ms=float(self.latency.budget_ms),
                                  keeps_up=bool(self.latency.keeps_up))
         diag.header.stamp = stamp_msg
