@@ -9,6 +9,7 @@ With ``start_held`` the world does not step until ``calvin/start`` (std_srvs/Tri
 first puts its guidance in force, then starts the world, so the first executed action is already steered (the
 demo).  The latest chunk received while held is the first one executed.  In lockstep every simulated step's
 camera frame is published (the policy's observation history is then the same for the same seed).
+``/robot_description`` (std_msgs/String, transient local) is the Panda's URDF, whose joints ``joint_states`` names.
 Once a second it publishes the executor's counts on ``/diagnostics`` (status ``calvin_bridge: execution``:
 ``ticks``, ``executed``, ``held`` — control ticks with no action due, which in wall-clock mode means the robot
 waited for the policy —, ``dropped_late``, ``stale_on_arrival``, ``rejected``).
@@ -25,6 +26,7 @@ from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
 from calvin_bridge.config import CalvinEnvConfig
@@ -36,7 +38,7 @@ from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
 from dynaguide_msgs.srv import ResetScene
 from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, seconds_to_time, time_to_seconds
 from dynaguide_ros.params import declare_config
-from dynaguide_ros.qos import RELIABLE, SENSOR
+from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
 
 SCENE_KEYS = ("door", "drawer", "button", "switch")
 
@@ -87,6 +89,13 @@ class CalvinBridgeNode(Node):
         self.state_pub = self.create_publisher(CalvinState, "calvin/state", RELIABLE)
         self.event_pub = self.create_publisher(BehaviourEvent, "calvin/behaviour", RELIABLE)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+        # the arm's URDF for rviz's RobotModel / Foxglove (transient local, as robot_state_publisher offers it)
+        from calvin_bridge.robot import panda_description
+
+        layout = self.env.scene.layout
+        self.description_pub = self.create_publisher(String, "/robot_description", LATCHED)
+        self.description_pub.publish(String(data=panda_description(layout.robot_base_position,
+                                                                   layout.robot_base_orientation)))
         io = MutuallyExclusiveCallbackGroup()
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, RELIABLE, callback_group=io)
         self.create_service(ResetScene, "calvin/reset", self._on_reset, callback_group=io)

@@ -77,6 +77,7 @@ def bridge(tmp_path_factory):
     (["topic", "echo", "camera/rgb_static", "-n", "1"], "values)]"),     # image data summarised, not dumped
     (["topic", "hz", "camera/rgb_static", "--duration", "3.5"], "average rate: "),
     (["reset", "--seed", "3"], "scene reset"),
+    (["topic", "echo", "/robot_description", "-n", "1"], "world_to_panda"),   # latched: the URDF for rviz
 ])
 def test_topic_and_reset_work_against_a_running_bridge(bridge, args, says):
     proc = _cli(*args)
