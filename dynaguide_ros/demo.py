@@ -141,6 +141,16 @@ def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str
     try:
         print(f"[demo] {mode}: waiting for the graph (four processes import torch; minutes on a busy machine)...",
               flush=True)
+        # the policy plans once on the held world by itself: its diagnostics arriving here also prove that this
+        # node receives them, before the one chunk under the new guidance is published (the held world does not
+        # change, so the policy does not plan again and a missed message would never come back)
+        deadline = time.monotonic() + args.ready_timeout
+        while not diags:
+            if time.monotonic() > deadline or launcher.failure:
+                raise TimeoutError(f"the policy produced no chunk within {args.ready_timeout:g} s "
+                                   f"(see {out / 'graph.log'})")
+            rclpy.spin_once(node, timeout_sec=0.1)
+            launcher.poll()
         if guided:
             res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
                                     stochastic_steps=args.stochastic_steps, node=node, timeout=args.ready_timeout)
@@ -325,7 +335,7 @@ def _run(args) -> int:
         label = f"{mode}, seed {args.seed}"
         if mode == "guided":  # "guidance revision 1: 20 positive, 0 negative, scale 4, sigma 30, M 4"
             settings = s["guidance"].split(", ")[-3:]
-            label += "\n" + " ".join(settings).replace("scale", "s").replace("sigma", "σ")
+            label += "\n" + ", ".join(settings).replace("scale ", "s=").replace("sigma ", "sigma=").replace("M ", "M=")
         runs[label] = (times, frames, s["behaviours_detected"])
     figure = out / "demo.png"
     demo_figure(goals, runs, figure, title=f"DynaGuide demo: target {args.behaviour}, "
