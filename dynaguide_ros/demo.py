@@ -28,6 +28,7 @@ from dynaguide_ros.ros_env import apply_localhost_defaults
 #: (dynaguide/experiments/calvin/config.py SEED_RANGES["goals"]), disjoint from training and evaluation
 DEMO_GOAL_SEED = 2_500_000
 PROGRESS_EVERY_S = 10.0
+RETRY_S = 30.0  # no chunk under the new guidance after this long: send the request again
 DETERMINISM = ("lockstep: the scene (calvin_bridge.seed), the policy's sampling noise (runner.seed) and the goal "
                "images are seeded, the world starts once guidance is in force, and the policy acts only on the "
                "frame, state and embedding of one step, so a seed repeats its run; torch CPU kernels and DDS "
@@ -141,41 +142,42 @@ def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str
     try:
         print(f"[demo] {mode}: waiting for the graph (four processes import torch; minutes on a busy machine)...",
               flush=True)
-        # the policy plans once on the held world by itself: its diagnostics arriving here also prove that this
-        # node receives them, before the one chunk under the new guidance is published (the held world does not
-        # change, so the policy does not plan again and a missed message would never come back)
-        deadline = time.monotonic() + args.ready_timeout
-        while not diags:
-            if time.monotonic() > deadline or launcher.failure:
-                raise TimeoutError(f"the policy produced no chunk within {args.ready_timeout:g} s "
-                                   f"(see {out / 'graph.log'})")
-            rclpy.spin_once(node, timeout_sec=0.1)
-            launcher.poll()
-        if guided:
-            res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
-                                    stochastic_steps=args.stochastic_steps, node=node, timeout=args.ready_timeout)
-            if not res.success:
-                print(f"[demo] /set_guidance {res.message}")
-                summary["error"] = res.message
-                return summary
-            summary["guidance"] = res.message  # the s, sigma and M in force
-        else:
+        def put_in_force():
+            """Set (or clear) the guidance; returns the manager's answer and the revision it put in force."""
+            if guided:
+                res = call_set_guidance(goals, [], scale=args.scale, sigma=args.sigma,
+                                        stochastic_steps=args.stochastic_steps, node=node,
+                                        timeout=args.ready_timeout)
+                return res, int(res.revision)
+            seen = len(states)
             res = call_clear_guidance(node=node, timeout=args.ready_timeout)
-        print(f"[demo] {mode}: {res.message}", flush=True)
-        if guided:
-            revision = int(res.revision)
-        else:  # the clear's revision, from the manager's latched state
-            deadline = time.monotonic() + 30.0
-            while not any(st.source == "cleared" for st in states) and time.monotonic() < deadline:
+            until = time.monotonic() + 30.0  # the clear's revision, from the manager's latched state
+            while not any(st.source == "cleared" for st in states[seen:]) and time.monotonic() < until:
                 rclpy.spin_once(node, timeout_sec=0.1)
-            revision = max((int(st.revision) for st in states if st.source == "cleared"), default=0)
-        # the world is held: wait until the policy has planned under this guidance (or its absence) ...
+            return res, max((int(st.revision) for st in states[seen:] if st.source == "cleared"), default=0)
+
+        res, revision = put_in_force()
+        if not res.success:
+            print(f"[demo] /set_guidance {res.message}")
+            summary["error"] = res.message
+            return summary
+        if guided:
+            summary["guidance"] = res.message  # the s, sigma and M in force
+        print(f"[demo] {mode}: {res.message}", flush=True)
+        # the world is held: wait until the policy has planned under this guidance (or its absence). It plans once
+        # on the held world; should that chunk's diagnostics be lost (published before this node's subscription
+        # was matched), the same request again makes it plan again under a new revision.
         deadline = time.monotonic() + args.ready_timeout
+        retry_at = time.monotonic() + RETRY_S
         while not any(d.guided == guided and d.guidance_revision >= revision for d in diags):
             if time.monotonic() > deadline or launcher.failure:
                 raise TimeoutError(f"the policy produced no {mode} chunk within {args.ready_timeout:g} s "
                                    f"(see {out / 'graph.log'})")
+            if time.monotonic() > retry_at:
+                res, revision = put_in_force()
+                retry_at = time.monotonic() + RETRY_S
             rclpy.spin_once(node, timeout_sec=0.1)
+            launcher.poll()
         for _ in range(5):  # let the bridge receive that chunk (it arrives with the diagnostics)
             rclpy.spin_once(node, timeout_sec=0.1)
         # ... then start the world: its first action is the policy's first action under it
@@ -212,6 +214,8 @@ def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str
         rclpy.shutdown()
     run_diags = diags[first_seq:]
     after = {t: m for t, m in frames.items() if t0 <= t <= t0 + args.sim_seconds + 1e-6}  # the start frame on
+    if after:  # simulated time covered by the recorded frames (the loop may have seen a frame or two more)
+        summary["sim_seconds"] = round(max(after) - t0, 3)
     detected = [{"behaviour": e.behaviour, "sim_time": round(_stamp(e) - t0, 3)} for e in events
                 if _stamp(e) > t0]
     names = [d["behaviour"] for d in detected]

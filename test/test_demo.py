@@ -30,6 +30,7 @@ def demo_run(tmp_path_factory):
 
 
 @pytest.mark.ros
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("mode", ["guided", "unguided"])
 def test_each_run_starts_held_and_is_counted_from_its_first_action(demo_run, mode):
     out, proc = demo_run
@@ -48,6 +49,7 @@ def test_each_run_starts_held_and_is_counted_from_its_first_action(demo_run, mod
 
 
 @pytest.mark.ros
+@pytest.mark.timeout(900)
 def test_demo_writes_one_figure_and_a_joint_summary(demo_run):
     from PIL import Image
 
@@ -60,6 +62,7 @@ def test_demo_writes_one_figure_and_a_joint_summary(demo_run):
 
 
 @pytest.mark.ros
+@pytest.mark.timeout(900)
 def test_the_same_seed_gives_the_same_run(demo_run):
     """Lockstep: a second guided run of the seed sees exactly the same frames."""
     out, _ = demo_run
