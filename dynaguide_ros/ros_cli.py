@@ -27,9 +27,18 @@ def _init():
 
 
 def _discover(node, rclpy, seconds: float = DISCOVERY_S) -> dict[str, list[str]]:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # discovery is asynchronous: let it settle
+    """Topics seen after ``seconds`` of discovery, longer (up to twice that) while new ones still appear."""
+    start = last_change = time.monotonic()
+    seen: set[str] = set()
+    while True:  # discovery is asynchronous: let it settle
         rclpy.spin_once(node, timeout_sec=0.1)
+        names = {name for name, _ in node.get_topic_names_and_types()}
+        now = time.monotonic()
+        if names - seen:
+            seen |= names
+            last_change = now
+        if now - start >= 2 * seconds or (now - start >= seconds and now - last_change >= 1.0):
+            break
     return {name: types for name, types in node.get_topic_names_and_types()}
 
 

@@ -72,7 +72,7 @@ def bridge(tmp_path_factory):
 
 @pytest.mark.ros
 @pytest.mark.parametrize("args,says", [
-    (["topic", "list", "-t"], "/calvin/state [dynaguide_msgs/msg/CalvinState]"),
+    (["topic", "list", "-t", "--wait", "8"], "/calvin/state [dynaguide_msgs/msg/CalvinState]"),
     (["topic", "echo", "calvin/state", "-n", "1"], "robot_obs: ["),
     (["topic", "echo", "camera/rgb_static", "-n", "1"], "values)]"),     # image data summarised, not dumped
     (["topic", "hz", "camera/rgb_static", "--duration", "3.5"], "average rate: "),
