@@ -364,8 +364,18 @@ def test_splice_jumps_are_taken_where_execution_switches_chunks(latency):
     np.testing.assert_allclose(slot.splice_jumps, expected, atol=1e-5)
 
 
-def test_rtc_needs_latency():
+def test_lockstep_rtc_pulls_the_overlap_towards_the_previous_plan_and_freezes_nothing():
+    from calvin_bridge.config import CalvinEnvConfig as _EnvCfg
+    from dynaguide.experiments.calvin.harness import CellRunner, _Slot
     from dynaguide.guidance.rtc import RTCConfig
 
-    with pytest.raises(ValueError, match="rtc needs latency_steps > 0"):
-        EvalConfig(rtc=RTCConfig(enabled=True))
+    ev = EvalConfig(rtc=RTCConfig(enabled=True, mode="soft", jacobian=False))
+    runner = CellRunner(_EnvCfg(), ev, np.zeros((1, 8)), 2, 8, lambda x: x)
+    slot = _Slot(0, 0, [], [], np.zeros(3), torch.Generator(), hold=np.zeros(7))
+    assert runner._rtc_prefix([slot], 16, 7) == (None, None)          # no previous plan yet
+    plan = np.arange(16 * 7, dtype=np.float32).reshape(16, 7)
+    runner._actions_of_tick(slot, plan, plan)
+    prefix, weights = runner._rtc_prefix([slot], 16, 7)
+    np.testing.assert_array_equal(prefix[0, :8].numpy(), plan[8:])      # the previous plan's unexecuted tail
+    assert float(weights[0, 0]) < 1.0 and float(weights[0, 7]) > 0.0  # soft on the overlap, nothing frozen
+    assert float(weights[0, 8:].abs().sum()) == 0.0

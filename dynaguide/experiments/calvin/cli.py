@@ -319,6 +319,7 @@ def register_into(sub) -> None:
     p.add_argument("--out", type=Path, default=None,
                    help="trial logs (resumable; default: training.out_dir/base_check)")
     p.add_argument("--json", type=Path, default=None, help="also write the summary here")
+    rtc_options(p)
     p.set_defaults(func=cmd_base_check)
 
     p = sub.add_parser("protocol", help="pre-register the evaluation: models (SHA-256), guidance, seeds, N, commit")

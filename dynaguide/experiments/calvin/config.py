@@ -132,7 +132,8 @@ class EvalConfig:
     d · dt to compute (d = ceil(p95 compute / dt) from ``dynaguide bench realtime``).  Needs
     ``n_action_steps + d ≤ horizon``.
 
-    ``rtc.enabled`` (needs ``latency_steps > 0``): real-time chunking — each chunk is planned with the previous
+    ``rtc.enabled``: real-time chunking (in lockstep, ``latency_steps = 0``, nothing is frozen and only the
+    overlap is pulled towards the previous plan: chunk consistency) — each chunk is planned with the previous
     chunk's remaining actions as its prefix (the d actions that run during the delay frozen, the rest of the
     overlap softly weighted; :mod:`dynaguide.guidance.rtc`); what executes is unchanged, the chunk agrees with it."""
 
@@ -152,8 +153,6 @@ class EvalConfig:
     rtc: RTCConfig = field(default_factory=RTCConfig)
 
     def __post_init__(self) -> None:
-        if self.rtc.enabled and self.latency_steps == 0:
-            raise ValueError("rtc needs latency_steps > 0 (in lockstep no action runs while a chunk is computed)")
         if self.trials < 1 or self.horizon < 1 or self.batch_envs < 1:
             raise ValueError("trials, horizon and batch_envs must be >= 1")
         if not isinstance(self.latency_steps, int) or self.latency_steps < 0:

@@ -413,6 +413,7 @@ class CellRunner:
         slot.chunks += 1
         if d == 0:
             tick, sources = chunk[o:o + p], [slot.chunks] * p
+            slot.previous_norm = normalised   # lockstep RTC: the next chunk is pulled towards this plan's tail
         else:
             had_previous = slot.previous is not None
             before = slot.previous[o + p:o + p + d] if had_previous else np.repeat(slot.hold[None], d, axis=0)
@@ -431,9 +432,11 @@ class CellRunner:
         """Real-time chunking's ``prefix (B, T, A)`` and ``weights (B, T)`` for the planner: each slot's previous
         normalised chunk shifted by P = ``n_action_steps`` (what it still covers of the new chunk), frozen on the
         new chunk's first o + d steps (those run from the previous chunk), soft over the rest of the overlap
-        T − P; a slot without a previous chunk gets zero weights.  ``(None, None)`` without RTC or no previous."""
+        T − P; a slot without a previous chunk gets zero weights.  ``(None, None)`` without RTC or no previous.
+        In lockstep (d = 0) nothing is frozen beyond o: the overlap is only pulled towards the previous plan
+        (chunk-to-chunk consistency against mode switching, measured by the base check's reversals)."""
         d, p, o = self.cfg.latency_steps, self.n_action_steps, self.action_offset
-        if not self.cfg.rtc.enabled or d == 0 or all(s.previous_norm is None for s in slots):
+        if not self.cfg.rtc.enabled or all(s.previous_norm is None for s in slots):
             return None, None
         zeros = np.zeros((horizon, action_dim), dtype=np.float32)
         previous = torch.from_numpy(np.stack([s.previous_norm if s.previous_norm is not None else zeros
