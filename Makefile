@@ -1,5 +1,5 @@
 # DynaGuide stack — everything runs from a virtual environment in .venv (no system ROS needed).
-#   make demo     set up (first time) and run the main job: the CALVIN sim graph, headless, guided
+#   make demo     set up (first time) and run the main job: the CALVIN sim graph, headless, guided and unguided (outputs/demo/demo.png)
 #   make test     set up (first time), lint (ruff, config in pyproject.toml) and run the default test suite
 #   make lint     only the lint step
 #   make install  only set up

@@ -116,6 +116,9 @@ class Arx5DriverNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _read_config(self) -> DriverConfig:
+        from dynaguide_ros.params import check_parameters
+
+        check_parameters(self.get_name(), DriverConfig, self._parameter_overrides.keys())  # no silent typos
         values: dict[str, Any] = {}
         for name, (hint, default) in _flat_defaults(DriverConfig).items():
             if name == "model":

@@ -5,6 +5,11 @@ simulation's control rate (30 Hz) with :class:`dynaguide.execution.ActionSchedul
 by timestamp, hold when nothing is due), publishes ``camera/rgb_static`` and ``camera/rgb_gripper``
 (sensor_msgs/Image, sensor-data QoS) at ``camera_hz``, ``joint_states``, ``calvin/state`` (CalvinState)
 and ``calvin/behaviour`` events (e.g. "drawer_open detected"); serves ``calvin/reset`` (ResetScene).
+With ``start_held`` the world does not step until ``calvin/start`` (std_srvs/Trigger) is called: a client
+first puts its guidance in force, then starts the world, so the first executed action is already steered (the
+demo).  The latest chunk received while held is the first one executed.  In lockstep every simulated step's
+camera frame is published (the policy's observation history is then the same for the same seed).
+``/robot_description`` (std_msgs/String, transient local) is the Panda's URDF, whose joints ``joint_states`` names.
 Once a second it publishes the executor's counts on ``/diagnostics`` (status ``calvin_bridge: execution``:
 ``ticks``, ``executed``, ``held`` — control ticks with no action due, which in wall-clock mode means the robot
 waited for the policy —, ``dropped_late``, ``stale_on_arrival``, ``rejected``).
@@ -21,6 +26,8 @@ from rclpy.node import Node
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+from std_srvs.srv import Trigger
 
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
@@ -31,7 +38,7 @@ from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
 from dynaguide_msgs.srv import ResetScene
 from dynaguide_ros.conversions import MessageError, chunk_from_msg, rgb_to_image_msg, seconds_to_time, time_to_seconds
 from dynaguide_ros.params import declare_config
-from dynaguide_ros.qos import RELIABLE, SENSOR
+from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
 
 SCENE_KEYS = ("door", "drawer", "button", "switch")
 
@@ -53,6 +60,7 @@ class CalvinBridgeConfig:
                                        # then pauses the world instead of missing its actions
     max_future_s: float = DEFAULT_MAX_FUTURE_S  # chunks stamped further ahead of the clock (sim time in
                                                 # lockstep) are rejected: one would freeze the world
+    start_held: bool = False           # the world waits for calvin/start (Trigger) before its first step
 
 
 class CalvinBridgeNode(Node):
@@ -81,9 +89,19 @@ class CalvinBridgeNode(Node):
         self.state_pub = self.create_publisher(CalvinState, "calvin/state", RELIABLE)
         self.event_pub = self.create_publisher(BehaviourEvent, "calvin/behaviour", RELIABLE)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+        # the arm's URDF for rviz's RobotModel / Foxglove (transient local, as robot_state_publisher offers it)
+        from calvin_bridge.robot import panda_description
+
+        layout = self.env.scene.layout
+        self.description_pub = self.create_publisher(String, "/robot_description", LATCHED)
+        self.description_pub.publish(String(data=panda_description(layout.robot_base_position,
+                                                                   layout.robot_base_orientation)))
         io = MutuallyExclusiveCallbackGroup()
         self.create_subscription(ActionChunk, "action_chunk", self._on_chunk, RELIABLE, callback_group=io)
         self.create_service(ResetScene, "calvin/reset", self._on_reset, callback_group=io)
+        self.held = self.cfg.start_held
+        self._held_chunk: ActionChunk | None = None  # the latest chunk received while held
+        self.create_service(Trigger, "calvin/start", self._on_start, callback_group=io)
         sim = MutuallyExclusiveCallbackGroup()
         self.create_timer(self.dt, self._control_tick, callback_group=sim)
         self.create_timer(1.0 / self.cfg.camera_hz, self._camera_tick, callback_group=sim)
@@ -104,6 +122,9 @@ class CalvinBridgeNode(Node):
         try:
             actions = chunk_from_msg(msg)
             with self._lock:
+                if self.held:  # the world has not started: keep only the newest chunk, scheduled at the start
+                    self._held_chunk = msg
+                    return
                 # lockstep: only the committed actions, then the world waits for the policy's next chunk
                 # (the policy's closed loop as trained: replan after n_action_steps, no latency)
                 self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index,
@@ -111,9 +132,29 @@ class CalvinBridgeNode(Node):
         except (MessageError, ValueError) as exc:
             self.get_logger().warning(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
 
-    def _control_tick(self) -> None:
+    def _on_start(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         with self._lock:
-            if self.cfg.lockstep:
+            was_held, chunk = self.held, self._held_chunk
+            self.held, self._held_chunk = False, None
+            if was_held and chunk is not None:
+                try:
+                    self.schedule.add_chunk(chunk_from_msg(chunk), time_to_seconds(chunk.header.stamp), chunk.dt,
+                                            chunk.start_index, now=self._now(),
+                                            commit_steps=chunk.commit_steps if self.cfg.lockstep else 0)
+                except (MessageError, ValueError) as exc:
+                    self.get_logger().warning(f"held chunk {chunk.sequence} rejected at the start: {exc}")
+        res.success = True
+        res.message = (f"world started at {self._now():.6f} s" + (f" with chunk {chunk.sequence}" if chunk else "")
+                       if was_held else f"world already running at {self._now():.6f} s")
+        self.get_logger().info(res.message)
+        return res
+
+    def _control_tick(self) -> None:
+        stepped = False
+        with self._lock:
+            if self.held:
+                action, paused = None, True
+            elif self.cfg.lockstep:
                 action = self.schedule.next_action(self.sim_time + self.dt)
                 paused = action is None  # the world waits for the policy
             else:
@@ -129,8 +170,10 @@ class CalvinBridgeNode(Node):
                 self.gripper = action[6]
                 self.obs, _, _, _, info = self.env.step(action)
                 behaviour = info["behaviour"]
+                stepped = True
                 if self.cfg.lockstep:
                     self.sim_time += self.dt
+                    images = self._render()  # every simulated step's frame: the policy's history [o_t-1, o_t]
             stamp = self._stamp()
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=stamp))
@@ -141,6 +184,8 @@ class CalvinBridgeNode(Node):
                             scene_obs=[float(x) for x in self.obs["scene_obs"]], behaviour=behaviour)
         state.header.stamp, state.header.frame_id = stamp, self.cfg.frame_id
         self.state_pub.publish(state)
+        if stepped and self.cfg.lockstep:
+            self._publish_images(images, stamp)
         if behaviour != self.last_behaviour:
             self.last_behaviour = behaviour
             if behaviour != "no_behaviour":
@@ -149,13 +194,20 @@ class CalvinBridgeNode(Node):
                 self.event_pub.publish(ev)
                 self.get_logger().info(f"{behaviour} detected")
 
+    def _render(self) -> dict:
+        self._rendered_at = self.sim_time
+        self._images = self.env.render_cameras()
+        return self._images
+
     def _camera_tick(self) -> None:
         with self._lock:
             if not (self.cfg.lockstep and self._rendered_at == self.sim_time):
-                self._rendered_at = self.sim_time
-                self._images = self.env.render_cameras()
+                self._render()
             images = self._images  # world paused: the last frames are still current (no re-render)
             stamp = self._stamp()
+        self._publish_images(images, stamp)
+
+    def _publish_images(self, images: dict, stamp) -> None:
         for key, pub in self.image_pubs.items():
             pub.publish(rgb_to_image_msg(images[key], stamp=stamp, frame_id=f"{key}_camera"))
 
@@ -205,7 +257,8 @@ class CalvinBridgeNode(Node):
         return res
 
     def destroy_node(self) -> None:
-        self.env.close()
+        if hasattr(self, "env"):  # missing when the constructor failed
+            self.env.close()
         super().destroy_node()
 
 

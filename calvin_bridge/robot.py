@@ -42,6 +42,21 @@ def panda_urdf(visual: str, asset_dir: str | Path) -> Path:
     return out
 
 
+def panda_description(base_position, base_rpy=(0.0, 0.0, 0.0)) -> str:
+    """URDF text of the simulated Panda for ``/robot_description`` (rviz RobotModel, Foxglove): ``pybullet_data``'s
+    Panda with its meshes as absolute ``file://`` URIs, under a ``world`` link with the arm's base pose (m, rad);
+    joint names are those of the bridge's ``joint_states``."""
+    source = Path(pybullet_data.getDataPath()) / "franka_panda" / "panda.urdf"
+    text = source.read_text().replace("package://meshes/", f"file://{source.parent / 'meshes'}/")
+    x, y, z = (float(v) for v in base_position)
+    r, pi, yaw = (float(v) for v in base_rpy)
+    world = (f'<link name="world"/>\n  <joint name="world_to_panda" type="fixed">\n    <parent link="world"/>\n'
+             f'    <child link="panda_link0"/>\n    <origin xyz="{x:g} {y:g} {z:g}" rpy="{r:g} {pi:g} {yaw:g}"/>\n'
+             '  </joint>\n  ')
+    head, sep, tail = text.partition("<link ")
+    return head + world + sep + tail
+
+
 class PandaRobot:
     """The arm: reset to joint positions, read the TCP, follow TCP pose targets with IK + position control."""
 

@@ -1,4 +1,4 @@
-"""The ``dynaguide`` command.
+"""dynaguide: steer a diffusion policy towards goal images (DynaGuide) on ROS 2 — sim graph, real arm, tools.
 
 Each subcommand lives in its own module exposing ``register(subparsers)``; that function adds a
 parser whose ``func`` default runs it.  Modules are imported lazily so ``dynaguide --help`` stays fast
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dynaguide.inputs import DEBUG_ENV, InputError, one_line
 
-#: subcommand name -> module providing ``register(subparsers)``
+#: subcommand name -> module providing ``register(subparsers)`` (or ``module:function``)
 COMMANDS: dict[str, str] = {
     "demo": "dynaguide_ros.demo",
     "bench": "dynaguide.bench",
@@ -27,6 +27,8 @@ COMMANDS: dict[str, str] = {
     "calvin": "calvin_bridge.cli",
     "launch": "dynaguide_ros.launcher",
     "guide": "dynaguide_ros.guide_cli",
+    "reset": "dynaguide_ros.ros_cli:register_reset",
+    "topic": "dynaguide_ros.ros_cli:register_topic",
     "node": "dynaguide_ros.run_node",
     "interfaces": "dynaguide_ros.selfcheck",
     "record": "dynaguide_ros.recorder",
@@ -50,24 +52,39 @@ EXISTING_PATH_ARGUMENTS: dict[tuple[str, str], str] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version (``pyproject.toml``)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("dynaguide-stack")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynaguide", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="dynaguide", description=__doc__.splitlines()[0] if __doc__ else None,
+                                     epilog="Start here: `dynaguide demo` (README quickstart); "
+                                            "`dynaguide COMMAND --help` for each command.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of errors otherwise printed as one line (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = None
     if argv:
         wanted = next((a for a in argv if not a.startswith("-")), None)
-    for name, module_name in COMMANDS.items():
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    for name, target in COMMANDS.items():
         if wanted is not None and wanted in COMMANDS and name != wanted:
             continue
+        module_name, _, func = target.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
                 continue  # subcommand not part of this install (yet)
             raise
-        module.register(sub)
+        getattr(module, func or "register")(sub)
     return parser
 
 

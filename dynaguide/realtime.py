@@ -165,7 +165,7 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
     """Read the policy node's (and its embedder's) settings from a graph's ROS 2 parameter file.
 
     ``checkpoints``: a directory with ``policy/`` and ``dynamics/`` (an export of ``dynaguide calvin train``)
-    replacing the file's ``runner.*_checkpoint`` values (empty in the shipped graph files)."""
+    replacing the file's ``models`` / ``runner.*_checkpoint`` values."""
     from dynaguide.embedders import EmbedderConfig
     from dynaguide.runtime import RunnerConfig
 
@@ -175,6 +175,11 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
     if not policy:
         raise ConfigError(f"{path}: no policy_node.ros__parameters section")
     runner = from_dict(RunnerConfig, policy.get("runner", {}), where=f"{path}:policy_node.runner")
+    models = policy.get("models")
+    if checkpoints is None and models and not (runner.policy_checkpoint or runner.dynamics_checkpoint):
+        # the policy node's `models`: relative to the share directory holding config/ (the repo), as the node does
+        checkpoints = Path(models).expanduser() if Path(models).expanduser().is_absolute() \
+            else path.resolve().parent.parent / models
     if checkpoints is not None:
         ckpt = Path(checkpoints)
         runner = replace(runner, policy_checkpoint=str(ckpt / "policy"), dynamics_checkpoint=str(ckpt / "dynamics"))
@@ -355,8 +360,9 @@ def add_realtime_parser(sub: argparse._SubParsersAction) -> None:
                         help="graph parameter file (config/calvin_sim.yaml, config/real_arx5.yaml); repeatable")
     parser.add_argument("--checkpoints", action="append", default=None,
                         help="per --config, in order: a directory with policy/ and dynamics/ replacing the file's "
-                             "runner checkpoints (e.g. checkpoints/calvin_effnet), or 'none' for the file's own "
-                             "(empty in the shipped files: untrained models of the configured size, same cost)")
+                             "runner checkpoints, or 'none' for the file's own (policy_node.models: the shipped "
+                             "trained models in config/calvin_sim.yaml; none in config/real_arx5.yaml: untrained "
+                             "models, same cost)")
     parser.add_argument("--chunks", type=int, default=30, help="timed chunks per variant")
     parser.add_argument("--goals", type=int, default=20, help="K positive goal images (paper: 20)")
     parser.add_argument("--threads", type=int, default=0, help="override runner.torch_threads (0 = the file's)")

@@ -1,7 +1,8 @@
 """``camera_node`` — publishes ``image_raw`` (sensor_msgs/Image, sensor-data QoS) and ``camera_info``.
 
 Sources (parameter ``source``): ``device:N`` or ``/dev/videoN`` (OpenCV/V4L2, e.g. a GoPro behind a
-capture card as in UMI), a video file, or a directory of images (played in name order, looping).
+capture card as in UMI), a video file, a directory of images (played in name order, looping), or
+``test_pattern`` (synthetic moving colour bars, 640 x 480: a dry run of a graph without a camera).
 Optional centre crop to a square and resize.  A source that fails to deliver is retried; the node
 never dies on a bad frame.
 """
@@ -21,6 +22,15 @@ from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import SENSOR
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
+TEST_PATTERN = "test_pattern"
+
+
+def test_pattern_frame(i: int, width: int = 640, height: int = 480) -> np.ndarray:
+    """Frame ``i`` of the synthetic source: eight colour bars scrolling one pixel per frame."""
+    bars = np.array([[255, 255, 255], [255, 255, 0], [0, 255, 255], [0, 255, 0], [255, 0, 255], [255, 0, 0],
+                     [0, 0, 255], [0, 0, 0]], dtype=np.uint8)
+    cols = ((np.arange(width) + i) * len(bars) // width) % len(bars)
+    return np.ascontiguousarray(np.broadcast_to(bars[cols][None], (height, width, 3)))
 
 
 @dataclass
@@ -43,8 +53,11 @@ class FrameSource:
         self.files: list[Path] = []
         self.index = 0
         self.cap = None
+        self.pattern = source == TEST_PATTERN
         path = Path(source)
-        if path.is_dir():
+        if self.pattern:
+            pass
+        elif path.is_dir():
             self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
             if not self.files:
                 raise ValueError(f"image directory {source} contains no images")
@@ -54,9 +67,13 @@ class FrameSource:
             if not self.cap.isOpened():
                 raise ValueError(f"cannot open camera/video source {source!r}")
         else:
-            raise ValueError(f"camera source {source!r} is neither a device, a video file nor an image directory")
+            raise ValueError(f"camera source {source!r} is neither a device, a video file, an image directory nor "
+                             f"{TEST_PATTERN!r}")
 
     def read(self) -> np.ndarray | None:
+        if self.pattern:
+            self.index += 1
+            return test_pattern_frame(self.index)
         if self.files:
             if self.index >= len(self.files):
                 if not self.loop:
@@ -116,7 +133,8 @@ class CameraNode(Node):
         self.info_pub.publish(info)
 
     def destroy_node(self) -> None:
-        self.source.close()
+        if getattr(self, "source", None) is not None:  # None when the constructor failed before opening it
+            self.source.close()
         super().destroy_node()
 
 

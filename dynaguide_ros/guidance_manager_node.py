@@ -7,6 +7,8 @@
   ``success = false`` and a message naming the problem; the guidance in force does not change.
   A parameter given as 0 keeps the one in force; ``set_scale = true`` takes ``scale`` as given, so
   s = 0 (unguided chunks, goals kept) is expressible.
+  A request without images while guidance is in force *retunes* it: the same goal embeddings with the
+  request's s, σ, M (``dynaguide guide --scale 10``).
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
 * On start, restores the last accepted guidance from ``state_dir``.  Everything restored is validated (the
   store's own checks, :func:`dynaguide.guidance.store.check_stored`, and this manager's limits through
@@ -65,13 +67,17 @@ class GuidanceManagerConfig:
     request_queue_depth: int = 100                    # requests waiting to be served; more are lost by DDS
 
 
-def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig) -> None:
+def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig, retune: bool = False) -> None:
     """Raise :class:`MessageError` naming the first problem in ``req`` (a ``/set_guidance`` request, or the
     guidance restored from the store: :meth:`GuidanceManagerNode._restore` passes a request built from it, so
-    requests and restored guidance meet the same limits)."""
+    requests and restored guidance meet the same limits).  ``retune``: guidance is in force, so a request without
+    images is allowed (it changes s, sigma or M and keeps the goal images)."""
     n_pos, n_neg = len(req.positive), len(req.negative)
-    if n_pos + n_neg == 0:
-        raise MessageError("no goal images: give at least one positive or negative image")
+    if n_pos + n_neg == 0 and not retune:
+        raise MessageError("no goal images: give at least one positive or negative image "
+                           "(a request without images retunes s, sigma, M of the guidance in force; there is none)")
+    if n_pos + n_neg == 0 and not (req.set_scale or req.sigma or req.stochastic_steps):
+        raise MessageError("no goal images and nothing to retune: give images, or a scale, sigma or M to change")
     if n_pos + n_neg > cfg.max_images:
         raise MessageError(f"{n_pos + n_neg} goal images exceed the limit of {cfg.max_images}")
     for name, value in (("scale", req.scale), ("sigma", req.sigma), ("stochastic_steps", req.stochastic_steps)):
@@ -206,9 +212,14 @@ class GuidanceManagerNode(Node):
     def _on_set(self, req: SetGuidance.Request, res: SetGuidance.Response) -> SetGuidance.Response:
         res.revision = self._rev
         try:
-            validate_request(req, self.cfg)
-            tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
-            n_pos = len(req.positive)
+            validate_request(req, self.cfg, retune=self.current is not None)
+            if not req.positive and not req.negative:  # retune: the goal images in force, new s / sigma / M
+                cur = self.current
+                tokens = np.concatenate([cur.positive, cur.negative]) if len(cur.negative) else cur.positive
+                grid, emb_id, n_pos = cur.grid_hw, cur.embedder_id, len(cur.positive)
+            else:
+                tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
+                n_pos = len(req.positive)
             # 0 keeps the value in force (the configured default when no guidance is in force); with
             # set_scale the scale is taken as given: s = 0 is "no guidance" (the policy samples unguided chunks)
             base = self.current or StoredGuidance(

@@ -3,7 +3,11 @@
 The pip-side equivalent of ``ros2 service call /set_guidance dynaguide_msgs/srv/SetGuidance ...``::
 
     dynaguide guide --positive open1.png open2.png --negative close.png --scale 1.5
+    dynaguide guide --scale 10          # retune s (or --sigma, --stochastic-steps): the goal images in force stay
     dynaguide guide --clear
+
+Images larger than :data:`MAX_GOAL_SIDE` are downsized here (the embedders use 64-224 px), so a phone photo
+works.  Contradictory flags (``--clear`` with images or values) are refused.
 """
 
 from __future__ import annotations
@@ -14,15 +18,28 @@ from pathlib import Path
 import numpy as np
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3) uint8`` RGB (PNG/JPEG via Pillow)."""
+MAX_GOAL_SIDE = 512
+"""Goal images are downsized to at most this many pixels a side before sending (aspect ratio kept)."""
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class GuideError(ValueError):
+    """A user mistake on the command line: one line, exit code 2."""
+
+
+def load_rgb(path: str | Path, max_side: int | None = MAX_GOAL_SIDE) -> np.ndarray:
+    """Read an image file as ``(H, W, 3) uint8`` RGB (PNG/JPEG via Pillow), downsized to ``max_side``."""
     from PIL import Image as PILImage
 
     try:
         with PILImage.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+            im = im.convert("RGB")
+            if max_side and max(im.size) > max_side:
+                im.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+            return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as exc:
-        raise SystemExit(f"cannot read image {path}: {exc}") from exc
+        raise GuideError(f"cannot read image {path}: {exc}") from exc
 
 
 def call_service(srv_type, name: str, request, timeout: float, node=None):
@@ -74,39 +91,66 @@ def call_clear_guidance(timeout: float = 30.0, node=None):
     return call_service(Trigger, "clear_guidance", Trigger.Request(), timeout, node)
 
 
+def check_args(args) -> None:
+    """Raise :class:`GuideError` for contradictory or meaningless flags."""
+    values = [f for f, v in (("--scale", args.scale is not None), ("--sigma", bool(args.sigma)),
+                             ("--stochastic-steps", bool(args.stochastic_steps))) if v]
+    images = [f for f, v in (("--positive", args.positive), ("--negative", args.negative)) if v]
+    if args.clear and (values or images):
+        raise GuideError(f"--clear removes the guidance; it cannot be combined with {', '.join(images + values)}")
+    if not (args.clear or values or images):
+        raise GuideError("give goal images (--positive/--negative), a value to retune the guidance in force "
+                         "(--scale/--sigma/--stochastic-steps), or --clear")
+    checked = (("--scale", args.scale), ("--sigma", args.sigma), ("--stochastic-steps", args.stochastic_steps))
+    for flag, value in checked:
+        if value is not None and not (np.isfinite(value) and value >= 0):
+            raise GuideError(f"{flag} must be a finite number >= 0, got {value}")
+
+
 def _run(args) -> int:
     from dynaguide_ros.ros_env import apply_localhost_defaults
 
+    try:
+        check_args(args)
+        positive, negative = [load_rgb(p) for p in args.positive], [load_rgb(p) for p in args.negative]
+    except GuideError as exc:
+        print(f"dynaguide guide: {exc}", file=sys.stderr)
+        return 2
     apply_localhost_defaults()
     import rclpy
 
     rclpy.init()
+    print(f"waiting up to {args.timeout:g} s for the graph (/set_guidance; start it with "
+          "`dynaguide launch calvin_sim` or `dynaguide demo`)...", file=sys.stderr, flush=True)
     try:
         if args.clear:
             res = call_clear_guidance(args.timeout)
         else:
-            if not args.positive and not args.negative:
-                print("give --positive and/or --negative images, or --clear", file=sys.stderr)
-                return 2
-            res = call_set_guidance([load_rgb(p) for p in args.positive], [load_rgb(p) for p in args.negative],
-                                    args.scale, args.sigma, args.stochastic_steps, args.timeout)
+            res = call_set_guidance(positive, negative, args.scale, args.sigma, args.stochastic_steps, args.timeout)
     except TimeoutError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"dynaguide guide: {exc}", file=sys.stderr)
         return 1
     finally:
         rclpy.shutdown()
-    print(("ok: " if res.success else "rejected: ") + res.message)
-    return 0 if res.success else 1
+    if not res.success:  # the manager's message already says "rejected: ..."
+        print(res.message, file=sys.stderr)
+        return 1
+    print(f"ok: {res.message}")
+    return 0
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("guide", help="set (or clear) the goal images steering the policy")
-    p.add_argument("--positive", nargs="*", default=[], help="images of desired outcomes")
+    p = subparsers.add_parser("guide", help="set, retune or clear the goal images steering the policy",
+                              description="Set the goal images steering the policy, retune s / sigma / M of the "
+                                          "guidance in force (no images needed), or clear it.")
+    p.add_argument("--positive", nargs="*", default=[], help="images of desired outcomes (large ones are downsized "
+                   f"to {MAX_GOAL_SIDE} px)")
     p.add_argument("--negative", nargs="*", default=[], help="images of undesired outcomes")
     p.add_argument("--scale", type=float, default=None,
                    help="guidance scale s (default: keep the current one; 0 = no guidance, unguided chunks)")
     p.add_argument("--sigma", type=float, default=0.0, help="distance temperature (0 = keep current)")
     p.add_argument("--stochastic-steps", type=int, default=0, help="M (0 = keep current)")
     p.add_argument("--clear", action="store_true", help="remove guidance: run the base policy")
-    p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="seconds to wait for the graph to answer")
     p.set_defaults(func=_run)

@@ -19,6 +19,17 @@ def generate_graph_launch_description(graph: str):
 
     spec = GRAPHS[graph]
     files = [config_path(name) for name in spec.params_files]
+    # the pip launcher's checks on the shipped files: unknown keys, and the real-arm rule (each node checks its own
+    # parameters again when it starts, whatever params_file:= names)
+    from dynaguide.config import ConfigError
+    from dynaguide_ros.graphs import real_arm_refusal
+    from dynaguide_ros.launcher import check_graph_params, read_params
+
+    params = read_params(files)
+    check_graph_params(spec, params, ", ".join(map(str, files)))
+    refusal = real_arm_refusal(params)
+    if refusal:
+        raise ConfigError(refusal)
     actions = [DeclareLaunchArgument("params_file", default_value=str(files[0]),
                                      description="ROS 2 parameters file replacing config/" + spec.params_files[0])]
     params = [LaunchConfiguration("params_file"), *map(str, files[1:])]

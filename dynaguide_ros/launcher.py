@@ -6,6 +6,12 @@ node that crashes (at most ``max_restarts`` times within any ``restart_window_s`
 stops the whole graph and exits non-zero with the reason), and shuts everything down cleanly on
 Ctrl-C / SIGTERM (SIGINT to each node, then SIGKILL after a grace period).  Localhost-only DDS discovery is
 set for every child unless the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
+
+Before anything starts, every parameter of the files and of ``--set`` is checked against the node's typed
+config (a misspelt key is an error naming the closest valid one), and the real-arm rule of
+:func:`dynaguide_ros.graphs.real_arm_refusal` is applied.  A node that exits with
+:data:`dynaguide_ros.node_main.EXIT_CONFIG` (its configuration cannot work) is not restarted: the graph stops
+with that exit code.
 """
 
 from __future__ import annotations
@@ -24,9 +30,54 @@ from typing import Any, TextIO
 
 import yaml
 
-from dynaguide_ros.graphs import GRAPHS, GraphSpec, NodeSpec
+from dynaguide.config import ConfigError
+from dynaguide_ros.graphs import (GRAPHS, UNTRAINED_OVERRIDES, GraphSpec, NodeSpec, config_class,
+                                  real_arm_refusal)
+from dynaguide_ros.node_main import EXIT_CONFIG
 from dynaguide_ros.paths import config_path
 from dynaguide_ros.ros_env import localhost_env
+
+
+def _flatten(section: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def read_params(files: list[Path]) -> dict[str, dict[str, Any]]:
+    """``{node: {dotted.param: value}}`` from ROS 2 parameter files, later files overriding earlier ones."""
+    merged: dict[str, dict[str, Any]] = {}
+    for f in files:
+        try:
+            data = yaml.safe_load(Path(f).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read parameters file {f}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{f}: expected a mapping of node names")
+        for node, section in data.items():
+            params = (section or {}).get("ros__parameters") if isinstance(section, dict) else None
+            if not isinstance(params, dict):
+                raise ConfigError(f"{f}: section {node!r} needs a 'ros__parameters:' mapping")
+            merged.setdefault(str(node).lstrip("/"), {}).update(_flatten(params))
+    return merged
+
+
+def check_graph_params(spec: GraphSpec, params: dict[str, dict[str, Any]], where: str) -> None:
+    """Raise :class:`ConfigError` for a node section or a parameter that the graph does not have."""
+    from dynaguide_ros.params import check_parameters
+
+    by_name = {n.name: n for n in spec.nodes}
+    known = set(by_name) | {n.name for g in GRAPHS.values() for n in g.nodes} | {"**"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown node(s) {unknown}; nodes of this graph: {sorted(by_name)}")
+    for name, node in by_name.items():
+        if name in params:
+            check_parameters(name, config_class(node.executable), params[name])
 
 
 def node_command(spec: NodeSpec, params_files: list[Path]) -> list[str]:
@@ -57,6 +108,19 @@ class GraphLauncher:
         self.spec = GRAPHS[graph] if isinstance(graph, str) else graph
         self.params_files = ([Path(params_file)] if params_file else
                              [config_path(name) for name in self.spec.params_files])
+        overrides = overrides or {}
+        unknown_nodes = sorted(set(overrides) - {n.name for n in self.spec.nodes})
+        if unknown_nodes:
+            raise ConfigError(f"--set: unknown node(s) {unknown_nodes}; nodes of this graph: "
+                              f"{sorted(n.name for n in self.spec.nodes)}")
+        self.params = read_params(self.params_files)
+        check_graph_params(self.spec, self.params, ", ".join(map(str, self.params_files)))
+        check_graph_params(self.spec, overrides, "--set")
+        for node, values in overrides.items():
+            self.params.setdefault(node, {}).update(values)
+        refusal = real_arm_refusal({n.name: self.params.get(n.name, {}) for n in self.spec.nodes})
+        if refusal:
+            raise ConfigError(refusal)
         self._tmp = None
         if overrides:
             self._tmp = tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="dynaguide-overrides-", delete=False)
@@ -67,6 +131,7 @@ class GraphLauncher:
         self.max_restarts = max_restarts
         self.restart_window_s = float(restart_window_s)
         self.failure: str | None = None  # why the graph was given up, once a node ran out of restarts
+        self.failure_code = 1
         self.out = out or sys.stdout
         self._print_lock = threading.Lock()
         nodes = [n for n in self.spec.nodes if only is None or n.name in only]
@@ -103,6 +168,13 @@ class GraphLauncher:
             if self._stopping.is_set() or m.gave_up or m.proc is None or m.proc.poll() is None:
                 continue
             code = m.proc.returncode
+            if code == EXIT_CONFIG:  # its configuration cannot work: a restart would fail the same way
+                m.gave_up = True
+                self.failure = (f"{m.spec.name} cannot start with its configuration (exit code {code}; its reason "
+                                "is the line above): not restarted")
+                self.failure_code = EXIT_CONFIG
+                self.log(self.failure)
+                continue
             now = time.monotonic()
             while m.recent and now - m.recent[0] > self.restart_window_s:
                 m.recent.popleft()
@@ -163,9 +235,9 @@ class GraphLauncher:
             while deadline is None or time.monotonic() < deadline:
                 self.poll()
                 if self.failure is not None:
-                    self.log(f"FATAL: {self.failure}; stopping the graph (exit code 1)")
+                    self.log(f"FATAL: {self.failure}; stopping the graph (exit code {self.failure_code})")
                     sys.stderr.write(f"dynaguide launch: {self.failure}; graph stopped\n")
-                    return 1
+                    return self.failure_code
                 time.sleep(0.2)
         except KeyboardInterrupt:
             self.log("shutting down")
@@ -181,7 +253,7 @@ def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         node, dot, param = key.partition(".")
         if not sep or not dot:
-            raise SystemExit(f"--set expects NODE.PARAM=VALUE, got {item!r}")
+            raise ConfigError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
         out.setdefault(node, {})[param] = yaml.safe_load(value)
     return out
 
@@ -192,10 +264,22 @@ def register(subparsers) -> None:
     p.add_argument("--params-file", help="YAML parameters replacing the graph's files in config/")
     p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                    help="override one parameter, e.g. --set policy_node.replan_period_s=1.0")
+    p.add_argument("--untrained", action="store_true",
+                   help="run randomly initialised models instead of the shipped trained ones (plumbing only; "
+                        "refused with the real arm backend)")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--max-restarts", type=int, default=3, help="restarts allowed per node within --restart-window")
     p.add_argument("--restart-window", type=float, default=60.0, metavar="S",
                    help="seconds over which --max-restarts is counted; past it the graph stops, exit code 1")
-    p.set_defaults(func=lambda a: GraphLauncher(a.graph, a.params_file, _parse_overrides(a.set),
-                                                max_restarts=a.max_restarts,
-                                                restart_window_s=a.restart_window).run(a.duration))
+    p.set_defaults(func=_launch)
+
+
+def _launch(a) -> int:
+    overrides = _parse_overrides(a.set)
+    if a.untrained:
+        for node, values in UNTRAINED_OVERRIDES.items():
+            if any(n.name == node for n in GRAPHS[a.graph].nodes):
+                overrides.setdefault(node, {}).update(values)
+    launcher = GraphLauncher(a.graph, a.params_file, overrides, max_restarts=a.max_restarts,
+                             restart_window_s=a.restart_window)
+    return launcher.run(a.duration)

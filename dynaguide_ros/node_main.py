@@ -8,6 +8,19 @@ from collections.abc import Callable, Sequence
 from dynaguide_ros.ros_env import apply_localhost_defaults
 
 EXIT_GRACE_S = 10.0
+EXIT_CONFIG = 78
+"""Exit code of a node that cannot start with its configuration (BSD sysexits' EX_CONFIG): an unknown or
+invalid parameter, a missing model file, a camera that cannot be opened.  The launcher does not restart a
+node that exits with it (the same configuration would fail the same way)."""
+
+
+def _startup_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "this configuration cannot run" when raised while a node is constructed."""
+    from rclpy.exceptions import ParameterException
+
+    from dynaguide.config import ConfigError
+
+    return (ConfigError, ValueError, OSError, ParameterException)
 """Once spinning has stopped (SIGINT/SIGTERM), the process ends within this time even if a callback
 thread is stuck (the executor's worker threads are joined at interpreter exit)."""
 
@@ -40,6 +53,16 @@ def _exit_if_stuck(grace_s: float):
     return timer
 
 
+def _shutdown_quietly(rclpy) -> None:
+    """``rclpy.shutdown()`` after a failed construction: the context destroys the half-built node it tracks,
+    whose ``destroy_node`` may fail on attributes it never set — that must not hide the real error."""
+    try:
+        if rclpy.ok():
+            rclpy.shutdown()
+    except Exception:  # noqa: BLE001 - secondary to the error already reported
+        pass
+
+
 def spin_node(make_node: Callable[[], object], argv: Sequence[str] | None = None, threads: int = 1) -> int:
     """Create the node from ``make_node()`` and spin it until SIGINT/SIGTERM.
 
@@ -58,11 +81,19 @@ def spin_node(make_node: Callable[[], object], argv: Sequence[str] | None = None
     rclpy.init(args=list(sys.argv if argv is None else ["dynaguide", *argv]),
                signal_handler_options=SignalHandlerOptions.ALL)
     node = None
+    name = getattr(make_node, "__name__", "node")
     # One thread unless a node needs callbacks to wait on each other (the guidance manager): rclpy's
     # MultiThreadedExecutor polls with the GIL held and starved the policy's sampler thread (10x slower).
     executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except _startup_errors() as exc:
+            # one line naming the problem; the partly built node is cleaned up by rclpy.shutdown below
+            sys.stderr.write(f"{name}: cannot start: {exc}\n")
+            sys.stderr.flush()
+            _shutdown_quietly(rclpy)
+            return EXIT_CONFIG
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -81,8 +112,7 @@ def spin_node(make_node: Callable[[], object], argv: Sequence[str] | None = None
             executor.shutdown(timeout_sec=1.0, wait_for_threads=False)
         else:
             executor.shutdown(timeout_sec=1.0)
-        if rclpy.ok():
-            rclpy.shutdown()
+        _shutdown_quietly(rclpy)
         if _other_threads_finished(timeout_s=2.0):
             watchdog.cancel()
     return 0

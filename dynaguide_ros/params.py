@@ -13,7 +13,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dynaguide.config import from_dict, unflatten
+from dynaguide.config import ConfigError, from_dict, unflatten
 
 T = TypeVar("T")
 
@@ -32,8 +32,49 @@ def _flatten(cls: type, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: parameters every rclpy node understands besides its config dataclass's
+STANDARD_PARAMETERS = ("use_sim_time", "start_type_description_service")
+
+
+def _names(cls: type, prefix: str = "") -> list[str]:
+    hints = typing.get_type_hints(cls)
+    out: list[str] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out += _names(tp, prefix + f.name + ".") if dataclasses.is_dataclass(tp) else [prefix + f.name]
+    return out
+
+
+def valid_parameters(cls: type) -> list[str]:
+    """Every parameter name a node configured by ``cls`` accepts (dotted for nested dataclasses)."""
+    return sorted([*_names(cls), *STANDARD_PARAMETERS])
+
+
+def unknown_parameter_error(node_name: str, unknown: list[str], valid: list[str]) -> str:
+    """One line naming the unknown parameter(s), the closest valid name, and every valid one."""
+    import difflib
+
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, valid, n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return f"unknown parameter(s) for {node_name}: {', '.join(hints)}; valid: {', '.join(valid)}"
+
+
+def check_parameters(node_name: str, cls: type, names) -> None:
+    """Raise :class:`~dynaguide.config.ConfigError` if any of ``names`` is not a parameter of ``cls``."""
+    valid = valid_parameters(cls)
+    unknown = sorted(n for n in names if n not in valid and not n.startswith("qos_overrides."))
+    if unknown:
+        raise ConfigError(unknown_parameter_error(node_name, unknown, valid))
+
+
 def declare_config(node, cls: type[T]) -> T:
-    """Declare every field of ``cls`` as a parameter (default = the dataclass default) and build it."""
+    """Declare every field of ``cls`` as a parameter (default = the dataclass default) and build it.
+
+    Parameters given to the node (parameters file, ``-p``) that ``cls`` does not have are an error naming the
+    closest valid one: a misspelt key must never be silently ignored."""
+    check_parameters(node.get_name(), cls, getattr(node, "_parameter_overrides", {}).keys())
     values = {}
     for name, default in _flatten(cls).items():
         if default is None:

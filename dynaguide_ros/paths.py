@@ -34,3 +34,26 @@ def config_path(name: str) -> Path:
 
 def launch_path(name: str) -> Path:
     return share_dir() / "launch" / name
+
+
+def resolve_model_path(path: str) -> str:
+    """A model path as the graphs' parameters give it: ``""`` stays ``""``; ``~`` expands; an absolute path is
+    kept; a relative one is looked up under the share directory (the repo, or the installed package: where
+    ``checkpoints/`` ships) first, then the current directory — so the graphs find the shipped models from
+    any directory.  A path found in neither raises ``FileNotFoundError`` naming both places."""
+    if not path:
+        return ""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        if not p.exists():
+            raise FileNotFoundError(f"model path {p} does not exist")
+        return str(p)
+    try:
+        shipped = share_dir() / p
+    except FileNotFoundError:
+        shipped = None
+    for candidate in (shipped, Path.cwd() / p):
+        if candidate is not None and candidate.exists():
+            return str(candidate.resolve())
+    raise FileNotFoundError(f"model path {path!r} found neither under {shipped.parent if shipped else '?'}"
+                            f"/{path} nor under the current directory {Path.cwd()}")

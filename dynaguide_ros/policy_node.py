@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -56,6 +57,10 @@ from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
 
 @dataclass
 class PolicyNodeConfig:
+    # a directory with policy/ and dynamics/ (e.g. the shipped checkpoints/calvin_effnet); relative paths
+    # resolve under the repo / installed package first, then the current directory.  runner.policy_checkpoint /
+    # runner.dynamics_checkpoint, when set, take precedence.  All empty: UNTRAINED random models (plumbing only).
+    models: str = ""
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     action_space: str = "calvin_rel_ee"
     action_dt: float = 1.0 / 30.0
@@ -65,6 +70,10 @@ class PolicyNodeConfig:
     max_embedding_age_s: float = 2.0
     frame_id: str = "world"
     path_scale_m: float = 0.02                # calvin_rel_ee: metres per action unit (for markers)
+    lockstep: bool = False                    # the simulator waits for the policy (calvin_bridge lockstep): act
+                                              # only once the state and, when guided, the embedding of the newest
+                                              # frame have arrived — the inputs the policy was trained on, and the
+                                              # same run for the same seed
 
 
 def integrate_path(start_xyz: np.ndarray, actions: np.ndarray, action_space: str, scale: float) -> np.ndarray:
@@ -78,13 +87,29 @@ def integrate_path(start_xyz: np.ndarray, actions: np.ndarray, action_space: str
     return np.vstack([start_xyz, start_xyz + np.cumsum(steps, axis=0)])
 
 
+def resolved_runner_config(cfg: PolicyNodeConfig) -> RunnerConfig:
+    """``cfg.runner`` with its checkpoints filled from ``cfg.models`` and every path resolved
+    (:func:`dynaguide_ros.paths.resolve_model_path`: not relative to the current directory)."""
+    from dataclasses import replace
+
+    from dynaguide_ros.paths import resolve_model_path
+
+    policy, dynamics = cfg.runner.policy_checkpoint, cfg.runner.dynamics_checkpoint
+    if cfg.models:
+        models = Path(resolve_model_path(cfg.models))
+        policy = policy or str(models / "policy")
+        dynamics = dynamics or str(models / "dynamics")
+    return replace(cfg.runner, policy_checkpoint=resolve_model_path(policy),
+                   dynamics_checkpoint=resolve_model_path(dynamics))
+
+
 class PolicyNode(Node):
     def __init__(self) -> None:
         super().__init__("policy_node")
         self.cfg = declare_config(self, PolicyNodeConfig)
         if self.cfg.proprio_source not in ("calvin_state", "joint_states"):
             raise ValueError(f"proprio_source must be calvin_state or joint_states, got {self.cfg.proprio_source!r}")
-        self.runner = GuidedPolicyRunner.from_config(self.cfg.runner)
+        self.runner = GuidedPolicyRunner.from_config(resolved_runner_config(self.cfg))
         if not self.runner.trained:
             self.get_logger().warning("no checkpoints configured: running an UNTRAINED, randomly initialised policy")
         elif self.runner.expected_embedder_id is None:
@@ -107,6 +132,7 @@ class PolicyNode(Node):
         self.tcp_xyz = np.zeros(3)
         self.embedding: tuple[float, np.ndarray, str] | None = None
         self.guidance_revision = 0
+        self._replan = False  # a guidance change: replan from the current observation at once
         self.sequence = 0
         data = MutuallyExclusiveCallbackGroup()
         for key in self.frames:
@@ -185,8 +211,10 @@ class PolicyNode(Node):
 
     def _on_guidance(self, msg: GuidanceSet) -> None:
         if not msg.active:
-            self.runner.clear_guidance()
-            self.guidance_revision = msg.revision
+            with self._lock:
+                self.runner.clear_guidance()
+                self.guidance_revision = msg.revision
+                self._replan = True
             self.get_logger().info(f"guidance revision {msg.revision}: inactive, running the base policy")
             return
         try:
@@ -201,7 +229,9 @@ class PolicyNode(Node):
         except (MessageError, ValueError) as exc:
             self.get_logger().error(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")
             return
-        self.guidance_revision = msg.revision
+        with self._lock:
+            self.guidance_revision = msg.revision
+            self._replan = True
         self.get_logger().info(f"guidance revision {msg.revision} in force: {len(msg.positive)} positive, "
                                f"{len(msg.negative)} negative, scale {msg.scale:g}, sigma {msg.sigma:g}")
 
@@ -216,9 +246,12 @@ class PolicyNode(Node):
                 self.get_logger().error(f"policy tick failed: {exc!r}", throttle_duration_sec=2.0)
 
     def destroy_node(self) -> None:
-        self._stop.set()
-        self._worker.join(timeout=5.0)
-        self.runner.close()
+        # attributes may be missing when the constructor failed (rclpy then destroys the half-built node)
+        if hasattr(self, "_stop"):
+            self._stop.set()
+            self._worker.join(timeout=5.0)
+        if hasattr(self, "runner"):
+            self.runner.close()
         super().destroy_node()
 
     def _tick(self) -> None:
@@ -228,9 +261,20 @@ class PolicyNode(Node):
                 self.get_logger().info("waiting for camera images and proprioception", throttle_duration_sec=5.0)
                 return
             obs_stamp = min(f.newest_stamp for f in self.frames.values())
-            # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step
-            if obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt:
+            # half an action period of slack: a period of 8 / 30 s written as 0.2667 must not wait for a 9th step;
+            # a guidance change replans from the current observation at once
+            if (not self._replan
+                    and obs_stamp - self._last_obs_used < self.cfg.replan_period_s - 0.5 * self.cfg.action_dt):
                 return  # the last chunk is recent enough
+            if self.cfg.lockstep:  # the world waits: take the state and the embedding of this very frame
+                if self.proprio.newest_stamp < obs_stamp:
+                    return
+                if self.runner.guidance is not None and (self.embedding is None or self.embedding[0] < obs_stamp):
+                    return
+            # a guidance change restarts the sampling noise from runner.seed: the first chunk under new guidance
+            # is the same whether or not an earlier chunk was computed (a held world's demo start is repeatable)
+            reseed, self._replan = self._replan, False
+            revision = self.guidance_revision
             images = {k: np.stack(f.padded(self.n_obs)) for k, f in self.frames.items()}
             proprio = np.stack(self.proprio.padded(self.n_obs))
             embedding = self.embedding
@@ -247,6 +291,8 @@ class PolicyNode(Node):
                                           "not acting", throttle_duration_sec=2.0)
                 return
             tokens, tokens_id = embedding[1], embedding[2]
+        if reseed:
+            self.runner.generator.manual_seed(self.cfg.runner.seed)
         rtc_shift, rtc_delay = self.rtc_schedule.request(obs_stamp)
         try:
             result = self.runner.act(images, proprio, tokens, tokens_id, rtc_shift=rtc_shift, rtc_delay=rtc_delay)
@@ -274,7 +320,7 @@ class PolicyNode(Node):
                 throttle_duration_sec=10.0)
         diag = PolicyDiagnostics(sequence=self.sequence, guided=result.guided, latency_ms=float(latency_ms),
                                  compute_ms=float(result.compute_ms), metric=float(result.metric),
-                                 observation_age_ms=float(age * 1e3), guidance_revision=int(self.guidance_revision),
+                                 observation_age_ms=float(age * 1e3), guidance_revision=int(revision),
                                  compute_p95_ms=float(self.latency.p95_ms), budget_ms=float(self.latency.budget_ms),
                                  keeps_up=bool(self.latency.keeps_up))
         diag.header.stamp = stamp_msg

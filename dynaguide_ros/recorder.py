@@ -38,8 +38,10 @@ from pathlib import Path
 from dynaguide.inputs import one_line
 
 DEFAULT_TOPICS: tuple[str, ...] = ("camera/rgb_static", "calvin/state", "joint_states", "action_chunk",
-                                   "calvin/behaviour", "guidance/state")
-"""What ``dynaguide record`` records by default: what ``dynaguide dataset from-mcap`` needs from the sim graph."""
+                                   "calvin/behaviour", "guidance/state", "policy/predicted_path",
+                                   "policy/diagnostics")
+"""What ``dynaguide record`` records by default: what ``dynaguide dataset from-mcap`` needs from the sim graph,
+and the policy's plan (``policy/predicted_path``) and per-chunk diagnostics, so a recording shows what it meant."""
 
 KNOWN_TYPES: dict[str, str] = {
     "camera/rgb_static": "sensor_msgs/msg/Image",
@@ -51,6 +53,7 @@ KNOWN_TYPES: dict[str, str] = {
     "action_chunk": "dynaguide_msgs/msg/ActionChunk",
     "guidance/state": "dynaguide_msgs/msg/GuidanceState",
     "policy/diagnostics": "dynaguide_msgs/msg/PolicyDiagnostics",
+    "policy/predicted_path": "visualization_msgs/msg/MarkerArray",
     "ee_pose": "geometry_msgs/msg/PoseStamped",
 }
 """Types of the stack's topics (relative names); other topics need ``NAME:TYPE`` or a publisher to ask."""

@@ -192,3 +192,23 @@ def test_tcp_stays_inside_the_workspace_when_driven_down_and_out():
             tcp = obs["robot_obs"][:3]
             assert np.all(tcp >= lo - 0.02), tcp
             assert np.all(tcp <= hi + 0.02), tcp
+
+
+def test_robot_description_names_the_published_joints_and_existing_meshes(env):
+    """``/robot_description``: the URDF under a ``world`` link at the arm's base, with every joint that
+    ``joint_states`` names and mesh files that exist (absolute file:// URIs for rviz / Foxglove)."""
+    import re
+    import xml.etree.ElementTree as ET
+
+    from calvin_bridge.robot import panda_description
+
+    layout = env.scene.layout
+    urdf = ET.fromstring(panda_description(layout.robot_base_position, layout.robot_base_orientation))
+    joints = {j.get("name"): j for j in urdf.iter("joint")}
+    assert set(env.joint_names) <= set(joints)
+    base = joints["world_to_panda"]
+    assert base.find("parent").get("link") == "world" and base.find("child").get("link") == "panda_link0"
+    xyz = [float(v) for v in base.find("origin").get("xyz").split()]
+    assert np.allclose(xyz, layout.robot_base_position, atol=1e-5)
+    meshes = [m.get("filename") for m in urdf.iter("mesh")]
+    assert meshes and all(re.match(r"file:///", f) and Path(f[len("file://"):]).is_file() for f in meshes)

@@ -56,13 +56,14 @@ def test_graph_files_give_the_policy_node_settings(name):
     assert settings.action_dt > 0 and settings.replan_period_s > 0 and settings.camera_size > 0
     if name == "calvin_sim":
         assert (settings.runner.embed_tokens, settings.runner.embed_dim) == (64, 112)
-        assert settings.camera_size == 200
+        assert settings.camera_size == 96  # the size the shipped models were trained on
+        assert settings.runner.policy_checkpoint.endswith("calvin_effnet/policy")  # trained by default
     with_ckpt = load_graph_policy(ROOT / "config" / f"{name}.yaml", checkpoints="ckpt")
     assert with_ckpt.runner.policy_checkpoint == str(Path("ckpt") / "policy")
 
 
 def test_bench_reports_budget_and_exact_variants_match(tmp_path):
-    settings = load_graph_policy(ROOT / "config" / "calvin_sim.yaml")  # untrained models: same cost, no files
+    settings = load_graph_policy(ROOT / "config" / "calvin_sim.yaml")  # the shipped trained models
     settings.camera_size = 64
     entry = bench_graph(settings, chunks=2, goals=3, warmup=1)
     assert entry["budget_ms"] == pytest.approx(8 / 30 * 1e3, abs=0.2)

@@ -183,6 +183,18 @@ def test_malformed_set_guidance_requests_are_rejected_and_change_nothing(graph, 
     assert launcher.running()["guidance_manager"]
 
 
+def test_a_request_without_images_retunes_the_guidance_in_force(graph, ros_node):
+    """``dynaguide guide --scale 7`` with no images: the goal embeddings in force, the new s; σ and M kept."""
+    from dynaguide_ros.guide_cli import call_set_guidance
+
+    first = call_set_guidance(_images(3, 20), _images(1, 21), scale=2.0, sigma=25.0, node=ros_node)
+    assert first.success, first.message
+    retuned = call_set_guidance([], [], scale=7.0, node=ros_node)
+    assert retuned.success and retuned.revision == first.revision + 1, retuned.message
+    assert (retuned.num_positive, retuned.num_negative) == (3, 1), retuned.message
+    assert "scale 7, sigma 25" in retuned.message, retuned.message
+
+
 def test_scale_zero_over_set_guidance_gives_unguided_chunks(graph, ros_node):
     """s = 0 is expressible over ``/set_guidance`` (``set_scale``) and the policy then samples unguided chunks
     under that revision; a later request without a scale keeps s = 0, one with a scale guides again."""

@@ -163,6 +163,9 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
     assert stats["sized"]["stop_reason"].startswith("size limit") and stats["sized"]["bytes"] >= 150000
     assert stats["signalled"]["stop_reason"].startswith("interrupted")
     assert stats["timed"]["messages"]["/action_chunk"] >= 5, stats
+    # the plan and the diagnostics are recorded by default: a recording shows what the policy meant to do
+    assert stats["timed"]["messages"]["/policy/predicted_path"] >= 5, stats
+    assert stats["timed"]["messages"]["/policy/diagnostics"] >= 5, stats
 
     # every file is finalised (summary section) and decodes with mcap-ros2-support; bytes = rclpy's CDR
     for name in recorders:
@@ -184,6 +187,8 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
                 seen[channel.topic] = seen.get(channel.topic, 0) + 1
                 if seen[channel.topic] <= 2:
                     ros_msg = rclpy.serialization.deserialize_message(message.data, _message_class(schema.name))
+                    if schema.name == "visualization_msgs/msg/MarkerArray":  # no header of its own
+                        decoded, ros_msg = decoded.markers[0], ros_msg.markers[0]
                     assert decoded.header.stamp.sec == ros_msg.header.stamp.sec
                     assert decoded.header.stamp.nanosec == ros_msg.header.stamp.nanosec
                     if schema.name == "sensor_msgs/msg/Image":
