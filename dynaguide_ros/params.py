@@ -167,7 +167,13 @@ def check_params_files(graph: str, files: list[str | Path], overrides: dict[str,
     for node, params in merged.items():
         if node not in names:
             where = next(iter(params.values()))[1] if params else "parameters"
-            raise ConfigError(f"{where}: no node {node!r} in graph {graph!r} (nodes: {sorted(names)})")
+            raise ConfigError(f"{where}: unknown node(s) [{node!r}]: no node {node!r} in graph {graph!r} "
+                              f"(nodes: {sorted(names)})")
+    from dynaguide_ros.graphs import real_arm_refusal
+
+    refusal = real_arm_refusal({n: {k: v for k, (v, _) in p.items()} for n, p in merged.items()})
+    if refusal:   # before the nodes' own checks: driving the real arm unsafely is the first thing to refuse
+        raise ConfigError(refusal)
     for node_name, node_spec in names.items():
         target = NODE_CONFIGS.get(node_spec.executable)
         if target is None or node_name not in merged:
@@ -180,8 +186,10 @@ def check_params_files(graph: str, files: list[str | Path], overrides: dict[str,
             if name in ROS_STANDARD_PARAMETERS:
                 continue
             if name not in declared:
-                close = sorted(declared, key=lambda d: _distance(d, name))[:3]
-                raise ConfigError(f"{where}: {node_name}: unknown parameter {name!r} (did you mean {close}?)")
+                close = min(declared, key=lambda d: _distance(d, name)) if declared else None
+                hint = f" (did you mean {close!r}?)" if close else ""
+                raise ConfigError(f"{where}: {node_name}: unknown parameter {name!r}{hint}; "
+                                  f"valid: {', '.join(sorted(declared))}")
             default = "" if declared[name] is None else declared[name]
             want, got = _ros_type(default), _ros_type(value)
             if want != got and not (isinstance(default, list) and isinstance(value, list) and not default):
