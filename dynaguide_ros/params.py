@@ -93,15 +93,10 @@ def declare_config(node, cls: type[T]) -> T:
 
 
 # ------------------------------------------------------------------------------ parameter files, before launch
-#: node executable -> "module:ConfigClass" for the nodes whose parameters are one config dataclass
-#: (:func:`declare_config`); their parameter files are checked before any process starts
-NODE_CONFIGS: dict[str, str] = {
-    "camera_node": "dynaguide_ros.camera_node:CameraNodeConfig",
-    "embedding_node": "dynaguide_ros.embedding_node:EmbeddingNodeConfig",
-    "policy_node": "dynaguide_ros.policy_node:PolicyNodeConfig",
-    "guidance_manager": "dynaguide_ros.guidance_manager_node:GuidanceManagerConfig",
-    "calvin_bridge": "calvin_bridge.node:CalvinBridgeConfig",
-}
+#: node executables whose parameter files are *not* checked before launch: the ARX5 driver declares its parameters
+#: by hand rather than through one config dataclass (:func:`declare_config`); every other executable of
+#: :data:`dynaguide_ros.graphs.NODE_CONFIGS` is checked before any process starts
+UNCHECKED_BEFORE_LAUNCH = ("arx5_driver",)
 ROS_STANDARD_PARAMETERS = ("use_sim_time",)
 """Parameters every rclpy node declares itself."""
 
@@ -143,10 +138,8 @@ def check_params_files(graph: str, files: list[str | Path], overrides: dict[str,
     value}}``) against each node's config dataclass as the node will read them: unknown parameters, values of
     another ROS type than the declared default (rclpy refuses them and the node dies at start) and values the
     dataclass refuses all raise :class:`~dynaguide.config.ConfigError` naming the file, node and parameter."""
-    import importlib
-
     from dynaguide.config import ConfigError, load_yaml
-    from dynaguide_ros.graphs import GRAPHS
+    from dynaguide_ros.graphs import GRAPHS, NODE_CONFIGS, config_class, real_arm_refusal
 
     spec = GRAPHS[graph]
     merged: dict[str, dict[str, tuple[Any, str]]] = {}   # node -> param -> (value, where it was set)
@@ -169,17 +162,14 @@ def check_params_files(graph: str, files: list[str | Path], overrides: dict[str,
             where = next(iter(params.values()))[1] if params else "parameters"
             raise ConfigError(f"{where}: unknown node(s) [{node!r}]: no node {node!r} in graph {graph!r} "
                               f"(nodes: {sorted(names)})")
-    from dynaguide_ros.graphs import real_arm_refusal
-
     refusal = real_arm_refusal({n: {k: v for k, (v, _) in p.items()} for n, p in merged.items()})
     if refusal:   # before the nodes' own checks: driving the real arm unsafely is the first thing to refuse
         raise ConfigError(refusal)
     for node_name, node_spec in names.items():
-        target = NODE_CONFIGS.get(node_spec.executable)
-        if target is None or node_name not in merged:
+        if (node_spec.executable not in NODE_CONFIGS or node_spec.executable in UNCHECKED_BEFORE_LAUNCH
+                or node_name not in merged):
             continue
-        module, cls_name = target.split(":")
-        cls = getattr(importlib.import_module(module), cls_name)
+        cls = config_class(node_spec.executable)
         declared = _flatten(cls)
         values: dict[str, Any] = {}
         for name, (value, where) in merged[node_name].items():

@@ -76,7 +76,8 @@ def apply_protocol(cfg: CalvinExperimentConfig, path: str | Path, require_commit
     :class:`ProtocolError` when the file is not committed, or a registered model's bytes changed."""
     path = Path(path)
     try:
-        protocol = json.loads(path.read_text())
+        raw = path.read_bytes()
+        protocol = json.loads(raw)
     except (OSError, json.JSONDecodeError) as exc:
         raise ProtocolError(f"cannot read protocol {path}: {exc}") from None
     if protocol.get("format") != FORMAT:
@@ -92,5 +93,5 @@ def apply_protocol(cfg: CalvinExperimentConfig, path: str | Path, require_commit
     ev = from_dict(EvalConfig, protocol["eval"])
     data = dataclasses.replace(cfg.data, validation=protocol["data"]["start_poses"], goals=protocol["data"]["goals"],
                                static_size=protocol["data"]["static_size"])
-    protocol["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    protocol["sha256"] = hashlib.sha256(raw).hexdigest()
     return dataclasses.replace(cfg, eval=ev, data=data), protocol
