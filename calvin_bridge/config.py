@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+
+#: the env's cameras (``CalvinEnv.render_cameras`` keys) → their dataset keys in recorded HDF5 files
+#: (:mod:`calvin_bridge.datasets`)
+DATASET_CAMERAS = {"rgb_static": "third_person", "rgb_gripper": "eye_in_hand"}
+
 @dataclass
 class CameraConfig:
     """A pinhole camera rendered with PyBullet's TINY renderer.

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dynaguide.data import Demo, write_demo
 
-from calvin_bridge.config import CalvinEnvConfig
+from calvin_bridge.config import DATASET_CAMERAS, CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import BEHAVIOURS, behaviour_scene, expected_label, run_expert, table_surface
 
@@ -96,8 +96,8 @@ def record_segment(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
     frames = {"third_person": [], "eye_in_hand": [], "proprio": [], "states": [], "actions": []}
 
     def keep(o: dict, action: np.ndarray | None) -> None:
-        frames["third_person"].append(o["rgb_static"])
-        frames["eye_in_hand"].append(o["rgb_gripper"])
+        for camera, key in DATASET_CAMERAS.items():
+            frames[key].append(o[camera])
         frames["proprio"].append(o["robot_obs"])
         frames["states"].append(o["scene_obs"])
         frames["actions"].append(action)
@@ -116,7 +116,7 @@ def record_segment(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
 
 def write_segment(group: h5py.Group, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
     """One recorded segment (or goal frame) through the method core's writer (:func:`dynaguide.data.write_demo`)."""
-    demo = Demo(actions=arrays["actions"], images={cam: arrays[cam] for cam in ("third_person", "eye_in_hand")},
+    demo = Demo(actions=arrays["actions"], images={key: arrays[key] for key in DATASET_CAMERAS.values()},
                 proprio=arrays["proprio"], states=arrays["states"])
     write_demo(group, demo, name, attrs=attrs, compression="gzip", compression_opts=1)
 

@@ -379,3 +379,48 @@ def test_lockstep_rtc_pulls_the_overlap_towards_the_previous_plan_and_freezes_no
     np.testing.assert_array_equal(prefix[0, :8].numpy(), plan[8:])      # the previous plan's unexecuted tail
     assert float(weights[0, 0]) < 1.0 and float(weights[0, 7]) > 0.0  # soft on the overlap, nothing frozen
     assert float(weights[0, 8:].abs().sum()) == 0.0
+
+
+def test_a_policy_that_sees_the_gripper_camera_gets_its_frames_in_the_harness(tiny_setup, tmp_path):
+    """A two-camera policy (static + wrist, as the paper's) runs through the harness: the planner's observation
+    carries both cameras' last To frames, rendered by the real env, and the policy conditions on them."""
+    from dynaguide.experiments.calvin.harness import CellRunner, Planners, Task
+
+    root, cfg = tiny_setup
+    torch.manual_seed(0)
+    policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=("rgb_static", "rgb_gripper"), image_size=SIZE,
+                                                       proprio_dim=15, action_dim=7, n_action_steps=8))
+    policy.set_normalizer_stats(-torch.ones(7), torch.ones(7), -3 * torch.ones(15), 3 * torch.ones(15))
+    save_checkpoint(tmp_path / "policy", policy, policy.cfg)
+    seen = []
+    encode = policy.encode_observation
+
+    def spy(obs):
+        seen.append({k: tuple(v.shape) for k, v in obs.items()})
+        return encode(obs)
+
+    policy.encode_observation = spy
+    runner = CellRunner(CalvinEnvConfig(), cfg.eval, load_start_poses(cfg.data.validation), 2, 8,
+                        policy.unnormalize_actions, cameras=policy.cfg.image_keys)
+    planners = Planners(policy, None, None, cfg.eval, {}, max_rel_pos=0.02)
+    records = []
+    try:
+        runner.run_cell(Task.single("switch_on"), 0, planners.make("base", "switch_on"), set(), records.append,
+                        progress=False)
+    finally:
+        runner.close()
+    assert len(records) == cfg.eval.trials and seen
+    gripper = CalvinEnvConfig().gripper_camera
+    for shapes in seen:
+        assert shapes["rgb_gripper"][1:] == (2, 3, gripper.height, gripper.width)
+        assert shapes["rgb_static"][1:3] == (2, 3) and shapes["rgb_static"][0] == shapes["rgb_gripper"][0]
+    # and through the experiment command, with the policy loaded from its checkpoint
+    result = run_experiment(cfg, "articulated", ["base"], tmp_path / "run", targets=["switch_on"], progress=False,
+                            policy_dir=str(tmp_path / "policy"))
+    assert result["behaviours"]["switch_on"]["base"]["n"] == cfg.eval.trials
+
+
+@pytest.mark.parametrize("cameras", [("rgb_gripper",), ("rgb_static", "rgb_wrist"), ("rgb_static", "rgb_static")])
+def test_model_config_refuses_policy_cameras_the_env_does_not_render(cameras):
+    with pytest.raises(ValueError, match="policy_cameras"):
+        ModelConfig(policy_cameras=cameras)

@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from calvin_bridge.config import DATASET_CAMERAS
 from dynaguide.config import load_config
 from dynaguide.embedders import EmbedderConfig
 from dynaguide.guidance.goals import GuidanceConfig
@@ -90,13 +91,24 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """CPU-config models; ``policy_image_size`` is what the policy sees (frames are resized)."""
+    """CPU-config models; ``policy_image_size`` is what the policy sees (frames are resized);
+    ``policy_cameras``: the env cameras the base policy sees (``rgb_static`` always; ``rgb_gripper``: the wrist
+    camera too, as the paper's policy)."""
 
     policy_image_size: int = 64
     n_obs_steps: int = 2
     horizon: int = 16
     n_action_steps: int = 8
     dynamics_pool: int = 2                # outcome latent = token grid average-pooled by this factor
+    policy_cameras: tuple[str, ...] = ("rgb_static",)
+
+    def __post_init__(self) -> None:
+        self.policy_cameras = tuple(self.policy_cameras)
+        unknown = [c for c in self.policy_cameras if c not in DATASET_CAMERAS]
+        if unknown or "rgb_static" not in self.policy_cameras or len(set(self.policy_cameras)) != len(
+                self.policy_cameras):
+            raise ValueError(f"model.policy_cameras must list distinct cameras of {sorted(DATASET_CAMERAS)} "
+                             f"including 'rgb_static', got {list(self.policy_cameras)}")
 
 
 @dataclass

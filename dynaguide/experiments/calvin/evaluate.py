@@ -163,7 +163,8 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
     planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,
                         action_transform=action_transform)
     runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, ev.commit_steps or policy.cfg.n_action_steps,
-                        policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)))
+                        policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)),
+                        cameras=policy.cfg.image_keys)
     try:
         for target in targets:
             for method in methods:

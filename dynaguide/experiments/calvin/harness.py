@@ -50,7 +50,8 @@ from dynaguide.guidance.sampler import guided_ddim_sample
 
 from dynaguide.experiments.calvin.config import EvalConfig, ObjectiveSetup
 
-#: the policy's camera name (the env's ``rgb_static``)
+#: the static camera (the env's ``rgb_static``): what the embedder and the dynamics model see, and the camera
+#: every base policy has; a policy may see further env cameras (``rgb_gripper``), listed in its ``image_keys``
 POLICY_CAMERA = "rgb_static"
 
 
@@ -216,7 +217,8 @@ class Observation:
     ``robot_obs``; targets: ``(B, 3)`` m, the target part's contact point (ITPS only); generators: one
     torch generator per environment (its trial's noise stream); prefix / prefix_weights: real-time chunking's
     ``(B, T, A)`` normalised previous-chunk actions aligned to the new chunk and ``(B, T)`` soft mask
-    (:func:`dynaguide.guidance.sampler.guided_ddim_sample`), None without RTC.
+    (:func:`dynaguide.guidance.sampler.guided_ddim_sample`), None without RTC; cameras: the policy's further
+    cameras by env name (``rgb_gripper``: ``(B, To, 3, h, w)`` float [0, 1]), empty for a static-only policy.
     """
 
     images: torch.Tensor
@@ -225,6 +227,11 @@ class Observation:
     generators: list[torch.Generator]
     prefix: torch.Tensor | None = None
     prefix_weights: torch.Tensor | None = None
+    cameras: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+
+    def policy_inputs(self) -> dict[str, torch.Tensor]:
+        """The policy's observation dict: every camera under its env name and ``proprio``."""
+        return {POLICY_CAMERA: self.images, **self.cameras, "proprio": self.proprio}
 
 
 Planner = Callable[[Observation], torch.Tensor]   # → normalised chunks (B, T, A)
@@ -265,7 +272,7 @@ class Planners:
 
     def _cond(self, obs: Observation) -> torch.Tensor:
         with torch.no_grad():
-            return self.policy.encode_observation({POLICY_CAMERA: obs.images, "proprio": obs.proprio})
+            return self.policy.encode_observation(obs.policy_inputs())
 
     def _objective(self, obs: Observation, guidance: GuidanceSet) -> DynaGuideObjective:
         with torch.no_grad():
@@ -319,7 +326,7 @@ class Planners:
                 raise ValueError("method 'goal_conditioned' needs a goal-conditioned policy checkpoint")
             goal = to_image_tensor(self.goals[task.name][:1])
             gc = self.gc_policy
-            return lambda obs: goal_conditioned_sample(gc, {POLICY_CAMERA: obs.images, "proprio": obs.proprio}, goal,
+            return lambda obs: goal_conditioned_sample(gc, obs.policy_inputs(), goal,
                                                        ddim=gc.cfg.ddim, generator=obs.generators).actions
         raise ValueError(f"unknown method {method!r}")
 
@@ -329,7 +336,7 @@ class Planners:
 class _Slot:
     trial: int
     seed: int
-    frames: list[np.ndarray]
+    frames: dict[str, list[np.ndarray]]   # camera (env name) → its last To frames (H, W, 3) uint8, oldest first
     proprio: list[np.ndarray]
     target_xyz: np.ndarray
     generator: torch.Generator
@@ -356,11 +363,13 @@ class CellRunner:
 
     def __init__(self, env_config: CalvinEnvConfig, eval_cfg: EvalConfig, start_poses: np.ndarray,
                  n_obs_steps: int, n_action_steps: int, unnormalize: Callable[[torch.Tensor], torch.Tensor],
-                 action_offset: int = 0) -> None:
+                 action_offset: int = 0, cameras: Sequence[str] = (POLICY_CAMERA,)) -> None:
         """``action_offset``: chunk index of the current step (the policy's ``action_offset``: 0 for ours,
-        To − 1 for a LeRobot policy); execution starts there."""
+        To − 1 for a LeRobot policy); execution starts there.  ``cameras``: the env cameras the policy sees (its
+        ``image_keys``); the static camera is always rendered (the embedder's input)."""
         if action_offset < 0:
             raise ValueError(f"action_offset must be >= 0, got {action_offset}")
+        self.cameras = (POLICY_CAMERA, *dict.fromkeys(c for c in cameras if c != POLICY_CAMERA))
         self.env_config = dataclasses.replace(env_config, render_every_step=False, max_episode_steps=None)
         self.cfg = eval_cfg
         self.start_poses = start_poses
@@ -386,14 +395,42 @@ class CellRunner:
         scene = scene_for_behaviours(env, task.scene, rng)
         env.reset(seed=seed, options={"scene": scene, "robot_joints": pose[:7],
                                       "gripper": float(np.sign(pose[7]) or 1.0)})
-        image = env.render_cameras()["rgb_static"]
+        images = self._render(env)
         proprio = env.robot.robot_obs()
         hold = np.zeros(7)
         hold[6] = float(np.sign(pose[7]) or 1.0)
-        return _Slot(trial, seed, [image] * self.n_obs_steps, [proprio] * self.n_obs_steps,
+        return _Slot(trial, seed, {c: [image] * self.n_obs_steps for c, image in images.items()},
+                     [proprio] * self.n_obs_steps,
                      target_point(env, task.positives[0]) if task.is_single else np.zeros(3),
                      torch.Generator().manual_seed(seed), started=time.perf_counter(),
                      hold=hold)
+
+    def _render(self, env: CalvinEnv) -> dict[str, np.ndarray]:
+        """The policy's cameras of ``env``'s current state: env name → ``(H, W, 3)`` uint8."""
+        images = env.render_cameras()
+        missing = [c for c in self.cameras if c not in images]
+        if missing:
+            raise ValueError(f"the env renders no camera {missing} (it has {sorted(images)})")
+        return {c: images[c] for c in self.cameras}
+
+    def observe_frame(self, slot: _Slot, env: CalvinEnv, robot_obs: np.ndarray) -> None:
+        """Append ``env``'s current frames and ``robot_obs (15,)`` to ``slot``'s last-To histories."""
+        for camera, image in self._render(env).items():
+            slot.frames[camera] = (slot.frames[camera] + [image])[-self.n_obs_steps:]
+        slot.proprio = (slot.proprio + [robot_obs])[-self.n_obs_steps:]
+
+    def observation(self, slots: Sequence[_Slot], targets: torch.Tensor | None = None,
+                    prefix: torch.Tensor | None = None, prefix_weights: torch.Tensor | None = None) -> Observation:
+        """The planners' :class:`Observation` of ``slots`` (``targets`` ``(B, 3)``: zeros when None)."""
+        def frames(camera: str) -> torch.Tensor:
+            return to_image_tensor(np.stack([np.stack(s.frames[camera]) for s in slots]))
+
+        return Observation(
+            images=frames(POLICY_CAMERA),
+            proprio=torch.from_numpy(np.stack([np.stack(s.proprio) for s in slots])).float(),
+            targets=targets if targets is not None else torch.zeros(len(slots), 3),
+            generators=[s.generator for s in slots], prefix=prefix, prefix_weights=prefix_weights,
+            cameras={c: frames(c) for c in self.cameras if c != POLICY_CAMERA})
 
     def _actions_of_tick(self, slot: _Slot, chunk: np.ndarray, normalised: np.ndarray | None = None) -> np.ndarray:
         """The ``n_action_steps`` actions executed between two replanning ticks, counted from the chunk's current
@@ -461,11 +498,9 @@ class CellRunner:
                     slots[i] = self._start(self._env(i), task, trial, trial_seed(self.cfg, target_index, trial))
             active = [i for i, s in enumerate(slots) if s is not None]
             prefix, weights = self._rtc_prefix([slots[i] for i in active], *self._chunk_shape)
-            obs = Observation(
-                images=to_image_tensor(np.stack([np.stack(slots[i].frames) for i in active])),
-                proprio=torch.from_numpy(np.stack([np.stack(slots[i].proprio) for i in active])).float(),
-                targets=torch.from_numpy(np.stack([slots[i].target_xyz for i in active])).float(),
-                generators=[slots[i].generator for i in active], prefix=prefix, prefix_weights=weights)
+            obs = self.observation([slots[i] for i in active],
+                                   torch.from_numpy(np.stack([slots[i].target_xyz for i in active])).float(),
+                                   prefix, weights)
             with torch.no_grad():
                 chunk = planner(obs)
                 raw = self.unnormalize(chunk).cpu().numpy()
@@ -489,8 +524,7 @@ class CellRunner:
                         slot.label = "no_behaviour"
                         break
                     if k >= self.n_action_steps - self.n_obs_steps:
-                        slot.frames = (slot.frames + [env.render_cameras()["rgb_static"]])[-self.n_obs_steps:]
-                        slot.proprio = (slot.proprio + [obs_k["robot_obs"]])[-self.n_obs_steps:]
+                        self.observe_frame(slot, env, obs_k["robot_obs"])
                 if slot.label is not None:
                     record({"target": task.name, "trial": slot.trial, "seed": slot.seed, "label": slot.label,
                             "success": task.success(slot.label), "steps": slot.steps,

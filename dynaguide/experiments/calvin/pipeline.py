@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 from torch.utils.data import Dataset
 
+from calvin_bridge.config import DATASET_CAMERAS
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
@@ -31,12 +32,13 @@ STAGES = ("merge", "embed", "policy", "dynamics", "export")
 OPTIONAL_STAGES = ("gc_policy",)
 
 
-class RenameCamera(Dataset):
-    """Present dataset camera ``src`` (``third_person``) under the policy's camera name ``dst`` (the env's
-    ``rgb_static``), so the policy's keys equal the ROS graph's and the harness's."""
+class RenameCameras(Dataset):
+    """Present dataset cameras (``third_person``, ``eye_in_hand``) under the policy's camera names (the env's
+    ``rgb_static``, ``rgb_gripper``), so the policy's keys equal the ROS graph's and the harness's.
+    ``names``: dataset key → policy key."""
 
-    def __init__(self, base: Dataset, src: str, dst: str) -> None:
-        self.base, self.src, self.dst = base, src, dst
+    def __init__(self, base: Dataset, names: dict[str, str]) -> None:
+        self.base, self.names = base, dict(names)
 
     def __len__(self) -> int:
         return len(self.base)
@@ -47,7 +49,8 @@ class RenameCamera(Dataset):
 
     def __getitem__(self, i):
         item = dict(self.base[i])
-        item[self.dst] = item.pop(self.src)
+        for src, dst in self.names.items():
+            item[dst] = item.pop(src)
         return item
 
 
@@ -119,7 +122,7 @@ def embed(cfg: CalvinExperimentConfig):
 
 
 def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = False):
-    """The base diffusion policy (static camera + robot_obs); with ``goal_conditioned`` the GC baseline,
+    """The base diffusion policy (``model.policy_cameras`` + robot_obs); with ``goal_conditioned`` the GC baseline,
     which also sees its segment's final static frame (hindsight relabelling, as the paper's GC policy)."""
     m = cfg.model
     train_names, val_names = _splits(cfg)
@@ -127,15 +130,18 @@ def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = Fals
     if t.underrepresented_behaviour and not goal_conditioned:
         train_names = underrepresent(cfg.data.merged, train_names, t.underrepresented_behaviour,
                                      t.underrepresented_share)
-    policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=(POLICY_CAMERA,), image_size=m.policy_image_size,
+    # the static camera's dataset key is data.camera; further cameras use the recorder's keys
+    cameras = {(cfg.data.camera if c == POLICY_CAMERA else DATASET_CAMERAS[c]): c for c in m.policy_cameras}
+    policy = DiffusionPolicy(DiffusionPolicyConfig.cpu(image_keys=m.policy_cameras, image_size=m.policy_image_size,
                                                        proprio_dim=15, action_dim=7, n_obs_steps=m.n_obs_steps,
                                                        horizon=m.horizon, n_action_steps=m.n_action_steps,
                                                        goal_conditioned=goal_conditioned))
     goal_key = policy.cfg.goal_key if goal_conditioned else None
 
     def dataset(names):
-        return RenameCamera(PolicyDataset(cfg.data.merged, (cfg.data.camera,), m.n_obs_steps, m.horizon, demos=names,
-                                          goal_key=goal_key, preload_images=True), cfg.data.camera, POLICY_CAMERA)
+        return RenameCameras(PolicyDataset(cfg.data.merged, tuple(cameras), m.n_obs_steps, m.horizon, demos=names,
+                                           goal_key=goal_key, goal_camera=cfg.data.camera, preload_images=True),
+                             cameras)
 
     name = "gc_policy_run" if goal_conditioned else "policy_run"
     return train_policy(policy, dataset(train_names), _train_config(cfg, cfg.training.policy_steps),

@@ -35,13 +35,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dynaguide.data import to_image_tensor
 from dynaguide.embedders import make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
 from dynaguide.experiments.calvin.evaluate import (action_transform_for, check_embedder, env_config_for,
                                                    load_models, read_trials, run_experiment, seed_index_of)
-from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
-                                                  Observation, Planners, Task, load_goal_images, load_start_poses,
+from dynaguide.experiments.calvin.harness import (REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
+                                                  Planners, Task, load_goal_images, load_start_poses,
                                                   trial_seed, wilson_interval)
 from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix
 
@@ -85,7 +84,7 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
     horizon, o, p = policy.horizon, int(getattr(policy, "action_offset", 0)), policy.cfg.n_action_steps
     runner = CellRunner(env_config_for(cfg), dataclasses.replace(ev, batch_envs=trials),
                         load_start_poses(cfg.data.validation, ev.split), policy.cfg.n_obs_steps, p,
-                        policy.unnormalize_actions, action_offset=o)
+                        policy.unnormalize_actions, action_offset=o, cameras=policy.cfg.image_keys)
     variants = {"rtc": dataclasses.replace(ev.rtc, enabled=True), **SPLICE_VARIANTS}
     out: dict = {"delays": list(delays), "naive": [], "rtc": [], "naive_reversals": [], "rtc_reversals": [],
                  "counted_splices": [], "within_chunk_step": [], "execution_steps": [], "n": 0,
@@ -110,11 +109,7 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                 slots = [runner._start(runner._env(i), task, i, trial_seed(ev, index, i)) for i in range(trials)]
 
                 def observe(prefix=None, weights=None, slots=slots):
-                    return Observation(
-                        images=to_image_tensor(np.stack([np.stack(sl.frames) for sl in slots])),
-                        proprio=torch.from_numpy(np.stack([np.stack(sl.proprio) for sl in slots])).float(),
-                        targets=torch.zeros(len(slots), 3), generators=[sl.generator for sl in slots],
-                        prefix=prefix, prefix_weights=weights)
+                    return runner.observation(slots, prefix=prefix, prefix_weights=weights)
 
                 with torch.no_grad():
                     a_norm = planner(observe())
@@ -124,8 +119,7 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                     for k, action in enumerate(a_raw[i, o:o + s]):
                         obs_k = env.step(action)[0]
                         if k >= s - runner.n_obs_steps:
-                            sl.frames = (sl.frames + [env.render_cameras()[POLICY_CAMERA]])[-runner.n_obs_steps:]
-                            sl.proprio = (sl.proprio + [obs_k["robot_obs"]])[-runner.n_obs_steps:]
+                            runner.observe_frame(sl, env, obs_k["robot_obs"])
                 states = [sl.generator.get_state() for sl in slots]
                 chunks = {}
                 for kind in kinds:
