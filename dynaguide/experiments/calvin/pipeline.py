@@ -112,11 +112,11 @@ def underrepresent(path: str | Path, names: list[str], behaviour: str, share: fl
     return [n for n in names if n in keep]
 
 
-def embed(cfg: CalvinExperimentConfig):
-    """Embedding caches of every static frame of the training and validation files."""
+def embed(cfg: CalvinExperimentConfig, paths: tuple[str, ...] | None = None):
+    """Embedding caches of every static frame of ``paths`` (default: the training and validation files)."""
     embedder = make_embedder(cfg.embedder)
     caches = {}
-    for path in (cfg.data.merged, cfg.data.validation):
+    for path in paths or (cfg.data.merged, cfg.data.validation):
         caches[path] = build_embedding_cache(path, embedder, cfg.data.camera)
     return embedder, caches
 
@@ -150,7 +150,7 @@ def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = Fals
 
 def train_latent_dynamics(cfg: CalvinExperimentConfig):
     m = cfg.model
-    embedder, caches = embed(cfg)
+    embedder, caches = embed(cfg, (cfg.data.merged,))   # the training file's frames are all it reads
     train_names, val_names = _splits(cfg)
     dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
         embed_tokens=embedder.num_tokens, embed_dim=embedder.dim, pool=m.dynamics_pool, proprio_dim=15, action_dim=7,
