@@ -198,7 +198,8 @@ def test_a_protocol_freezes_models_and_settings(tmp_path):
     from dynaguide.experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
 
     cfg = _protocol_setup(tmp_path)
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=50))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=50, rtc=dataclasses.replace(
+        cfg.eval.rtc, enabled=True, jacobian=False)))
     out = tmp_path / "protocol.json"
     write_protocol(cfg, out, str(tmp_path / "policy"), str(tmp_path / "dynamics"), ["articulated"], ["base"], [])
     with pytest.raises(ProtocolError, match="exists"):
@@ -206,6 +207,7 @@ def test_a_protocol_freezes_models_and_settings(tmp_path):
     loaded, protocol = apply_protocol(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=3)), out,
                                       require_committed=False)
     assert loaded.eval.trials == 50 and len(protocol["sha256"]) == 64
+    assert loaded.eval.rtc.enabled and not loaded.eval.rtc.jacobian   # chunk consistency is part of the protocol
     # a changed model byte is refused
     weights = tmp_path / "dynamics" / "model.safetensors"
     data = bytearray(weights.read_bytes())

@@ -110,7 +110,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.split != "evaluation" or args.policy or args.dynamics or any(
                 getattr(args, k) is not None for k in ("trials", "horizon", "scale", "sigma", "stochastic_steps",
                                                         "guided_steps", "guidance_input", "latency_steps",
-                                                        "commit_steps", "negatives")):
+                                                        "commit_steps", "negatives", "rtc_mode", "rtc_beta",
+                                                        "rtc_jacobian")) or args.rtc:
             raise SystemExit("--protocol takes every setting and model from the protocol file: drop --split, "
                              "--policy, --dynamics and the guidance/trial options")
         cfg, protocol = apply_protocol(cfg, args.protocol)
@@ -334,6 +335,7 @@ def register_into(sub) -> None:
     p.add_argument("--sigma", type=float, default=None)
     p.add_argument("--stochastic-steps", type=int, default=None)
     p.add_argument("--commit-steps", type=int, default=None)
+    rtc_options(p)
     p.add_argument("--evidence", nargs="*", default=None, help="the validation results the choice was made on")
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_protocol)
