@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs
 	@# build requirements of dynaguide_msgs (ROS 2 build tools from PyPI), read from pyproject.toml
 	$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['build-system']['requires']))" > $(VENV)/build-requirements.txt
 	$(PY) -m pip install -q -r $(VENV)/build-requirements.txt
-	$(PY) -m pip install -q --no-build-isolation -e '.[test,lerobot]'
+	$(PY) -m pip install -q --no-build-isolation -e '.[test,lerobot,distributed]'
 	@# LeRobot's code without its pins (torch<2.11, ...): its diffusion policy's imports are the `lerobot` extra
 	$(PY) -m pip install -q --no-deps lerobot==0.4.4
 	$(PY) -c "import rclpy, dynaguide_msgs.msg, dynaguide, torch, pybullet; print('dynaguide stack installed')"

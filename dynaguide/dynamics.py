@@ -31,6 +31,7 @@ from torch import nn
 
 from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.distributed import Rows, batch_size_drawn, take_rows
 from dynaguide.normalization import MinMaxNormalizer
 from dynaguide.policy.vision import ImageEncoder
 
@@ -57,25 +58,28 @@ def noise_actions_for_dynamics(
     generator: torch.Generator | None = None,
     noised_fraction: float = 0.5,
     geometric_p: float = 0.05,
+    rows: Rows | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise augmentation of dynamics training chunks (paper, Sec. 4).
 
     ``actions (B, T, A)`` normalised.  Each sample is noised with probability ``noised_fraction`` via
     ``scheduler.add_noise`` (the inference DDIM scheduler) at a step ``k ~ Geometric(p)`` on {1, 2, …}
     (mean ``1/p`` = 20), clipped to the last training step.  Returns ``(noisy (B, T, A), timesteps (B,)
-    long)`` where ``timesteps[b] = -1`` marks a sample left clean.
+    long)`` where ``timesteps[b] = -1`` marks a sample left clean.  ``rows``: ``actions`` are these rows of a
+    larger batch (:class:`dynaguide.distributed.Rows`): the draws are made for the whole batch, these rows kept.
     """
     if actions.ndim != 3:
         raise ValueError(f"actions must be (B, T, A), got {tuple(actions.shape)}")
     if not 0.0 <= noised_fraction <= 1.0:
         raise ValueError(f"noised_fraction must be in [0, 1], got {noised_fraction}")
-    b = actions.shape[0]
+    b = batch_size_drawn(rows, actions.shape[0])
     device = actions.device
     gen_device = generator.device if generator is not None else device
     last_step = int(scheduler.config.num_train_timesteps) - 1
-    noised = (torch.rand(b, generator=generator, device=gen_device) < noised_fraction).to(device)
-    steps = sample_geometric_steps(b, geometric_p, last_step, generator, gen_device).to(device)
-    noise = torch.randn(actions.shape, generator=generator, device=gen_device, dtype=actions.dtype).to(device)
+    noised = take_rows(torch.rand(b, generator=generator, device=gen_device) < noised_fraction, rows).to(device)
+    steps = take_rows(sample_geometric_steps(b, geometric_p, last_step, generator, gen_device), rows).to(device)
+    noise = take_rows(torch.randn((b, *actions.shape[1:]), generator=generator, device=gen_device,
+                                  dtype=actions.dtype), rows).to(device)
     noisy = scheduler.add_noise(actions, noise, steps)
     out = torch.where(noised[:, None, None], noisy, actions)
     timesteps = torch.where(noised, steps, torch.full_like(steps, -1))
@@ -322,7 +326,7 @@ class LatentDynamicsModel(nn.Module):
         return self.predict_from_context(self.encode_context(obs_tokens, proprio), actions)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                     augment: bool = True) -> torch.Tensor:
+                     augment: bool = True, rows: Rows | None = None) -> torch.Tensor:
         """MSE between the prediction and ``outcome_latent(target_tokens)``.
 
         ``batch``: ``obs_tokens (B, N, D)``, ``target_tokens (B, N, D)``, ``proprio (B, P)`` raw,
@@ -333,7 +337,7 @@ class LatentDynamicsModel(nn.Module):
         actions = self.action_normalizer.normalize(batch["actions"].float())
         if augment:
             actions, _ = noise_actions_for_dynamics(
-                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p
+                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p, rows
             )
         pred = self(batch["obs_tokens"].float(), batch.get("proprio"), actions)
         target = self.outcome_latent(batch["target_tokens"].float())
@@ -471,7 +475,7 @@ class OutcomeClassifier(nn.Module):
         return self.predict_from_context(self.encode_context(image, proprio), actions)
 
     def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                     augment: bool = True) -> torch.Tensor:
+                     augment: bool = True, rows: Rows | None = None) -> torch.Tensor:
         """Cross-entropy.  ``batch``: ``image (B, 3, H, W)``, ``proprio (B, P)``, ``actions (B, T, A)`` raw,
         ``label (B,)`` long."""
         if not self.normalizers_fitted:
@@ -479,7 +483,7 @@ class OutcomeClassifier(nn.Module):
         actions = self.action_normalizer.normalize(batch["actions"].float())
         if augment:
             actions, _ = noise_actions_for_dynamics(
-                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p
+                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p, rows
             )
         logits = self(batch["image"], batch.get("proprio"), actions)
         return F.cross_entropy(logits, batch["label"].long())

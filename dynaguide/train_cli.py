@@ -22,6 +22,12 @@ records the embedder's identity) with the same noise augmentation as every other
 (4) ``<out>/dynamics`` is the final safetensors + JSON checkpoint (EMA weights), ``<out>/run/latest`` the
 resumable training state.  A summary JSON is printed and written to ``<out>/summary.json``.
 
+Several processes, GPUs, nodes (:mod:`dynaguide.distributed`): the same command under ``accelerate launch``
+(``accelerate launch --num_processes 2 -m dynaguide.cli train dynamics ...``); ``--batch-size`` is the global
+batch, ``--grad-accum`` splits it further, ``--device cuda`` / ``--mixed-precision bf16`` on GPUs.  Steps (1)
+and (2) run on the main process first (the others then reuse its prepared file and cache); only the main
+process writes checkpoints and the summary.
+
 Action normalisation: guidance needs the dynamics model and the policy to normalise actions identically
 (the runner checks).  ``--policy DIR`` takes the action min/max from that policy (ours or a LeRobot
 ``pretrained_model`` with ``--policy-kind lerobot``) and its horizon; without it they are fitted on the data.
@@ -198,6 +204,7 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
 
     from dynaguide.checkpoint import model_skeleton, save_checkpoint
     from dynaguide.data import DemoSource, DynamicsDataset, build_embedding_cache, split_demos
+    from dynaguide.distributed import make_accelerator
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
     from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
     from dynaguide.training import TrainConfig, dataset_stats, train_dynamics
@@ -205,9 +212,12 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     t0 = time.monotonic()
     out_dir = Path(job.out)
     train_cfg = job.train or TrainConfig()
+    accelerator = make_accelerator(train_cfg.device, train_cfg.mixed_precision)
+    main = accelerator.is_main_process
     if train_cfg.num_threads > 0:
         torch.set_num_threads(train_cfg.num_threads)
-    data_path, camera, info = prepare_data(job.data, out_dir)
+    with accelerator.main_process_first():   # one process writes the prepared file, the others reuse it
+        data_path, camera, info = prepare_data(job.data, out_dir)
     embedder = make_embedder(job.embedder or EmbedderConfig())
     src = DemoSource(data_path)
     proprio_dim = int(src.proprio[src.names[0]].shape[1])
@@ -225,9 +235,11 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     overrides = {"proprio_dim": proprio_dim, "action_dim": action_dim, "horizon": horizon, **job.model_overrides}
     cfg = LatentDynamicsConfig.for_embedder(embedder, job.preset, **overrides)
     model_skeleton(LatentDynamicsModel, cfg, "the dynamics model (--preset, --set)")  # size cap before allocating
+    torch.manual_seed(train_cfg.seed)   # the initial weights follow --seed (the same in every process)
     model = LatentDynamicsModel(cfg)
     # the expensive step once the model config is known to be usable
-    cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress)
+    with accelerator.main_process_first():   # built once; the other processes open the finished cache
+        cache = build_embedding_cache(data_path, embedder, camera, progress=train_cfg.progress and main)
 
     if job.data.val_fraction > 0:
         train_names, val_names = split_demos(data_path, job.data.val_fraction, seed=train_cfg.seed)
@@ -243,11 +255,13 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
                                    policy.action_normalizer.max.detach().clone(),
                                    torch.as_tensor(stats["proprio_min"]) if proprio_dim else None,
                                    torch.as_tensor(stats["proprio_max"]) if proprio_dim else None)
-    result = train_dynamics(model, train_data, train_cfg, out_dir / "run", val_data=val_data)
+    result = train_dynamics(model, train_data, train_cfg, out_dir / "run", val_data=val_data, accelerator=accelerator)
     final = result.ema_model if result.ema_model is not None else result.model
-    ckpt = save_checkpoint(out_dir / "dynamics", final, cfg, {
-        "source": str(Path(job.data.path).expanduser().resolve()), "data": asdict(job.data), "camera": camera,
-        "train_config": asdict(train_cfg), "embedder_id": embedder_id(embedder)}, step=result.step)
+    ckpt = out_dir / "dynamics"
+    if main:
+        save_checkpoint(ckpt, final, cfg, {
+            "source": str(Path(job.data.path).expanduser().resolve()), "data": asdict(job.data), "camera": camera,
+            "train_config": asdict(train_cfg), "embedder_id": embedder_id(embedder)}, step=result.step)
     train_data.close()
     summary = {"checkpoint": str(ckpt), "data": str(data_path), "camera": camera, "segments": info.get("segments"),
                "train_segments": len(train_names), "val_segments": len(val_names), "steps": result.step,
@@ -255,8 +269,11 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
                "final_val_loss": result.val_losses[-1][1] if result.val_losses else None,
                "embedder_id": embedder_id(embedder), "embed_tokens": cfg.embed_tokens, "embed_dim": cfg.embed_dim,
                "proprio_dim": proprio_dim, "action_dim": action_dim, "horizon": horizon,
-               "action_stats_from": job.policy or "data", "seconds": round(time.monotonic() - t0, 2)}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+               "action_stats_from": job.policy or "data", "processes": accelerator.num_processes,
+               "seconds": round(time.monotonic() - t0, 2)}
+    if main:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
     return summary
 
 
@@ -289,12 +306,32 @@ def _run_dynamics(args) -> int:
             train=TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               ema_decay=args.ema_decay, val_every=max(1, min(500, args.steps)),
                               checkpoint_every=max(1, min(500, args.steps)), log_every=max(1, min(25, args.steps)),
-                              num_threads=args.threads, progress=not args.no_progress, plot=not args.no_plot))
+                              num_threads=args.threads, progress=not args.no_progress, plot=not args.no_plot,
+                              device=args.device, mixed_precision=args.mixed_precision, grad_accum=args.grad_accum))
         summary = train_dynamics_job(job)
     except TypeError as exc:  # a --set value of the wrong type reaching the model (ValueError/OSError: cli.main)
         raise InputError(f"--set: {exc}") from exc
-    print(json.dumps(summary))
+    if summary.get("processes", 1) == 1 or _is_main_process():
+        print(json.dumps(summary))
     return 0
+
+
+def _is_main_process() -> bool:
+    from accelerate.state import PartialState
+
+    return PartialState().is_main_process
+
+
+def add_distributed_options(p) -> None:
+    """``--device``, ``--mixed-precision``, ``--grad-accum`` (:class:`dynaguide.training.TrainConfig`)."""
+    from dynaguide.distributed import MIXED_PRECISION
+
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda or auto; under accelerate launch each process takes its local GPU")
+    p.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
+                   help="bf16 / fp16 autocast (fp16 needs a GPU)")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimizer step and process (--batch-size stays the global batch)")
 
 
 def _run_lerobot(args) -> int:
@@ -349,6 +386,7 @@ def register(subparsers) -> None:
     d.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--no-plot", action="store_true")
+    add_distributed_options(d)
     d.set_defaults(func=_run_dynamics)
     r = sub.add_parser("lerobot", help="a LeRobot DiffusionPolicy on a LeRobotDataset, with LeRobot's training "
                                        "components (resumable; see dynaguide/lerobot_training.py)")

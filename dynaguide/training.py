@@ -9,6 +9,12 @@ Determinism: the batch drawn at step ``k`` and the noise used by the loss at ste
 ``(seed, k)``, so a run interrupted and resumed from its checkpoint continues exactly as an
 uninterrupted run would (same batches, same noise, same optimizer state).
 
+Processes: the loop runs under an :class:`accelerate.Accelerator` (:mod:`dynaguide.distributed`) — one
+process by default, several under ``accelerate launch`` / ``torchrun`` with the same result up to float
+summation order: ``batch_size`` is the global batch, each process trains on its rows of it (``grad_accum``
+micro-batches each), and every sample gets the noise it would get in one process.  The main process alone
+writes checkpoints, ``metrics.jsonl`` and the plot, keeps the EMA weights, validates and shows progress.
+
 Any ``torch.utils.data.Dataset`` returning dicts of tensors works (see :mod:`dynaguide.data` for the
 item keys each model expects); normaliser min/max are fitted from the training data when the model
 has none yet (``dataset.stats()`` when available, else one pass over the items).
@@ -16,6 +22,7 @@ has none yet (``dataset.stats()`` when available, else one pass over the items).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -31,8 +38,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from tqdm import tqdm
 
 from dynaguide.checkpoint import load_training_state, save_checkpoint
+from dynaguide.distributed import MIXED_PRECISION, Rows, micro_batches
 
-LossFn = Callable[[nn.Module, dict[str, torch.Tensor], torch.Generator], torch.Tensor]
+#: ``loss_fn(model, batch, generator) -> scalar``; under several processes or gradient accumulation it is also
+#: given ``rows=`` (:class:`dynaguide.distributed.Rows`): the micro-batch's rows of the step's global batch
+LossFn = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -58,6 +68,8 @@ class TrainConfig:
     num_threads: int = 0  # > 0: torch.set_num_threads(n) for the run (process-wide); 0 leaves torch's default
     progress: bool = True
     plot: bool = True  # write <out_dir>/loss.png at the end
+    mixed_precision: str = "no"  # "bf16" / "fp16": Accelerate's autocast (fp16 only on GPUs)
+    grad_accum: int = 1  # micro-batches per optimizer step and process; batch_size stays the global batch
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size <= 0 or self.lr <= 0:
@@ -66,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+        if self.grad_accum < 1:
+            raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         for name in ("val_every", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
@@ -181,11 +197,13 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig) -> float:
-    """Mean loss over the first ``cfg.val_batches`` deterministic batches of ``dataset`` (fixed noise)."""
+def evaluate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConfig,
+             device: torch.device | None = None) -> float:
+    """Mean loss over the first ``cfg.val_batches`` deterministic batches of ``dataset`` (fixed noise);
+    ``device`` defaults to ``cfg.device``."""
     was_training = model.training
     model.eval()
-    device = torch.device(cfg.device)
+    device = device if device is not None else torch.device(cfg.device)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed + 1, 0, cfg.val_batches)  # type: ignore[arg-type]
     losses = []
     for k, indices in enumerate(sampler):
@@ -193,6 +211,37 @@ def evaluate(model: nn.Module, loss_fn: LossFn, dataset: Dataset, cfg: TrainConf
         losses.append(float(loss_fn(model, batch, _step_generator(cfg.seed, k, salt=99))))
     model.train(was_training)
     return float(np.mean(losses))
+
+
+class ShardedStepSampler(Sampler[list[int]]):
+    """This process's micro-batches of :class:`StepBatchSampler`'s global batches: for each step, the
+    ``rows`` (:func:`dynaguide.distributed.micro_batches`) of that step's index batch, in order."""
+
+    def __init__(self, base: StepBatchSampler, rows: list[Rows]) -> None:
+        self.base, self.rows = base, rows
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for indices in self.base:
+            for r in self.rows:
+                yield indices[r.start:r.stop]
+
+    def __len__(self) -> int:
+        return len(self.base) * len(self.rows)
+
+
+class _LossModule(nn.Module):
+    """``model`` and its loss as one module, so that Accelerate's wrapper (DDP: gradient synchronisation;
+    mixed precision: autocast) sees the loss computation as its ``forward``."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator, rows: Rows | None = None) -> torch.Tensor:
+        if rows is None:
+            return self.loss_fn(self.model, batch, generator)
+        return self.loss_fn(self.model, batch, generator, rows=rows)
 
 
 def train_model(
@@ -205,68 +254,98 @@ def train_model(
     val_data: Dataset | None = None,
     resume: bool = True,
     desc: str = "train",
+    accelerator: Any = None,
 ) -> TrainResult:
-    """Generic loop: ``loss_fn(model, batch, generator) -> scalar``; see module docstring."""
+    """Generic loop: ``loss_fn(model, batch, generator) -> scalar``; see module docstring.
+
+    ``accelerator``: an :class:`accelerate.Accelerator` shared with the caller (e.g. one that built the
+    embedding cache on the main process first); default :func:`dynaguide.distributed.make_accelerator`.
+    """
+    from dynaguide.distributed import make_accelerator
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator is None:
+        accelerator = make_accelerator(cfg.device, cfg.mixed_precision)
+    main = accelerator.is_main_process
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / "latest"
-    device = torch.device(cfg.device)
+    device = accelerator.device
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     _fit_normalizers(model, train_data)
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 and main else None
     start, resumed_from = 0, None
     if resume and ckpt.is_dir():
         meta = load_training_state(ckpt, model, ema.model if ema else None, optimizer)
         start = resumed_from = int(meta["step"] or 0)
     result = TrainResult(step=start, checkpoint=ckpt, resumed_from=resumed_from)
-    metrics = (out_dir / "metrics.jsonl").open("a")
+    sampler = StepBatchSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
+    processes, accumulation = accelerator.num_processes, cfg.grad_accum
+    sharded = processes > 1 or accumulation > 1
+    rows = micro_batches(sampler.batch_size, processes, accumulation, accelerator.process_index) if sharded \
+        else [None]
+    loss_module, accel_optimizer = accelerator.prepare(_LossModule(model, loss_fn), optimizer)
+    metrics = (out_dir / "metrics.jsonl").open("a") if main else None
 
     def log(record: dict[str, Any]) -> None:
-        metrics.write(json.dumps(record) + "\n")
-        metrics.flush()
+        if metrics is not None:
+            metrics.write(json.dumps(record) + "\n")
+            metrics.flush()
 
     def checkpoint(step: int) -> None:
-        save_checkpoint(ckpt, model, config, {"train_config": asdict(cfg)}, ema_model=ema.model if ema else None,
-                        optimizer=optimizer, step=step)
+        if main:
+            save_checkpoint(ckpt, model, config, {"train_config": asdict(cfg)}, ema_model=ema.model if ema else None,
+                            optimizer=optimizer, step=step)
 
     def validate(step: int) -> None:
-        if val_data is None:
+        if val_data is None or not main:
             return
-        v = evaluate(model, loss_fn, val_data, cfg)
+        with accelerator.autocast():
+            v = evaluate(model, loss_fn, val_data, cfg, device)
         result.val_losses.append((step, v))
         record = {"step": step, "val_loss": v}
         if ema is not None:
-            ve = evaluate(ema.model, loss_fn, val_data, cfg)
+            with accelerator.autocast():
+                ve = evaluate(ema.model, loss_fn, val_data, cfg, device)
             result.val_losses_ema.append((step, ve))
             record["val_loss_ema"] = ve
         log(record)
 
-    sampler = StepBatchSampler(len(train_data), cfg.batch_size, cfg.seed, start, cfg.steps)  # type: ignore[arg-type]
-    loader = DataLoader(train_data, batch_sampler=sampler, num_workers=cfg.num_workers, collate_fn=default_collate,
-                        persistent_workers=False)
+    batches = iter(DataLoader(train_data, batch_sampler=ShardedStepSampler(sampler, rows) if sharded else sampler,
+                              num_workers=cfg.num_workers, collate_fn=default_collate, persistent_workers=False))
     step = start
     running: list[float] = []
     try:
-        with tqdm(total=cfg.steps, initial=start, desc=desc, disable=not cfg.progress, dynamic_ncols=True) as bar:
-            for batch in loader:
-                batch = _to_device(batch, device)
+        with tqdm(total=cfg.steps, initial=start, desc=desc, disable=not (cfg.progress and main),
+                  dynamic_ncols=True) as bar:
+            while step < cfg.steps:
                 for group in optimizer.param_groups:
                     group["lr"] = _lr_at(cfg, step)
-                loss = loss_fn(model, batch, _step_generator(cfg.seed, step))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at step {step}")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                accel_optimizer.zero_grad(set_to_none=True)
+                total = torch.zeros((), device=device)
+                for k, r in enumerate(rows):
+                    batch = _to_device(next(batches), device)
+                    last = k == len(rows) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(loss_module):
+                        loss = loss_module(batch, _step_generator(cfg.seed, step), r)
+                        if not sharded and not torch.isfinite(loss):
+                            raise FloatingPointError(f"non-finite training loss at step {step}")
+                        accelerator.backward(loss / len(rows))
+                    total += loss.detach().float() / len(rows)
+                if sharded:
+                    total = accelerator.reduce(total, reduction="mean")  # the global batch's loss, on every process
+                    if not torch.isfinite(total):
+                        raise FloatingPointError(f"non-finite training loss at step {step}")
                 if cfg.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                accel_optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
                 step += 1
-                value = float(loss.detach())
+                value = float(total)
                 running.append(value)
                 result.train_losses.append((step, value))
                 bar.update(1)
@@ -283,8 +362,10 @@ def train_model(
             validate(step)
             checkpoint(step)
     finally:
-        metrics.close()
-    if cfg.plot:
+        if metrics is not None:
+            metrics.close()
+    accelerator.wait_for_everyone()  # the final checkpoint is written before any process goes on
+    if cfg.plot and main:
         plot_metrics(out_dir / "metrics.jsonl", out_dir / "loss.png", title=desc)
     result.step = step
     result.model = model
@@ -324,14 +405,21 @@ def plot_metrics(metrics_file: str | Path, png: str | Path, title: str = "traini
 
 
 # ---------------------------------------------------------------------------- per-model entry points
-def _policy_loss(model, batch, generator):
-    return model.compute_loss(batch, generator)
+def _rows_kw(rows: Rows | None) -> dict[str, Rows]:
+    """``rows=`` only when given: one process without accumulation calls ``compute_loss`` as it always did."""
+    return {} if rows is None else {"rows": rows}
+
+
+def _policy_loss(model, batch, generator, rows=None):
+    return model.compute_loss(batch, generator, **_rows_kw(rows))
 
 
 def train_policy(policy, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path, val_data: Dataset | None = None,
-                 resume: bool = True) -> TrainResult:
-    """Train a :class:`~dynaguide.policy.DiffusionPolicy` on :class:`~dynaguide.data.PolicyDataset`-style items."""
-    return train_model(policy, policy.cfg, _policy_loss, train_data, cfg, out_dir, val_data, resume, "policy")
+                 resume: bool = True, accelerator: Any = None) -> TrainResult:
+    """Train a :class:`~dynaguide.policy.DiffusionPolicy` on :class:`~dynaguide.data.PolicyDataset`-style items
+    (a goal-conditioned one too: its items carry the goal image)."""
+    return train_model(policy, policy.cfg, _policy_loss, train_data, cfg, out_dir, val_data, resume, "policy",
+                       accelerator)
 
 
 class _DynamicsLoss:
@@ -340,35 +428,35 @@ class _DynamicsLoss:
     def __init__(self, embedder) -> None:
         self.embedder = embedder
 
-    def __call__(self, model, batch, generator):
+    def __call__(self, model, batch, generator, rows=None):
         if "obs_tokens" not in batch:
             if self.embedder is None:
                 raise ValueError("batch has no 'obs_tokens': pass an embedder or use an embedding cache")
+            self.embedder.to(batch["image"].device)
             with torch.no_grad():
                 batch = dict(batch, obs_tokens=self.embedder(batch["image"]),
                              target_tokens=self.embedder(batch["target_image"]))
-        return model.compute_loss(batch, generator, augment=model.training)
+        return model.compute_loss(batch, generator, augment=model.training, **_rows_kw(rows))
 
 
 def train_dynamics(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path, val_data: Dataset | None = None,
-                   embedder=None, resume: bool = True) -> TrainResult:
+                   embedder=None, resume: bool = True, accelerator: Any = None) -> TrainResult:
     """Train a :class:`~dynaguide.dynamics.LatentDynamicsModel` (noise augmentation on; off for validation).
 
     Items need ``proprio``, ``actions`` and either ``obs_tokens``/``target_tokens`` (cache) or
     ``image``/``target_image`` plus ``embedder``.
     """
-    if embedder is not None:
-        embedder = embedder.to(cfg.device)
     return train_model(model, model.cfg, _DynamicsLoss(embedder), train_data, cfg, out_dir, val_data, resume,
-                       "dynamics")
+                       "dynamics", accelerator)
 
 
-def _classifier_loss(model, batch, generator):
-    return model.compute_loss(batch, generator, augment=model.training)
+def _classifier_loss(model, batch, generator, rows=None):
+    return model.compute_loss(batch, generator, augment=model.training, **_rows_kw(rows))
 
 
 def train_classifier(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path,
-                     val_data: Dataset | None = None, resume: bool = True) -> TrainResult:
+                     val_data: Dataset | None = None, resume: bool = True, accelerator: Any = None) -> TrainResult:
     """Train an :class:`~dynaguide.dynamics.OutcomeClassifier` on items with ``image``, ``proprio``, ``actions``
     and ``label`` (noise augmentation on; off for validation)."""
-    return train_model(model, model.cfg, _classifier_loss, train_data, cfg, out_dir, val_data, resume, "classifier")
+    return train_model(model, model.cfg, _classifier_loss, train_data, cfg, out_dir, val_data, resume, "classifier",
+                       accelerator)

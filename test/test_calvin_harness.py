@@ -424,3 +424,36 @@ def test_a_policy_that_sees_the_gripper_camera_gets_its_frames_in_the_harness(ti
 def test_model_config_refuses_policy_cameras_the_env_does_not_render(cameras):
     with pytest.raises(ValueError, match="policy_cameras"):
         ModelConfig(policy_cameras=cameras)
+
+
+def _without_clock(result: dict) -> dict:
+    """results.json without the wall-clock fields (stage seconds, machine load)."""
+    return {k: v for k, v in result.items() if k not in ("stages_s", "machine")}
+
+
+def _trial_records(out) -> dict:
+    """Each cell's trial records in file order, without their wall-clock ``seconds``."""
+    return {p.name: [{k: v for k, v in t.items() if k != "seconds"} for t in read_trials(p)]
+            for p in sorted((out / "trials").glob("*.jsonl"))}
+
+
+def test_ray_sweep_writes_the_sequential_runs_results(tiny_setup, tmp_path):
+    """A local Ray cluster with 2 workers evaluates the cells and writes the same results.json (and trial records)
+    as the sequential harness; a killed Ray sweep resumes, rerunning only its unfinished cells."""
+    pytest.importorskip("ray")
+    from dynaguide.experiments.calvin.ray_eval import RayEvalConfig
+
+    root, cfg = tiny_setup
+    methods, targets = ["base", "dynaguide"], ["switch_on", "drawer_open"]
+    sequential = run_experiment(cfg, "articulated", methods, tmp_path / "seq", targets=targets, progress=False)
+    # "killed" after one cell: its trials file is kept, the rest reruns on Ray
+    (tmp_path / "ray" / "trials").mkdir(parents=True)
+    kept = tmp_path / "seq" / "trials" / "switch_on__base.jsonl"
+    (tmp_path / "ray" / "trials" / kept.name).write_text(kept.read_text())
+    on_ray = run_experiment(cfg, "articulated", methods, tmp_path / "ray", targets=targets, progress=False,
+                            ray=RayEvalConfig(workers=2))
+    assert _without_clock(on_ray) == _without_clock(sequential)
+    assert json.loads((tmp_path / "ray" / "results.json").read_text())["behaviours"] == sequential["behaviours"]
+    assert _trial_records(tmp_path / "ray") == _trial_records(tmp_path / "seq")
+    assert (tmp_path / "ray" / "trials" / kept.name).read_text() == kept.read_text()   # not rerun
+    assert "ray_wall_s" in on_ray["stages_s"] and "switch_on/base_s" not in on_ray["stages_s"]

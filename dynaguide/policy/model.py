@@ -15,6 +15,7 @@ from torch import nn
 
 from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
+from dynaguide.distributed import Rows, batch_size_drawn, take_rows
 from dynaguide.normalization import MinMaxNormalizer
 from dynaguide.policy.unet import ConditionalUnet1D
 from dynaguide.policy.vision import ImageEncoder
@@ -209,8 +210,11 @@ class DiffusionPolicy(nn.Module):
         return self.noise_net(noisy_actions, timesteps, cond)
 
     # ---------------------------------------------------------------- training
-    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> torch.Tensor:
-        """Epsilon-prediction MSE.  ``batch``: observation entries + ``"actions" (B, T, A)`` raw units."""
+    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                     rows: Rows | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE.  ``batch``: observation entries + ``"actions" (B, T, A)`` raw units.
+        ``rows``: the batch is these rows of a larger one (:class:`dynaguide.distributed.Rows`; random shifts,
+        noise and timesteps are drawn for the whole batch, these rows kept)."""
         if not self.normalizers_fitted:
             raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
         actions = batch["actions"].float()
@@ -219,19 +223,20 @@ class DiffusionPolicy(nn.Module):
                 f"batch['actions'] must be (B, {self.horizon}, {self.action_dim}), got {tuple(actions.shape)}"
             )
         if self.training and self.cfg.random_shift > 0:
-            batch = self._shift_images(batch, generator)
+            batch = self._shift_images(batch, generator, rows)
         cond = self.encode_observation(batch)
         clean = self.normalize_actions(actions)
-        b = clean.shape[0]
+        b = batch_size_drawn(rows, clean.shape[0])
         gen_device = generator.device if generator is not None else clean.device
-        noise = torch.randn(clean.shape, generator=generator, device=gen_device).to(clean.device)
-        steps = torch.randint(0, self.cfg.ddim.num_train_timesteps, (b,), generator=generator,
-                              device=gen_device).to(clean.device)
+        noise = take_rows(torch.randn((b, *clean.shape[1:]), generator=generator, device=gen_device),
+                          rows).to(clean.device)
+        steps = take_rows(torch.randint(0, self.cfg.ddim.num_train_timesteps, (b,), generator=generator,
+                                        device=gen_device), rows).to(clean.device)
         noisy = self._train_scheduler.add_noise(clean, noise, steps)
         return F.mse_loss(self.predict_noise(noisy, steps, cond), noise)
 
     def _shift_images(self, batch: dict[str, torch.Tensor],
-                      generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+                      generator: torch.Generator | None, rows: Rows | None = None) -> dict[str, torch.Tensor]:
         """Random translation by up to ±``random_shift`` px per sample and camera (same shift for all To frames)."""
         pad = self.cfg.random_shift
         out = dict(batch)
@@ -244,8 +249,10 @@ class DiffusionPolicy(nn.Module):
             flat = images.reshape(-1, images.shape[-3], h, w) if images.ndim == 5 else images
             padded = F.pad(flat.float(), (pad, pad, pad, pad), mode="replicate")
             padded = padded.reshape(*images.shape[:-2], h + 2 * pad, w + 2 * pad)
-            offsets = torch.randint(0, 2 * pad + 1, (images.shape[0], 2), generator=generator,
-                                    device=generator.device if generator is not None else "cpu").tolist()
+            offsets = take_rows(torch.randint(0, 2 * pad + 1, (batch_size_drawn(rows, images.shape[0]), 2),
+                                              generator=generator,
+                                              device=generator.device if generator is not None else "cpu"),
+                                rows).tolist()
             out[key] = torch.stack([padded[b, ..., dy:dy + h, dx:dx + w] for b, (dy, dx) in enumerate(offsets)])
         return out
 

@@ -52,7 +52,10 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
     if overrides:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(ev, **overrides))
     training = {k: v for k, v in {"out_dir": getattr(args, "out_dir", None),
-                                  "export_dir": getattr(args, "export_dir", None)}.items() if v is not None}
+                                  "export_dir": getattr(args, "export_dir", None),
+                                  "device": getattr(args, "device", None),
+                                  "mixed_precision": getattr(args, "mixed_precision", None),
+                                  "grad_accum": getattr(args, "grad_accum", None)}.items() if v is not None}
     share = getattr(args, "underrepresent", None)
     if share:
         behaviour, _, value = share.partition("=")
@@ -69,7 +72,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dynaguide.experiments.calvin.pipeline import STAGES, run
 
     stages = tuple(s for s in args.stage.split(",") if s) if args.stage else STAGES
-    print(json.dumps(run(_config(args), stages), indent=2))
+    times = run(_config(args), stages)
+    from accelerate.state import PartialState
+
+    if PartialState().is_main_process:
+        print(json.dumps(times, indent=2))
     return 0
 
 
@@ -122,10 +129,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.policy, args.dynamics = protocol["models"]["policy"]["path"], protocol["models"]["dynamics"]["path"]
     out = args.out or Path("results/calvin") / (args.experiment + ("_validation" if args.split == "validation" else "")
                                                 + ("_quick" if args.quick else ""))
+    ray = None
+    if args.ray is not None:
+        from dynaguide.experiments.calvin.ray_eval import RayEvalConfig
+
+        ray = RayEvalConfig(address=args.ray, workers=args.ray_workers, trials_per_task=args.ray_trials_per_task)
+    elif args.ray_workers or args.ray_trials_per_task:
+        raise SystemExit("--ray-workers and --ray-trials-per-task go with --ray")
     result = run_experiment(cfg, args.experiment, args.methods.split(","), out,
                             targets=args.targets.split(",") if args.targets else None,
                             command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=args.policy,
-                            dynamics_dir=args.dynamics, gc_dir=args.gc_policy, policy_kind=args.policy_kind)
+                            dynamics_dir=args.dynamics, gc_dir=args.gc_policy, policy_kind=args.policy_kind, ray=ray)
     if protocol is not None:   # stamp the registered protocol into the results
         result["protocol"] = {"path": str(args.protocol), "sha256": protocol["sha256"],
                               "chosen_at_commit": protocol["chosen_at_commit"]}
@@ -254,6 +268,12 @@ def register_into(sub) -> None:
                    help="UnderrepresentedBehaviors: the base policy sees BEHAVIOUR as SHARE of its training segments")
     p.add_argument("--out-dir", default=None, help="override training.out_dir (resumable runs)")
     p.add_argument("--export-dir", default=None, help="override training.export_dir")
+    p.add_argument("--device", default=None, help="override training.device: cpu, cuda or auto (accelerate launch: "
+                                                  "each process its local GPU)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None,
+                   help="override training.mixed_precision")
+    p.add_argument("--grad-accum", type=int, default=None,
+                   help="override training.grad_accum (training.batch_size stays the global batch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("check-dynamics", help="does the predicted outcome tell behaviours apart? (validation)")
@@ -308,6 +328,12 @@ def register_into(sub) -> None:
     p.add_argument("--dynamics", default=None)
     p.add_argument("--gc-policy", default=None, help="goal-conditioned policy checkpoint (method goal_conditioned)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="run the cells on a Ray cluster (optional extra `distributed`): a local one by default, "
+                        "`auto` for the running cluster, or host:port / ray://host:10001 (ray_eval.py)")
+    p.add_argument("--ray-workers", type=int, default=0, help="Ray worker actors (0 = one per cluster CPU)")
+    p.add_argument("--ray-trials-per-task", type=int, default=0,
+                   help="cut cells into units of this many trials (0 = whole cells: identical to a run without Ray)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("base-check", help="does the base policy finish? finish rate, chunk reversals, first "

@@ -124,6 +124,10 @@ class TrainingConfig:
     #: ``underrepresented_share`` of the base policy's training segments ("" = keep every segment)
     underrepresented_behaviour: str = ""
     underrepresented_share: float = 0.0
+    #: where and how the train stages run (dynaguide.training.TrainConfig; several processes: accelerate launch)
+    device: str = "cpu"
+    mixed_precision: str = "no"
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
         self.out_dir = os.path.expanduser(self.out_dir)

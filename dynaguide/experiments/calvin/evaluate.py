@@ -1,5 +1,8 @@
 """Experiments over the harness: cells of (target, method), results JSON, Markdown table, bar plot.
 
+The cells run here one after another, or with ``ray=`` on a Ray cluster
+(:mod:`dynaguide.experiments.calvin.ray_eval`); both write the same files.
+
 ``results/calvin/<experiment>/`` gets ``trials/<target>__<method>.jsonl`` (one line per finished trial:
 the resume log, committed with the results), ``results.json``, ``results.md`` and ``bars.png``.
 """
@@ -11,6 +14,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -118,75 +122,152 @@ def check_embedder(dynamics, embedder) -> None:
                          f"{embedder_id(embedder)}; set the config's embedder section to match")
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """The cells one evaluation run covers: ``targets`` × ``methods`` of ``experiment``, results in ``out``, and
+    the models they are evaluated with (``policy_dir`` … ``gc_dir``; None = the config's export directory)."""
+
+    cfg: CalvinExperimentConfig
+    experiment: str
+    methods: tuple[str, ...]
+    targets: tuple[str, ...]
+    out: Path
+    policy_dir: str | None = None
+    dynamics_dir: str | None = None
+    gc_dir: str | None = None
+    policy_kind: str = "dynaguide"
+
+    @classmethod
+    def plan(cls, cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out_dir: str | Path,
+             targets: Sequence[str] | None = None, **models) -> Sweep:
+        """Check the experiment, methods and targets (ValueError naming the known ones)."""
+        if experiment not in EXPERIMENTS:
+            raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(EXPERIMENTS)}")
+        unknown = sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {METHODS}")
+        targets = tuple(targets or EXPERIMENTS[experiment])
+        unknown = sorted(set(targets) - set(EXPERIMENTS[experiment]))
+        if unknown:
+            raise ValueError(f"unknown targets {unknown} for experiment {experiment!r}; "
+                             f"known: {EXPERIMENTS[experiment]}")
+        if experiment in EXPERIMENT_GOAL_SETS:   # e.g. UnderspecifiedObjectives: ArticulatedParts with lesser goals
+            cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval,
+                                                                    goal_set=EXPERIMENT_GOAL_SETS[experiment]))
+        return cls(cfg, experiment, tuple(methods), targets, Path(out_dir), **models)
+
+    def trials_file(self, target: str, method: str) -> Path:
+        return self.out / "trials" / f"{target}__{method}.jsonl"
+
+    def pending(self) -> list[tuple[str, str, set[int]]]:
+        """``(target, method, finished trials)`` of every cell not complete yet, in the sequential run's order."""
+        cells = []
+        for target in self.targets:
+            for method in self.methods:
+                done = {t["trial"] for t in read_trials(self.trials_file(target, method))
+                        if t["trial"] < self.cfg.eval.trials}
+                if len(done) < self.cfg.eval.trials:
+                    cells.append((target, method, done))
+        return cells
+
+
+class CellEvaluator:
+    """The models, goals and environments one process evaluates the cells of a :class:`Sweep` with (loaded once;
+    the sequential run has one, a Ray run one per worker)."""
+
+    def __init__(self, sweep: Sweep) -> None:
+        cfg, methods, ev = sweep.cfg, sweep.methods, sweep.cfg.eval
+        self.sweep = sweep
+        self.tasks = {name: task_of(sweep.experiment, name) for name in sweep.targets}
+        torch.set_num_threads(1)
+        t0 = time.perf_counter()
+        policy, dynamics = load_models(cfg, sweep.policy_dir, sweep.dynamics_dir,
+                                       need_dynamics=any(m in DYNAMICS_METHODS for m in methods),
+                                       policy_kind=sweep.policy_kind, map_actions=True)
+        action_transform = action_transform_for(policy, dynamics) if dynamics is not None else None
+        gc_default = Path(cfg.training.export_dir) / "gc_policy"
+        gc_dir = sweep.gc_dir or (str(gc_default) if "goal_conditioned" in methods and gc_default.is_dir() else None)
+        gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
+        embedder = make_embedder(cfg.embedder)
+        if dynamics is not None:
+            check_embedder(dynamics, embedder)
+        goals = {}
+        goal_behaviours = {b for task in self.tasks.values() for b in (*task.positives, *task.negatives)}
+        if ev.negatives == "others":
+            goal_behaviours |= {b for name in EXPERIMENTS[sweep.experiment]
+                                for b in task_of(sweep.experiment, name).positives}
+        for b in sorted(goal_behaviours):
+            goals[b] = load_goal_images(cfg.data.goals, b, ev.goal_set, ev.goals_per_target)
+        start_poses = load_start_poses(cfg.data.validation, ev.split)
+        env_cfg = env_config_for(cfg)
+        self.load_s = round(time.perf_counter() - t0, 1)
+        self.planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,
+                                 action_transform=action_transform)
+        self.runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps,
+                                 ev.commit_steps or policy.cfg.n_action_steps, policy.unnormalize_actions,
+                                 action_offset=int(getattr(policy, "action_offset", 0)),
+                                 cameras=policy.cfg.image_keys)
+
+    def planner(self, target: str, method: str):
+        return self.planners.make(method, self.tasks[target])
+
+    def run(self, target: str, method: str, done: set[int], record, progress: bool = False, planner=None) -> None:
+        """The trials of cell (``target``, ``method``) not in ``done``; ``record(result)`` per finished trial
+        (the result already carries ``method``).  ``planner``: :meth:`planner` made beforehand (or here)."""
+        planner = planner if planner is not None else self.planner(target, method)
+        self.runner.run_cell(self.tasks[target], seed_index_of(self.sweep.experiment, target), planner, done,
+                             lambda result: record({**result, "method": method}), progress,
+                             desc=f"{target}/{method}")
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def append_trials(path: Path):
+    """The trials file of a cell opened for appending (a line torn by a kill is ended first, so the next record
+    parses)."""
+    if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
+        with path.open("a") as log:
+            log.write("\n")
+    return path.open("a")
+
+
 def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out_dir: str | Path,
                    targets: Sequence[str] | None = None, command: str = "", policy_dir: str | None = None,
                    dynamics_dir: str | None = None, gc_dir: str | None = None, progress: bool = True,
-                   policy_kind: str = "dynaguide") -> dict:
-    """Run (or resume) every (target, method) cell of ``experiment`` and write the result files."""
-    if experiment not in EXPERIMENTS:
-        raise ValueError(f"unknown experiment {experiment!r}; known: {sorted(EXPERIMENTS)}")
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {METHODS}")
-    targets = tuple(targets or EXPERIMENTS[experiment])
-    unknown = sorted(set(targets) - set(EXPERIMENTS[experiment]))
-    if unknown:
-        raise ValueError(f"unknown targets {unknown} for experiment {experiment!r}; known: {EXPERIMENTS[experiment]}")
-    tasks = {name: task_of(experiment, name) for name in targets}
-    if experiment in EXPERIMENT_GOAL_SETS:   # e.g. UnderspecifiedObjectives: ArticulatedParts with lesser goals
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, goal_set=EXPERIMENT_GOAL_SETS[experiment]))
-    torch.set_num_threads(1)
-    out = Path(out_dir)
-    (out / "trials").mkdir(parents=True, exist_ok=True)
-    ev = cfg.eval
-    stages: dict[str, float] = {}
-    t0 = time.perf_counter()
-    policy, dynamics = load_models(cfg, policy_dir, dynamics_dir,
-                                   need_dynamics=any(m in DYNAMICS_METHODS for m in methods),
-                                   policy_kind=policy_kind, map_actions=True)
-    action_transform = action_transform_for(policy, dynamics) if dynamics is not None else None
-    gc_default = Path(cfg.training.export_dir) / "gc_policy"
-    gc_dir = gc_dir or (str(gc_default) if "goal_conditioned" in methods and gc_default.is_dir() else None)
-    gc_policy = load_checkpoint(Path(gc_dir))[0].eval() if gc_dir else None
-    embedder = make_embedder(cfg.embedder)
-    if dynamics is not None:
-        check_embedder(dynamics, embedder)
-    goals = {}
-    goal_behaviours = {b for task in tasks.values() for b in (*task.positives, *task.negatives)}
-    if ev.negatives == "others":
-        goal_behaviours |= {b for name in EXPERIMENTS[experiment] for b in task_of(experiment, name).positives}
-    for b in sorted(goal_behaviours):
-        goals[b] = load_goal_images(cfg.data.goals, b, ev.goal_set, ev.goals_per_target)
-    start_poses = load_start_poses(cfg.data.validation, ev.split)
-    env_cfg = env_config_for(cfg)
-    stages["load_s"] = round(time.perf_counter() - t0, 1)
-    planners = Planners(policy, dynamics, embedder, ev, goals, env_cfg.max_rel_pos, gc_policy,
-                        action_transform=action_transform)
-    runner = CellRunner(env_cfg, ev, start_poses, policy.cfg.n_obs_steps, ev.commit_steps or policy.cfg.n_action_steps,
-                        policy.unnormalize_actions, action_offset=int(getattr(policy, "action_offset", 0)),
-                        cameras=policy.cfg.image_keys)
+                   policy_kind: str = "dynaguide", ray=None) -> dict:
+    """Run (or resume) every (target, method) cell of ``experiment`` and write the result files.
+
+    ``ray``: a :class:`dynaguide.experiments.calvin.ray_eval.RayEvalConfig` to run the cells on a Ray cluster
+    (same per-trial seeds, same result files); None runs them here, one after another."""
+    sweep = Sweep.plan(cfg, experiment, methods, out_dir, targets, policy_dir=policy_dir, dynamics_dir=dynamics_dir,
+                       gc_dir=gc_dir, policy_kind=policy_kind)
+    (sweep.out / "trials").mkdir(parents=True, exist_ok=True)
+    if ray is not None:
+        from dynaguide.experiments.calvin.ray_eval import run_on_ray
+
+        stages = run_on_ray(sweep, ray, progress)
+    else:
+        stages = _run_here(sweep, progress)
+    return write_results(sweep.cfg, experiment, sweep.methods, sweep.out, sweep.targets, command, stages)
+
+
+def _run_here(sweep: Sweep, progress: bool) -> dict[str, float]:
+    evaluator = CellEvaluator(sweep)
+    stages: dict[str, float] = {"load_s": evaluator.load_s}
     try:
-        for target in targets:
-            for method in methods:
-                path = out / "trials" / f"{target}__{method}.jsonl"
-                done = {t["trial"] for t in read_trials(path) if t["trial"] < ev.trials}
-                if len(done) >= ev.trials:
-                    continue
-                start = time.perf_counter()
-                planner = planners.make(method, tasks[target])
-                if path.is_file() and path.stat().st_size and not path.read_bytes().endswith(b"\n"):
-                    with path.open("a") as log:   # a line torn by a kill: end it, so the next record parses
-                        log.write("\n")
-                with path.open("a") as log:
-                    def record(result: dict, log=log, method=method) -> None:
-                        log.write(json.dumps({**result, "method": method}) + "\n")
-                        log.flush()
-                    runner.run_cell(tasks[target], seed_index_of(experiment, target), planner, done, record, progress,
-                                    desc=f"{target}/{method}")
-                stages[f"{target}/{method}_s"] = round(time.perf_counter() - start, 1)
+        for target, method, done in sweep.pending():
+            start = time.perf_counter()
+            planner = evaluator.planner(target, method)   # a method that cannot run this cell: before any file
+            with append_trials(sweep.trials_file(target, method)) as log:
+                def record(result: dict, log=log) -> None:
+                    log.write(json.dumps(result) + "\n")
+                    log.flush()
+                evaluator.run(target, method, done, record, progress, planner)
+            stages[f"{target}/{method}_s"] = round(time.perf_counter() - start, 1)
     finally:
-        runner.close()
-    return write_results(cfg, experiment, methods, out, targets, command, stages)
+        evaluator.close()
+    return stages
 
 
 def write_results(cfg: CalvinExperimentConfig, experiment: str, methods: Sequence[str], out: Path,

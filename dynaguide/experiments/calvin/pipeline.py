@@ -6,10 +6,17 @@ Each stage skips work that is already done (merged file present, embedding cache
 checkpoint at its final step) and a killed training run continues from its last checkpoint
 (:func:`dynaguide.training.train_model`).  ``policy`` and ``dynamics`` are independent after ``embed``
 and can run in two processes at once (one core each).
+
+Across processes, GPUs and nodes (:mod:`dynaguide.distributed`): the same command under ``accelerate launch``
+(or ``torchrun``) trains ``policy`` / ``gc_policy`` / ``dynamics`` data-parallel with ``training.batch_size`` as
+the global batch (``training.device``, ``mixed_precision``, ``grad_accum``); ``merge`` and the embedding
+caches run on the main process first (the others then find them done), ``export`` and ``stages.json`` on the
+main process only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -20,6 +27,7 @@ from torch.utils.data import Dataset
 from calvin_bridge.config import DATASET_CAMERAS
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
 from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
+from dynaguide.distributed import make_accelerator
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders import embedder_identity, make_embedder
 from dynaguide.experiments.calvin.config import CalvinExperimentConfig
@@ -89,7 +97,8 @@ def merge_segments(sources: tuple[str, ...], out: str | Path) -> dict:
 def _train_config(cfg: CalvinExperimentConfig, steps: int) -> TrainConfig:
     t = cfg.training
     return TrainConfig(steps=steps, batch_size=t.batch_size, lr=t.lr, lr_schedule="cosine", warmup_steps=200,
-                       val_every=500, checkpoint_every=250, ema_decay=0.995, num_threads=1)
+                       val_every=500, checkpoint_every=250, ema_decay=0.995, num_threads=1, device=t.device,
+                       mixed_precision=t.mixed_precision, grad_accum=t.grad_accum)
 
 
 def _splits(cfg: CalvinExperimentConfig) -> tuple[list[str], list[str]]:
@@ -112,16 +121,18 @@ def underrepresent(path: str | Path, names: list[str], behaviour: str, share: fl
     return [n for n in names if n in keep]
 
 
-def embed(cfg: CalvinExperimentConfig, paths: tuple[str, ...] | None = None):
-    """Embedding caches of every static frame of ``paths`` (default: the training and validation files)."""
+def embed(cfg: CalvinExperimentConfig, paths: tuple[str, ...] | None = None, accelerator=None):
+    """Embedding caches of every static frame of ``paths`` (default: the training and validation files), built by
+    the main process first when ``accelerator`` runs several (the others open them)."""
     embedder = make_embedder(cfg.embedder)
     caches = {}
-    for path in paths or (cfg.data.merged, cfg.data.validation):
-        caches[path] = build_embedding_cache(path, embedder, cfg.data.camera)
+    with accelerator.main_process_first() if accelerator is not None else contextlib.nullcontext():
+        for path in paths or (cfg.data.merged, cfg.data.validation):
+            caches[path] = build_embedding_cache(path, embedder, cfg.data.camera)
     return embedder, caches
 
 
-def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = False):
+def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = False, accelerator=None):
     """The base diffusion policy (``model.policy_cameras`` + robot_obs); with ``goal_conditioned`` the GC baseline,
     which also sees its segment's final static frame (hindsight relabelling, as the paper's GC policy)."""
     m = cfg.model
@@ -145,12 +156,12 @@ def train_base_policy(cfg: CalvinExperimentConfig, goal_conditioned: bool = Fals
 
     name = "gc_policy_run" if goal_conditioned else "policy_run"
     return train_policy(policy, dataset(train_names), _train_config(cfg, cfg.training.policy_steps),
-                        Path(cfg.training.out_dir) / name, val_data=dataset(val_names))
+                        Path(cfg.training.out_dir) / name, val_data=dataset(val_names), accelerator=accelerator)
 
 
-def train_latent_dynamics(cfg: CalvinExperimentConfig):
+def train_latent_dynamics(cfg: CalvinExperimentConfig, accelerator=None):
     m = cfg.model
-    embedder, caches = embed(cfg, (cfg.data.merged,))   # the training file's frames are all it reads
+    embedder, caches = embed(cfg, (cfg.data.merged,), accelerator)   # the training file's frames are all it reads
     train_names, val_names = _splits(cfg)
     dynamics = LatentDynamicsModel(LatentDynamicsConfig.cpu(
         embed_tokens=embedder.num_tokens, embed_dim=embedder.dim, pool=m.dynamics_pool, proprio_dim=15, action_dim=7,
@@ -161,7 +172,8 @@ def train_latent_dynamics(cfg: CalvinExperimentConfig):
         return DynamicsDataset(cfg.data.merged, cfg.data.camera, m.horizon, demos=names, tokens=cache)
 
     return train_dynamics(dynamics, dataset(train_names), _train_config(cfg, cfg.training.dynamics_steps),
-                          Path(cfg.training.out_dir) / "dynamics_run", val_data=dataset(val_names))
+                          Path(cfg.training.out_dir) / "dynamics_run", val_data=dataset(val_names),
+                          accelerator=accelerator)
 
 
 def export(cfg: CalvinExperimentConfig) -> dict:
@@ -184,24 +196,31 @@ def export(cfg: CalvinExperimentConfig) -> dict:
 
 def run(cfg: CalvinExperimentConfig, stages: tuple[str, ...] = STAGES) -> dict:
     """Run ``stages`` in order; returns ``{stage: seconds}`` (and writes ``<out_dir>/stages.json``)."""
+    unknown = [s for s in stages if s not in STAGES + OPTIONAL_STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage {unknown[0]!r}; stages: {STAGES + OPTIONAL_STAGES}")
+    accelerator = make_accelerator(cfg.training.device, cfg.training.mixed_precision)
     times: dict[str, float] = {}
     for stage in stages:
         start = time.perf_counter()
         if stage == "merge":
-            merge_segments(cfg.data.train, cfg.data.merged)
+            with accelerator.main_process_first():
+                merge_segments(cfg.data.train, cfg.data.merged)
         elif stage == "embed":
-            embed(cfg)
+            embed(cfg, accelerator=accelerator)
         elif stage == "policy":
-            train_base_policy(cfg)
+            train_base_policy(cfg, accelerator=accelerator)
         elif stage == "gc_policy":
-            train_base_policy(cfg, goal_conditioned=True)
+            train_base_policy(cfg, goal_conditioned=True, accelerator=accelerator)
         elif stage == "dynamics":
-            train_latent_dynamics(cfg)
+            train_latent_dynamics(cfg, accelerator)
         elif stage == "export":
-            export(cfg)
-        else:
-            raise ValueError(f"unknown stage {stage!r}; stages: {STAGES + OPTIONAL_STAGES}")
+            if accelerator.is_main_process:
+                export(cfg)
+            accelerator.wait_for_everyone()
         times[stage] = round(time.perf_counter() - start, 1)
+    if not accelerator.is_main_process:
+        return times
     path = Path(cfg.training.out_dir) / "stages.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(path.read_text()) if path.is_file() else {}
