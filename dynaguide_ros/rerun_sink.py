@@ -2,8 +2,8 @@
 
 :class:`RerunSink` takes messages by topic name (relative, e.g. ``camera/rgb_static``) as ROS message objects —
 rclpy's, or the objects ``mcap-ros2-support`` decodes from a ``dynaguide record`` file, which have the same
-fields — and logs them to a ``rerun.RecordingStream`` on the timeline ``ros_time`` (the message header stamps:
-simulated seconds in the lockstep sim graph, wall-clock time otherwise).  No rclpy import here.
+fields — and logs them to a ``rerun.RecordingStream`` on the timeline ``ros_time`` (the message header stamps;
+shown as dates when they are after 2001, as durations from 0 otherwise).  No rclpy import here.
 
 Entities (``world`` is the table frame of ``calvin/state`` / ``ee_pose``, metres):
 
@@ -103,7 +103,15 @@ class RerunSink:
         return True
 
     def _at(self, header) -> None:
-        self.rec.set_time(TIMELINE, duration=stamp_seconds(header))
+        self._set_time(stamp_seconds(header))
+
+    def _set_time(self, seconds: float) -> None:
+        """Stamps after 2001 are wall-clock (or a sim clock started at wall time): shown as dates; smaller ones
+        as durations from 0 (a simulator clock from 0)."""
+        if seconds > 1e9:
+            self.rec.set_time(TIMELINE, timestamp=seconds)
+        else:
+            self.rec.set_time(TIMELINE, duration=seconds)
 
     # ------------------------------------------------------------------------- handlers
     def _image(self, topic: str, msg) -> None:
@@ -202,14 +210,3 @@ class RerunSink:
             entity = f"guidance/goals/{kind}/{index}"
             self.rec.log(entity, self.rr.Image(img))
             self._goal_entities.append(entity)
-
-    # ------------------------------------------------------------------------- goals known to the caller
-    def log_goal_arrays(self, positive: list[np.ndarray], negative: list[np.ndarray], at_s: float = 0.0) -> None:
-        """Goal images the caller holds (``dynaguide demo --view``), as if received on ``guidance/goal_images``."""
-        self.rec.set_time(TIMELINE, duration=at_s)
-        self._clear_goals()
-        for kind, images in (("positive", positive), ("negative", negative)):
-            for i, img in enumerate(images):
-                entity = f"guidance/goals/{kind}/{i}"
-                self.rec.log(entity, self.rr.Image(np.asarray(img, dtype=np.uint8)))
-                self._goal_entities.append(entity)
