@@ -131,7 +131,7 @@ class ViewerProcesses:
 
     def close(self) -> None:
         if self.web is not None and self.web.poll() is None:
-            os.killpg(self.web.pid, signal.SIGINT)
+            os.killpg(self.web.pid, signal.SIGTERM)
             try:
                 self.web.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -252,6 +252,10 @@ def _main(args) -> int:
     if args.recording and not Path(args.recording).is_file():
         raise InputError(f"view {args.recording}: no such file")
     processes = ViewerProcesses()
+
+    def _stop(_signum, _frame):
+        raise KeyboardInterrupt   # SIGTERM ends the view like Ctrl-C: files finalised, servers stopped
+    signal.signal(signal.SIGTERM, _stop)
     try:
         name = Path(args.recording).name if args.recording else "live graph"
         rec = open_stream(outputs, processes, name)
