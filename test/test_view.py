@@ -36,7 +36,8 @@ def read_rrd(path: Path) -> dict[str, dict]:
 
 
 def scalars(entities: dict, path: str) -> list[float]:
-    return [v[0] for v in entities[path]["columns"]["Scalars:scalars"] if v]
+    """The values logged as ``rr.Scalars`` at ``path`` (none: ``[]``; the series' static style row has none)."""
+    return [v[0] for v in entities.get(path, {}).get("columns", {}).get("Scalars:scalars", []) if v]
 
 
 def write_recording(path: Path) -> dict[str, int]:
