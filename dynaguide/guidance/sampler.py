@@ -82,11 +82,17 @@ class GuidedSample:
         actions: ``(B, T, A)`` denoised action chunk, *normalised* (policy space, nominally [-1, 1]).
         objective: ``(B,)`` objective of the final chunk (no gradient), or None when unguided.
         timings: wall-clock breakdown of the call.
+        proposal: ``(B, T, A)`` normalised: the base policy's *proposal* — its denoised estimate
+            â⁰ = clip((aᵏ − √(1 − ᾱ_k) ε_θ) / √ᾱ_k) at the first guided DDIM step k (the first step when unguided),
+            from the noise estimate the loop computes anyway, before any guidance gradient has shifted the chunk.
+            A one-step estimate of what the unguided policy would do from this noise, not a second full sample;
+            :mod:`dynaguide.guidance.signal` scores it against the guided chunk.
     """
 
     actions: torch.Tensor
     objective: torch.Tensor | None
     timings: SampleTimings
+    proposal: torch.Tensor | None = None
 
 
 def sample_noise(
@@ -164,6 +170,17 @@ def _timed_noise_estimate(policy: Any, sample: torch.Tensor, timesteps: torch.Te
     with torch.no_grad():
         eps = policy.predict_noise(sample, timesteps, cond)
     return eps, time.perf_counter() - t0
+
+
+def _denoised_estimate(sample: torch.Tensor, eps: torch.Tensor, timestep: int, scheduler: Any) -> torch.Tensor:
+    """â⁰ = (aᵏ − √(1 − ᾱ_k) ε) / √ᾱ_k, clipped as the scheduler clips it; ``(B, T, A)``, detached."""
+    a = float(alpha_bar(scheduler, timestep))
+    with torch.no_grad():
+        x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+        if scheduler.config.clip_sample:
+            r = float(scheduler.config.clip_sample_range)
+            x0 = x0.clamp(-r, r)
+    return x0.detach()
 
 
 def _infer_batch_size(cond: Any) -> int | None:
@@ -369,7 +386,8 @@ def guided_ddim_sample(
     policy_calls = guidance_calls = 0
 
     n_steps = len(scheduler.timesteps)
-    first_guided = 0 if guided_steps is None else max(0, n_steps - guided_steps)
+    first_guided = 0 if guided_steps is None or not guided else max(0, n_steps - guided_steps)
+    proposal = None
     for step_index, timestep_tensor in enumerate(scheduler.timesteps):
         timestep = int(timestep_tensor)
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=sample.device)
@@ -398,6 +416,8 @@ def guided_ddim_sample(
             if eps.shape != sample.shape:
                 raise ValueError(f"policy.predict_noise returned shape {tuple(eps.shape)}, "
                                  f"expected {tuple(sample.shape)}")
+            if proposal is None and step_index == first_guided:
+                proposal = _denoised_estimate(sample, eps, timestep, scheduler)
             if guide_now:
                 eps = eps - guidance_coef * grad
             if rtc_terms is not None:
@@ -422,4 +442,4 @@ def guided_ddim_sample(
             final_objective = objective(sample).detach()
     total_ms = (time.perf_counter() - start) * 1e3
     timings = SampleTimings(total_ms, policy_s * 1e3, guidance_s * 1e3, policy_calls, guidance_calls)
-    return GuidedSample(actions=sample.detach(), objective=final_objective, timings=timings)
+    return GuidedSample(actions=sample.detach(), objective=final_objective, timings=timings, proposal=proposal)
