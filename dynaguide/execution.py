@@ -14,8 +14,8 @@ happens where the new chunk was made to continue them; a frozen action is queued
 (counted as ``kept_previous`` otherwise).  Its actions already due more than half a period before arrival
 (computed while the robot executed the previous chunk) are never queued — counted as ``stale_on_arrival``, the
 part of each chunk the compute time cost, not as drops; ``dropped_late`` then counts only queued actions the
-control loop missed.  The relative action spaces (``calvin_rel_ee``, ``ee_delta``) command a displacement per step, so a switch of chunk
-changes the commanded velocity, never the position: the robot does not jump.
+control loop missed.  The relative action spaces (``calvin_rel_ee``, ``ee_delta``) command a displacement per
+step, so a switch of chunk changes the commanded velocity, never the position: the robot does not jump.
 
 A chunk stamped more than ``max_future_s`` ahead of the executor's clock is rejected
 (:func:`check_chunk_stamp`, the rule of the ARX5 chunk executor): accepting it would make every later,
