@@ -259,6 +259,11 @@ def test_conditioning_is_not_reused_in_training_or_for_new_inputs(policy, cond):
         moved = policy.predict_noise(x, steps, edited)
         assert not torch.equal(moved, first)
         assert torch.equal(moved, policy.predict_noise(x, steps, edited.clone()))
+    with torch.inference_mode():              # inference tensors have no version counter: never reused
+        frozen_cond, frozen_steps = cond.clone(), steps.clone()
+        first = policy.predict_noise(x, frozen_steps, frozen_cond)
+        frozen_cond.add_(1.0)
+        assert torch.equal(policy.predict_noise(x, frozen_steps, frozen_cond), moved)
     policy.train()
     try:
         with torch.no_grad():

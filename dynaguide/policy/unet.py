@@ -144,10 +144,12 @@ class ConditionalUnet1D(nn.Module):
 
     def _modulations(self, noisy_actions: torch.Tensor, timesteps, global_cond: torch.Tensor) -> list:
         """Every block's FiLM ``(scale, bias)``, reused from the previous call when allowed (class docstring)."""
-        key = (timesteps, timesteps._version if isinstance(timesteps, torch.Tensor) else None,
-               global_cond, global_cond._version, noisy_actions.shape[0], noisy_actions.device)
-        reuse = self.reuse_conditioning and not self.training and not (
+        tensors = [t for t in (timesteps, global_cond) if isinstance(t, torch.Tensor)]
+        # inference tensors keep no version counter: an in-place change could not be seen, so they are not reused
+        reuse = self.reuse_conditioning and not self.training and not any(t.is_inference() for t in tensors) and not (
             torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))
+        key = (timesteps, timesteps._version if reuse and isinstance(timesteps, torch.Tensor) else None,
+               global_cond, global_cond._version if reuse else None, noisy_actions.shape[0], noisy_actions.device)
         # one cache per mode: inference-mode tensors cannot enter a graph (RTC's Jacobian pass alternates the two)
         slot = "_cached_modulations_inference" if torch.is_inference_mode_enabled() else "_cached_modulations"
         cached = getattr(self, slot, None)
