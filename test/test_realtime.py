@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dynaguide.execution import ActionSchedule
-from dynaguide.realtime import bench_graph, load_graph_policy, simulate_wall_clock
+from dynaguide.realtime import bench_graph, default_variants, load_graph_policy, simulate_wall_clock
 
 ROOT = Path(__file__).resolve().parents[1]
 DT = 1 / 30
@@ -65,7 +65,9 @@ def test_graph_files_give_the_policy_node_settings(name):
 def test_bench_reports_budget_and_exact_variants_match(tmp_path):
     settings = load_graph_policy(ROOT / "config" / "calvin_sim.yaml")  # the shipped trained models
     settings.camera_size = 64
-    entry = bench_graph(settings, chunks=2, goals=3, warmup=1)
+    # the other torch thread count is left out: on a loaded 2-core machine it alone took a minute here
+    variants = [v for v in default_variants(False, 1) if not v.name.startswith("torch_threads")]
+    entry = bench_graph(settings, chunks=2, goals=3, warmup=1, variants=variants)
     assert entry["budget_ms"] == pytest.approx(8 / 30 * 1e3, abs=0.2)
     assert set(entry) >= {"p50_ms", "p95_ms", "budget_ms", "keeps_up", "dropped_fraction", "settings", "variants"}
     exact = [row for name, row in entry["variants"].items() if row["exact"] and name != "configured"]
