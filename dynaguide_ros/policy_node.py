@@ -26,8 +26,9 @@ execution budget ``n_action_steps · action_dt`` and a WARN is logged while it i
 Real-time chunking (``runner.rtc.enabled``): each chunk is sampled to agree with the previous chunk's actions that
 run while it is computed — d = ceil(p95 observation-to-publication latency / ``action_dt``), measured on the node's
 clock (0 under a lockstep simulator: unchanged there; :class:`dynaguide.runtime.RTCSchedule`).  How many leading
-actions were frozen is published as ``frozen_steps`` in the ``/diagnostics`` status (``ActionChunk`` has no field
-for it: adding one means rebuilding ``dynaguide_msgs``).
+actions were frozen is published with the chunk (``ActionChunk.frozen_steps``, 0 without RTC) and in the
+``/diagnostics`` status; the executor keeps the previous chunk's actions at those times and switches to the new
+chunk at its first free action (:mod:`dynaguide.execution`).
 
 The guidance signal (:mod:`dynaguide.guidance.signal`): for every chunk sampled while goals are set (guided, or
 s = 0), ``policy/guidance_signal`` (``diagnostic_msgs/DiagnosticArray``, stamped with the chunk's observation
@@ -319,7 +320,8 @@ class PolicyNode(Node):
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
                              start_index=self.runner.action_offset, sequence=self.sequence, guided=result.guided,
-                             frame_id=self.cfg.frame_id, commit_steps=self.commit_steps)
+                             frame_id=self.cfg.frame_id, commit_steps=self.commit_steps,
+                             frozen_steps=result.frozen_steps)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
         self.rtc_schedule.done(obs_stamp, latency_ms)

@@ -16,7 +16,7 @@ Stochastic sampling repeats each step M times (``stochastic_steps``):
 
 Engineering guarantees (all tested):
 
-* no autograd graph survives a step: the policy runs under ``torch.no_grad()``; the objective's
+* no autograd graph survives a step: the policy runs under ``torch.inference_mode()``; the objective's
   gradient is computed inside ``torch.enable_grad()`` on a fresh detached leaf and detached;
 * batched: sample b's gradient depends only on sample b (objectives must score samples
   independently, see :class:`dynaguide.interfaces.GuidanceObjective`), so a batch of B equals B
@@ -165,9 +165,10 @@ def objective_value_and_grad(
 
 def _timed_noise_estimate(policy: Any, sample: torch.Tensor, timesteps: torch.Tensor,
                           cond: Any) -> tuple[torch.Tensor, float]:
-    """``policy.predict_noise`` without autograd (grad mode is per thread: set here), and its seconds."""
+    """``policy.predict_noise`` without autograd (grad mode is per thread: set here), and its seconds.  Inference
+    mode: no view or version-counter tracking (the same kernels, the same values; ε is only read afterwards)."""
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         eps = policy.predict_noise(sample, timesteps, cond)
     return eps, time.perf_counter() - t0
 
@@ -322,7 +323,7 @@ def guided_ddim_sample(
     """Sample an action chunk with DDIM, steered by ``objective`` (Algorithm 1 of the paper).
 
     Args:
-        policy: epsilon-prediction policy; ``predict_noise`` is called under ``torch.no_grad()``.
+        policy: epsilon-prediction policy; ``predict_noise`` is called under ``torch.inference_mode()``.
         cond: conditioning from ``policy.encode_observation`` for B observations.
         objective: differentiable score ``(B, T, A)`` → ``(B,)`` of noisy chunks, or None (unguided).
         scale: guidance strength s ≥ 0; 0 skips the objective entirely.
