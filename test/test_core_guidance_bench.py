@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dynaguide.bench import BenchSetup, bench_config, naive_official_guided_sample
-from dynaguide.cli import build_parser, main
+from dynaguide_cli.main import build_parser, main
 from dynaguide.diffusion import DDIMConfig
 from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GuidanceSet, guided_ddim_sample
 

@@ -19,7 +19,7 @@ import yaml
 from dynaguide.execution import ActionSchedule, check_chunk_stamp
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("dynaguide", "dynaguide_ros", "calvin_bridge", "arx5_driver")
+PACKAGES = ("dynaguide", "calvin_bridge", "dynaguide_experiments", "dynaguide_ros", "dynaguide_cli", "arx5_driver")
 
 
 # ------------------------------------------------------------------------------- 1. Logger.warn

@@ -56,7 +56,7 @@ def _wait(predicate, timeout: float, what: str, log=lambda: "") -> None:
 
 
 def _cli(*args: str) -> int:
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     return main(list(args))
 
@@ -141,7 +141,7 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
         _wait(lambda: "policy node ready" in log.text(), 90, "the policy node", log.text)
         for name, extra in {"timed": ["--duration", "10"], "sized": ["--max-bytes", "150000"], "signalled": []}.items():
             recorders[name] = ManagedProcess(
-                [sys.executable, "-m", "dynaguide.cli", "record", "-o", str(tmp_path / f"{name}.mcap"), *extra],
+                [sys.executable, "-m", "dynaguide_cli", "record", "-o", str(tmp_path / f"{name}.mcap"), *extra],
                 tmp_path / f"record_{name}.log", env=dict(os.environ))
         _wait(lambda: "subscribed to /action_chunk" in recorders["signalled"].log(), 30, "the recorder",
               recorders["signalled"].log)

@@ -48,7 +48,7 @@ from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceOb
 from dynaguide.guidance.rtc import prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
 
-from dynaguide.experiments.calvin.config import EvalConfig, ObjectiveSetup
+from dynaguide_experiments.calvin.config import EvalConfig, ObjectiveSetup
 
 #: the static camera (the env's ``rgb_static``): what the embedder and the dynamics model see, and the camera
 #: every base policy has; a policy may see further env cameras (``rgb_gripper``), listed in its ``image_keys``
