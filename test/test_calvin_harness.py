@@ -317,8 +317,9 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
                                           embedder.image_size)).numpy()
 
     g = cfg.eval.guidance
-    runner.set_guidance_tokens(node_tokens(goals["drawer_open"]), None, scale=g.scale, sigma=g.sigma,
-                               stochastic_steps=g.stochastic_steps)
+    runner.set_guidance_tokens(node_tokens(goals["drawer_open"]), None,
+                               runner.guidance_defaults.retuned(scale=g.scale, sigma=g.sigma,
+                                                                stochastic_steps=g.stochastic_steps))
     frame = goals["drawer_open"][0]                       # any 64 px static frame
     images, proprio = np.stack([frame, frame]), np.zeros((2, 15), np.float32)
     harness = planner(Observation(to_image_tensor(images)[None], torch.from_numpy(proprio)[None], torch.zeros(1, 3),

@@ -241,7 +241,7 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
     assert (runner.dynamics.cfg.embed_tokens, runner.dynamics.cfg.embed_dim) == (16, 32)
     images = {"rgb_static": np.zeros((2, 64, 64, 3), np.uint8)}
     tokens = np.zeros((16, 32), np.float32)
-    runner.set_guidance_tokens(tokens[None], None, scale=1.0)
+    runner.set_guidance_tokens(tokens[None], None, runner.guidance_defaults.retuned(scale=1.0))
     chunk = runner.act(images, np.zeros((2, 15), np.float32), tokens, train_summary["embedder_id"])
     assert chunk.guided and chunk.actions.shape == (16, 7) and np.isfinite(chunk.actions).all()
     runner.close()
