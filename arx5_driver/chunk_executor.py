@@ -61,16 +61,20 @@ class ActionChunk:
     start_index: int
     dt: float
     frame_id: str = ""
+    # real-time chunking: leading actions from start_index constrained to the previous chunk's (validated; the
+    # trajectory already starts at the current command and runs through them, which agree with the running plan)
+    frozen_steps: int = 0
 
     @classmethod
     def from_flat(cls, stamp: float, action_space: str, horizon: int, action_dim: int, actions: Any,
-                  start_index: int, dt: float, frame_id: str = "") -> ActionChunk:
+                  start_index: int, dt: float, frame_id: str = "", frozen_steps: int = 0) -> ActionChunk:
         """Build from the message's flat row-major ``actions``; ChunkRejected if sizes disagree."""
         try:
             rows = chunk_from_flat(actions, horizon, action_dim)
         except ValueError as exc:
             raise ChunkRejected(str(exc)) from exc
-        return cls(float(stamp), str(action_space), rows, int(start_index), float(dt), str(frame_id))
+        return cls(float(stamp), str(action_space), rows, int(start_index), float(dt), str(frame_id),
+                   int(frozen_steps))
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ class ChunkExecutor:
         actions = np.asarray(chunk.actions, dtype=float)
         expected_dim = self.dof + 1 if chunk.action_space == "joint_position" else 7
         try:
-            check_chunk(actions, chunk.dt, chunk.start_index, action_dim=expected_dim, max_horizon=cfg.max_horizon)
+            check_chunk(actions, chunk.dt, chunk.start_index, action_dim=expected_dim, max_horizon=cfg.max_horizon,
+                        frozen_steps=chunk.frozen_steps)
             check_chunk_stamp(chunk.stamp, now, self.last_accepted_stamp, cfg.max_future_s)
         except ValueError as exc:
             raise ChunkRejected(f"{chunk.action_space}: {exc}") from exc

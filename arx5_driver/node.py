@@ -202,7 +202,7 @@ class Arx5DriverNode(Node):
         try:
             chunk = ActionChunk.from_flat(stamp, msg.action_space, int(msg.horizon), int(msg.action_dim),
                                           np.asarray(msg.actions, dtype=float), int(msg.start_index), float(msg.dt),
-                                          msg.header.frame_id)
+                                          msg.header.frame_id, int(msg.frozen_steps))
         except ChunkRejected as exc:
             self.get_logger().warning(f"chunk {msg.sequence} rejected: {exc}", throttle_duration_sec=1.0)
             return

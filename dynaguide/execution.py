@@ -7,11 +7,15 @@ by more than half a period are dropped as late (as diffusion_policy's real-robot
 is due, the caller holds.
 
 Splicing, which actions win: the newest chunk, from its first action that is still in the future when it
-arrives.  Its actions already due more than half a period before arrival (computed while the robot executed
-the previous chunk) are never queued — counted as ``stale_on_arrival``, the part of each chunk the compute
-time cost, not as drops; ``dropped_late`` then counts only queued actions the control loop missed.  The
-relative action spaces (``calvin_rel_ee``, ``ee_delta``) command a displacement per step, so a switch of chunk
-changes the commanded velocity, never the position: the robot does not jump.
+arrives — or, for a real-time-chunking chunk (``frozen_steps > 0``, ``ActionChunk.frozen_steps``), from its first
+action after the frozen ones: those were sampled to agree with the previous chunk's actions due at the same times,
+so the previous chunk's queued actions run on unchanged through the delay (as in Black et al. 2025) and the switch
+happens where the new chunk was made to continue them; a frozen action is queued only where nothing is queued
+(counted as ``kept_previous`` otherwise).  Its actions already due more than half a period before arrival
+(computed while the robot executed the previous chunk) are never queued — counted as ``stale_on_arrival``, the
+part of each chunk the compute time cost, not as drops; ``dropped_late`` then counts only queued actions the
+control loop missed.  The relative action spaces (``calvin_rel_ee``, ``ee_delta``) command a displacement per
+step, so a switch of chunk changes the commanded velocity, never the position: the robot does not jump.
 
 A chunk stamped more than ``max_future_s`` ahead of the executor's clock is rejected
 (:func:`check_chunk_stamp`, the rule of the ARX5 chunk executor): accepting it would make every later,
@@ -49,7 +53,7 @@ def chunk_from_flat(values, horizon: int, action_dim: int, dtype=np.float64) -> 
 
 
 def check_chunk(actions: np.ndarray, dt: float, start_index: int, action_dim: int | None = None,
-                max_horizon: int | None = None) -> None:
+                max_horizon: int | None = None, frozen_steps: int = 0) -> None:
     """Raise ``ValueError`` with the reason if a chunk's content cannot be executed.
 
     Args:
@@ -58,6 +62,8 @@ def check_chunk(actions: np.ndarray, dt: float, start_index: int, action_dim: in
         start_index: first action to execute, in ``[0, T)`` (earlier rows are observation history).
         action_dim: the ``A`` the executor needs (``None``: any).
         max_horizon: the largest ``T`` accepted (``None``: any).
+        frozen_steps: actions from ``start_index`` on that real-time chunking constrained to the previous chunk's
+            (``ActionChunk.frozen_steps``), in ``[0, T - start_index]``.
     """
     actions = np.asarray(actions)
     if actions.ndim != 2 or actions.shape[0] < 1 or actions.shape[1] < 1:
@@ -73,6 +79,9 @@ def check_chunk(actions: np.ndarray, dt: float, start_index: int, action_dim: in
         raise ValueError(f"chunk dt must be positive and finite, got {dt}")
     if not 0 <= start_index < horizon:
         raise ValueError(f"start_index {start_index} outside [0, {horizon})")
+    if not isinstance(frozen_steps, (int, np.integer)) or not 0 <= frozen_steps <= horizon - start_index:
+        raise ValueError(f"frozen_steps {frozen_steps!r} outside [0, {horizon - start_index}] (the chunk's "
+                         f"{horizon} actions from start_index {start_index})")
 
 
 def check_chunk_stamp(stamp: float, now: float | None, last_stamp: float,
@@ -100,6 +109,7 @@ class ScheduleStats:
     dropped_late: int = 0
     held: int = 0
     stale_on_arrival: int = 0
+    kept_previous: int = 0   # frozen actions of RTC chunks not queued: the previous chunk's action at that time ran
 
 
 class ActionSchedule:
@@ -116,17 +126,19 @@ class ActionSchedule:
         self.stats = ScheduleStats()
 
     def add_chunk(self, actions: np.ndarray, stamp: float, dt: float, start_index: int = 0,
-                  now: float | None = None, commit_steps: int = 0) -> None:
+                  now: float | None = None, commit_steps: int = 0, frozen_steps: int = 0) -> None:
         """Schedule ``actions (T, A)``; raises ``ValueError`` for a malformed, out-of-order or (given the
         clock ``now``) future-stamped chunk.  ``commit_steps > 0`` queues only the first ``commit_steps``
         actions from ``start_index`` (what the policy commits to; a lockstep simulator then waits for the next
-        chunk instead of running on into the chunk's uncommitted tail)."""
+        chunk instead of running on into the chunk's uncommitted tail).  ``frozen_steps``: the chunk's first
+        actions from ``start_index`` that real-time chunking constrained to the previous chunk's; queued actions
+        at their times are kept and the chunk takes over at its first free action (module docstring)."""
         actions = np.asarray(actions, dtype=np.float64)
         if not isinstance(commit_steps, (int, np.integer)) or commit_steps < 0:
             raise ValueError(f"commit_steps must be an integer >= 0, got {commit_steps!r}")
         self.stats.received += 1
         try:
-            check_chunk(actions, dt, start_index, action_dim=self.action_dim)
+            check_chunk(actions, dt, start_index, action_dim=self.action_dim, frozen_steps=frozen_steps)
             check_chunk_stamp(stamp, now, self._last_stamp, self.max_future_s)
         except ValueError:
             self.stats.rejected += 1
@@ -135,14 +147,22 @@ class ActionSchedule:
         end = len(actions) if commit_steps == 0 else min(len(actions), start_index + int(commit_steps))
         times = stamp + (np.arange(start_index, end) - start_index + 1) * dt
         actions = actions[start_index:end]
+        frozen = np.arange(len(times)) < int(frozen_steps)
         if now is not None:  # already due before it arrived: never queued
             fresh = times >= now - 0.5 * self.control_dt
             self.stats.stale_on_arrival += int((~fresh).sum())
-            times, actions = times[fresh], actions[fresh]
+            times, actions, frozen = times[fresh], actions[fresh], frozen[fresh]
             if len(times) == 0:
                 return
-        while self._queue and self._queue[-1][0] >= times[0] - 1e-9:
+        # the switch: the first action still to come, past the frozen ones when the previous plan covers them
+        free = np.flatnonzero(~frozen)
+        switch = times[free[0]] if len(free) else np.inf
+        while self._queue and self._queue[-1][0] >= switch - 1e-9:
             self._queue.pop()
+        if self._queue and frozen.any():
+            covered = frozen & (times <= self._queue[-1][0] + 1e-9)
+            self.stats.kept_previous += int(covered.sum())
+            times, actions = times[~covered], actions[~covered]
         self._queue.extend(zip(times.tolist(), actions))
 
     def next_action(self, now: float) -> np.ndarray | None:

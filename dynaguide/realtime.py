@@ -13,7 +13,15 @@ virtual wall clock (:func:`simulate_wall_clock`).  It reports:
   the simulation checks that);
 * ``dropped_fraction`` — control ticks, from the first chunk's first action on, on which the robot had no
   action to execute and held still: the share of the motion the policy failed to command;
-* ``keeps_up`` — ``p95_ms ≤ budget_ms`` and ``dropped_fraction < 1 %``.
+* ``keeps_up`` — ``p95_ms ≤ budget_ms`` and ``dropped_fraction < 1 %``;
+* ``execution_horizon`` — the configured variant's compute times replayed with other replanning periods P (steps):
+  the budget without RTC is P·dt (every executed action at most P steps older than the newest observation; P =
+  n_action_steps is the policy's training contract); with RTC the new chunk continues what runs meanwhile, so
+  staleness no longer binds and the budget is what the previous chunk still covers, ``(T − o − P)·dt`` — and at
+  most ``(T − o)·dt / 2`` once compute exceeds P·dt and chunks run back to back.  Both peak at P = (T − o) / 2;
+  the simulated ``dropped_fraction`` per P shows which execution horizon feeds the robot best;
+* ``load`` — ``os.getloadavg()`` before and after (1, 5, 15 min) beside ``cpu_count``: timings on a shared
+  machine are only comparable within one run (variants are interleaved chunk by chunk).
 
 The replanning rule simulated is the policy node's: a new chunk is computed from the newest observation once
 it is ``replan_period_s`` newer than the one the last chunk used, and as soon as the sampler is free when
@@ -203,6 +211,14 @@ def _load_average() -> float | None:
         return None
 
 
+def _load_averages() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (what ``uptime`` prints), None where unavailable."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 @dataclass
 class Variant:
     """One way of computing the chunk: ``exact`` variants must give the configured chunk (≤ 1e-5)."""
@@ -213,19 +229,35 @@ class Variant:
     exact: bool = True
     fast_encoder: bool = True        # LatentDynamicsModel.inference_fast_path
     frozen_weights: bool = True      # dynamics weights without requires_grad (what the runner sets)
+    reuse_conditioning: bool = True  # ConditionalUnet1D.reuse_conditioning (FiLM once per noise level, not M times)
+    torch_threads: int | None = None  # None: the configured runner.torch_threads
+    rtc: Any = None                  # RTCConfig: real-time chunking with the previous chunk as prefix (delay = P)
 
 
-def default_variants(configured_parallel: bool) -> list[Variant]:
+def default_variants(configured_parallel: bool, configured_threads: int = 1) -> list[Variant]:
     """The configured computation; the same computation as the code before each speed-up (``before: …``)
-    and with the other thread placement (exact: outputs compared); cheaper approximations (M = 2, guidance on
-    the last 5 DDIM steps only), whose effect on steering the CALVIN harness measures."""
+    and with the other thread placement / count (exact: outputs compared); real-time chunking with and without
+    its Jacobian pass (another chunk by design: not exact); cheaper approximations (M = 2, guidance on the last 5
+    DDIM steps only), whose effect on steering the CALVIN harness measures."""
+    from dynaguide.guidance.rtc import RTCConfig
+
     p = configured_parallel
+    other_threads = 2 if configured_threads == 1 else 1
     return [Variant("configured", p),
-            Variant("before: module encoder, trainable weights", p, fast_encoder=False, frozen_weights=False),
-            Variant("before: module encoder", p, fast_encoder=False),
+            Variant("before: conditioning per call", p, reuse_conditioning=False),
+            Variant("before: conditioning per call, module encoder, trainable weights", p, fast_encoder=False,
+                    frozen_weights=False, reuse_conditioning=False),
             Variant("parallel_policy" if not p else "sequential_policy", not p),
+            Variant(f"torch_threads={other_threads}", p, torch_threads=other_threads),
+            Variant("rtc: hard + Jacobian", p, exact=False, rtc=RTCConfig(enabled=True, mode="hard", jacobian=True)),
+            Variant("rtc: hard, Jacobian-free", p, exact=False,
+                    rtc=RTCConfig(enabled=True, mode="hard", jacobian=False)),
             Variant("M=2", p, {"stochastic_steps": 2}, exact=False),
             Variant("guided_steps=5", p, {"guided_steps": 5}, exact=False)]
+
+
+#: replanning periods (steps) the ``execution_horizon`` replay tries
+EXECUTION_HORIZONS = (4, 6, 7, 8, 9, 10, 12)
 
 
 def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int = 20, warmup: int = 2,
@@ -241,7 +273,7 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
     base = GuidedPolicyRunner.from_config(settings.runner)
     policy, dynamics = base.policy, base.dynamics
     base.close()
-    variants = variants or default_variants(settings.runner.parallel_policy)
+    variants = variants or default_variants(settings.runner.parallel_policy, settings.runner.torch_threads)
     rng = np.random.default_rng(seed)
     n_tok, dim = dynamics.cfg.embed_tokens, dynamics.cfg.embed_dim
     goal_tokens = rng.normal(size=(goals, n_tok, dim)).astype(np.float32)
@@ -255,8 +287,9 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
     for v in variants:
         guidance = GuidanceConfig(**{**g.__dict__, **v.guidance_overrides})
         runner = GuidedPolicyRunner(policy, dynamics, trained=base.trained, guidance_defaults=guidance,
-                                    seed=settings.runner.seed, torch_threads=settings.runner.torch_threads,
-                                    parallel_policy=v.parallel_policy)
+                                    seed=settings.runner.seed,
+                                    torch_threads=v.torch_threads or settings.runner.torch_threads,
+                                    parallel_policy=v.parallel_policy, rtc=v.rtc)
         runner.set_guidance_tokens(goal_tokens, None)
         runners[v.name] = runner
     times: dict[str, list[float]] = {v.name: [] for v in variants}
@@ -264,7 +297,9 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
     embed_ms: list[float] = []
     embedder = make_embedder(settings.embedder).eval()
     frame = torch.as_tensor(images[policy.cfg.image_keys[0]][-1:]).permute(0, 3, 1, 2).float() / 255.0
-    load_before = _load_average()
+    load_before, load_triple_before = _load_average(), _load_averages()
+    replan_steps = max(1, round(settings.replan_period_s / settings.action_dt))
+    noise_net = getattr(policy, "noise_net", None)
     from tqdm import tqdm
 
     for i in tqdm(range(warmup + chunks), desc=f"realtime {settings.name}", unit="round"):
@@ -272,7 +307,11 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
         for v in variants:
             dynamics.inference_fast_path = v.fast_encoder
             dynamics.requires_grad_(not v.frozen_weights)
-            result = runners[v.name].act(images, proprio, obs_tokens)
+            if noise_net is not None and hasattr(noise_net, "reuse_conditioning"):
+                noise_net.reuse_conditioning = v.reuse_conditioning
+            # RTC: planned P steps after the previous chunk, the P actions running meanwhile frozen (d = P)
+            rtc = {"rtc_shift": replan_steps, "rtc_delay": replan_steps} if v.rtc is not None else {}
+            result = runners[v.name].act(images, proprio, obs_tokens, **rtc)
             if i >= warmup:
                 times[v.name].append(result.compute_ms)
             if v.name == "configured":
@@ -286,6 +325,8 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
             embed_ms.append((time.perf_counter() - t0) * 1e3)
     dynamics.inference_fast_path = True
     dynamics.requires_grad_(False)
+    if noise_net is not None and hasattr(noise_net, "reuse_conditioning"):
+        noise_net.reuse_conditioning = True
     for runner in runners.values():
         runner.close()
     budget_ms = policy.n_action_steps * settings.action_dt * 1e3
@@ -300,14 +341,29 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
                         "dropped_fraction": round(sim.dropped_fraction, 4),
                         "stale_on_arrival_per_chunk": round(sim.stale_on_arrival / sim.chunks, 2),
                         "exact": v.exact, "parallel_policy": v.parallel_policy,
+                        "torch_threads": v.torch_threads or settings.runner.torch_threads,
+                        "rtc": None if v.rtc is None else {"mode": v.rtc.mode, "jacobian": v.rtc.jacobian,
+                                                           "shift": replan_steps, "delay": replan_steps},
                         "guidance_overrides": v.guidance_overrides}
         if v.exact and v.name != "configured":
             rows[v.name]["max_abs_diff_vs_configured"] = diffs[v.name]
             # > 1: this variant takes longer than the configured code (for "before: ..." the speed-up gained)
             rows[v.name]["time_ratio_vs_configured"] = round(p50 / statistics.median(times["configured"]), 3)
     configured = rows["configured"]
+    horizon, offset, dt = policy.horizon, runners["configured"].action_offset, settings.action_dt
+    sweep = {}
+    for steps in EXECUTION_HORIZONS:
+        if steps >= horizon - offset:
+            continue
+        sim = simulate_wall_clock([t / 1e3 for t in times["configured"]], horizon=horizon, action_dt=dt,
+                                  replan_period_s=steps * dt, start_index=offset)
+        rtc_steps = min(horizon - offset - steps, (horizon - offset) / 2)
+        sweep[str(steps)] = {"budget_ms": round(steps * dt * 1e3, 1), "rtc_budget_ms": round(rtc_steps * dt * 1e3, 1),
+                             "dropped_fraction": round(sim.dropped_fraction, 4)}
     return {**{k: configured[k] for k in ("p50_ms", "p95_ms", "keeps_up", "dropped_fraction")},
             "budget_ms": round(budget_ms, 1),
+            "execution_horizon": {"configured_steps": replan_steps, "horizon": horizon, "action_offset": offset,
+                                  "replays": sweep},
             "settings": {"trained": base.trained, "goals_K": goals, "stochastic_steps_M": g.stochastic_steps,
                          "stochastic_mode": g.stochastic_mode, "guided_steps": g.guided_steps,
                          "ddim_steps": policy.cfg.ddim.num_inference_steps, "horizon": policy.horizon,
@@ -317,7 +373,8 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
                          "parallel_policy": settings.runner.parallel_policy, "chunks": chunks,
                          "embedder": settings.embedder.kind, "embed_ms_p50": round(statistics.median(embed_ms), 1),
                          "cpu_count": os.cpu_count(), "load_avg_1min_before": load_before,
-                         "load_avg_1min_after": _load_average()},
+                         "load_avg_1min_after": _load_average(), "load_avg_before": load_triple_before,
+                         "load_avg_after": _load_averages()},
             "variants": rows}
 
 
@@ -338,14 +395,19 @@ def run_realtime_bench(args: argparse.Namespace) -> int:
         print(f"{settings.name}: compute p50 {entry['p50_ms']} ms, p95 {entry['p95_ms']} ms vs budget "
               f"{entry['budget_ms']} ms; {100 * entry['dropped_fraction']:.1f} % of control ticks without an action "
               f"-> {verdict} (K={args.goals}, M={entry['settings']['stochastic_steps_M']}, trained="
-              f"{entry['settings']['trained']}, load {entry['settings']['load_avg_1min_before']})")
+              f"{entry['settings']['trained']}, load {entry['settings']['load_avg_before']} -> "
+              f"{entry['settings']['load_avg_after']} on {entry['settings']['cpu_count']} CPUs)")
         for name, row in entry["variants"].items():
             extra = ""
             if "time_ratio_vs_configured" in row:
                 extra = (f", {row['time_ratio_vs_configured']}x the configured time, max diff "
                          f"{row['max_abs_diff_vs_configured']:.1e}")
-            print(f"  {name:18s} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  dropped "
+            print(f"  {name:26s} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  dropped "
                   f"{100 * row['dropped_fraction']:5.1f} %  keeps up: {row['keeps_up']}{extra}")
+        replays = entry["execution_horizon"]["replays"]
+        print("  execution horizon P (steps): budget / RTC budget / dropped with the configured times: " + "; ".join(
+            f"{p}: {r['budget_ms']:.0f}/{r['rtc_budget_ms']:.0f} ms {100 * r['dropped_fraction']:.1f} %"
+            for p, r in replays.items()))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

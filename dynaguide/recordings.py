@@ -19,7 +19,8 @@ Step ``k`` is the observation at stamp ``t_k``; the action executed from it is t
 Executed actions are reconstructed from the recorded chunks with the executor's own rules — the chunks are
 replayed through :class:`dynaguide.execution.ActionSchedule`: each chunk's action ``i`` (``i >= start_index``)
 is scheduled at ``stamp + (i - start_index + 1) * dt``, the newest chunk wins from its first action still in
-the future when it arrives, actions already due on arrival are never queued, and a step with nothing due
+the future when it arrives (after its ``frozen_steps``, which real-time chunking made agree with the previous
+chunk's queued actions), actions already due on arrival are never queued, and a step with nothing due
 holds (relative action spaces: zero motion, gripper kept; absolute ones: the last action).  A chunk's
 arrival time is taken as the stamp of the last robot state the recorder had received before the chunk
 (the executor's clock at that moment, to within one state message).  Leading steps before the first
@@ -196,6 +197,8 @@ def read_recording(path: str | Path, cfg: FromMcapConfig) -> _Recording:
                                               dtype=np.float32)
                     rec.chunks.append({"log_time": message.log_time, "stamp": _stamp(msg.header), "actions": actions,
                                        "dt": float(msg.dt), "start_index": int(msg.start_index),
+                                       # recordings made before the field existed: nothing frozen
+                                       "frozen_steps": int(getattr(msg, "frozen_steps", 0)),
                                        "guided": bool(msg.guided), "action_space": str(msg.action_space)})
                 elif topic == cfg.topic(cfg.behaviour_topic):
                     rec.events.append((_stamp(msg.header), str(msg.behaviour)))
@@ -273,7 +276,8 @@ def reconstruct_steps(rec: _Recording, cfg: FromMcapConfig) -> Steps:
             c = rec.chunks[index]
             tagged = np.concatenate([c["actions"], np.full((len(c["actions"]), 1), index, np.float32)], axis=1)
             try:
-                schedule.add_chunk(tagged, c["stamp"], c["dt"], c["start_index"], now=when)
+                schedule.add_chunk(tagged, c["stamp"], c["dt"], c["start_index"], now=when,
+                                   frozen_steps=c.get("frozen_steps", 0))
             except ValueError:
                 rejected += 1  # out of order or malformed: the executor rejected it too
             continue

@@ -36,6 +36,7 @@ from dynaguide.guidance.goals import GuidanceConfig, GoalLatents
 from dynaguide.guidance.objectives import DynaGuideObjective
 from dynaguide.guidance.rtc import RTCConfig, delay_steps, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
+from dynaguide.guidance.signal import GuidanceSignal, guidance_signal
 from dynaguide.realtime import LatencyMonitor
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.policy.lerobot_adapter import POLICY_KINDS, LeRobotAdapterConfig, load_policy
@@ -91,6 +92,7 @@ class ChunkResult:
     compute_ms: float
     fallback: str = ""           # why a chunk meant to be guided is unguided (non-finite guidance), else ""
     frozen_steps: int = 0        # actions from action_offset on constrained to the previous chunk's (RTC), 0 = none
+    signal: GuidanceSignal | None = None  # proposal vs chunk against the goals (guidance set, also with s = 0)
 
 
 class RTCSchedule:
@@ -278,14 +280,21 @@ class GuidedPolicyRunner:
         proprio_t = torch.as_tensor(np.asarray(proprio, dtype=np.float32)).unsqueeze(0)
         obs["proprio"] = proprio_t
         guidance = self.guidance
-        objective = None
+        objective = scorer = None   # scorer: the same objective, for the guidance signal (also with s = 0)
         if guidance is not None and guidance.scale > 0:
             if obs_tokens is None:
                 raise ValueError("guidance is active but no observation embedding is available")
             self.check_embedder_id(obs_embedder_id, "observation")
-            objective = DynaGuideObjective(
-                self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
-                proprio_t[:, -1], guidance, action_offset=self.action_offset)
+        if guidance is not None and obs_tokens is not None:
+            try:
+                self.check_embedder_id(obs_embedder_id, "observation")
+                scorer = DynaGuideObjective(
+                    self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
+                    proprio_t[:, -1], guidance, action_offset=self.action_offset)
+            except ValueError:
+                if guidance.scale > 0:
+                    raise
+            objective = scorer if guidance.scale > 0 else None
         with torch.no_grad():
             cond = self.policy.encode_observation(obs)
         fallback = ""
@@ -306,9 +315,16 @@ class GuidedPolicyRunner:
             sample = guided_ddim_sample(self.policy, cond, None, scale=0.0, ddim=self.policy.cfg.ddim,
                                         generator=self.generator, **rtc_kwargs)
         self._previous_chunk = sample.actions.detach().clone()
+        signal = None
+        if scorer is not None and sample.proposal is not None:
+            try:
+                signal = guidance_signal(scorer, sample.proposal, sample.actions)
+            except ValueError:
+                signal = None   # non-finite: no signal for this chunk (the chunk itself is unaffected)
         # the sampler already scored its final chunk (GuidedSample.objective): no second dynamics pass
         metric = float(sample.objective[0]) if objective is not None and sample.objective is not None else float("nan")
         with torch.no_grad():
             actions = self.policy.unnormalize_actions(sample.actions)[0].cpu().numpy()
         return ChunkResult(actions=actions.astype(np.float32), guided=objective is not None, metric=metric,
-                           compute_ms=(time.perf_counter() - start) * 1e3, fallback=fallback, frozen_steps=frozen)
+                           compute_ms=(time.perf_counter() - start) * 1e3, fallback=fallback, frozen_steps=frozen,
+                           signal=signal)

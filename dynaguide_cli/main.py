@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "node": "dynaguide_ros.run_node",
     "interfaces": "dynaguide_ros.selfcheck",
     "record": "dynaguide_ros.recorder",
+    "view": "dynaguide_ros.viewer",
     "dataset": "dynaguide.recordings",
     "train": "dynaguide.train_cli",
 }

@@ -128,7 +128,8 @@ class CalvinBridgeNode(Node):
                 # lockstep: only the committed actions, then the world waits for the policy's next chunk
                 # (the policy's closed loop as trained: replan after n_action_steps, no latency)
                 self.schedule.add_chunk(actions, time_to_seconds(msg.header.stamp), msg.dt, msg.start_index,
-                                        now=self._now(), commit_steps=msg.commit_steps if self.cfg.lockstep else 0)
+                                        now=self._now(), commit_steps=msg.commit_steps if self.cfg.lockstep else 0,
+                                        frozen_steps=msg.frozen_steps)
         except (MessageError, ValueError) as exc:
             self.get_logger().warning(f"rejected chunk {msg.sequence}: {exc}", throttle_duration_sec=2.0)
 
@@ -140,7 +141,8 @@ class CalvinBridgeNode(Node):
                 try:
                     self.schedule.add_chunk(chunk_from_msg(chunk), time_to_seconds(chunk.header.stamp), chunk.dt,
                                             chunk.start_index, now=self._now(),
-                                            commit_steps=chunk.commit_steps if self.cfg.lockstep else 0)
+                                            commit_steps=chunk.commit_steps if self.cfg.lockstep else 0,
+                                            frozen_steps=chunk.frozen_steps)
                 except (MessageError, ValueError) as exc:
                     self.get_logger().warning(f"held chunk {chunk.sequence} rejected at the start: {exc}")
         res.success = True

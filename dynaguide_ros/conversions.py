@@ -53,9 +53,11 @@ def rgb_to_image_msg(rgb: np.ndarray, stamp: Time | None = None, frame_id: str =
 
 # ----------------------------------------------------------------------------------- action chunks
 def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float, start_index: int = 0,
-                 sequence: int = 0, guided: bool = False, frame_id: str = "", commit_steps: int = 0) -> ActionChunk:
+                 sequence: int = 0, guided: bool = False, frame_id: str = "", commit_steps: int = 0,
+                 frozen_steps: int = 0) -> ActionChunk:
     """``actions (T, A)`` (un-normalised, units of ``action_space``) → ``ActionChunk``; ``commit_steps``: the
-    policy's executed actions per chunk (0 = all)."""
+    policy's executed actions per chunk (0 = all); ``frozen_steps``: actions from ``start_index`` on that real-time
+    chunking constrained to the previous chunk's (0 = none; at most ``T - start_index``)."""
     actions = np.asarray(actions, dtype=np.float32)
     if actions.ndim != 2:
         raise MessageError(f"actions must be (T, A), got shape {actions.shape}")
@@ -74,6 +76,10 @@ def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float,
     if commit_steps < 0:
         raise MessageError(f"commit_steps must be >= 0, got {commit_steps}")
     msg.commit_steps = int(commit_steps)
+    if not 0 <= frozen_steps <= actions.shape[0] - start_index:
+        raise MessageError(f"frozen_steps {frozen_steps} outside [0, {actions.shape[0] - start_index}] "
+                           f"(the chunk's {actions.shape[0]} actions from start_index {start_index})")
+    msg.frozen_steps = int(frozen_steps)
     return msg
 
 
@@ -83,7 +89,7 @@ def chunk_from_msg(msg: ActionChunk) -> np.ndarray:
     try:
         actions = chunk_from_flat(np.frombuffer(msg.actions, dtype=np.float32), msg.horizon, msg.action_dim,
                                   dtype=np.float32).copy()
-        check_chunk(actions, msg.dt, msg.start_index)
+        check_chunk(actions, msg.dt, msg.start_index, frozen_steps=msg.frozen_steps)
     except ValueError as exc:
         raise MessageError(str(exc)) from exc
     return actions

@@ -92,6 +92,51 @@ def _stamp(msg) -> float:
     return msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
 
 
+def view_outputs(args):
+    """``--view`` / ``--view-web`` / ``--view-save``: where the runs are streamed (None: not viewed)."""
+    if not (args.view or args.view_web or args.view_save):
+        return None
+    from dynaguide_ros.viewer import ViewOutputs
+
+    return ViewOutputs(native=args.view, web=args.view_web, save=args.view_save or "",
+                       grpc_port=args.view_grpc_port, web_port=args.view_web_port)
+
+
+def _run_save_path(save: str, mode: str) -> str:
+    """``run.rrd`` → ``run.guided.rrd``: one rerun file per run of the demo."""
+    if not save:
+        return ""
+    path = Path(save)
+    return str(path.with_name(f"{path.stem}.{mode}{path.suffix}"))
+
+
+def _open_view(args, node, mode: str):
+    """Stream this run to rerun (``dynaguide view``'s entities, one recording per run) when asked."""
+    outputs = view_outputs(args)
+    if outputs is None:
+        return None
+    from dynaguide_ros.rerun_sink import RerunSink
+    from dynaguide_ros.viewer import ViewerProcesses, attach, open_stream
+
+    if getattr(args, "view_processes", None) is None:
+        args.view_processes = ViewerProcesses()
+    save = _run_save_path(outputs.save, mode)
+    rec = open_stream(outputs, args.view_processes, f"demo {mode}, seed {args.seed}", save=save)
+    if args.view_processes.web_url:
+        print(f"[demo] web viewer: {args.view_processes.web_url}", flush=True)
+    sink = RerunSink(rec)
+    attach(node, sink)
+    return rec, sink, save
+
+
+def _close_view(view) -> None:
+    rec, sink, save = view
+    rec.flush()
+    if save:
+        rec.disconnect()   # finalises the file
+        print(f"[demo] rerun file {save}: {sum(sink.counts.values())} messages", flush=True)
+
+
 def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str) -> dict:
     """One run of the graph (guided or not) from a held world; returns its summary (also written to ``out``)."""
     apply_localhost_defaults()
@@ -135,6 +180,7 @@ def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str
             if status.name.endswith(": execution"):
                 execution.update({kv.key: int(kv.value) for kv in status.values if kv.value.lstrip("-").isdigit()})
     node.create_subscription(DiagnosticArray, "/diagnostics", on_status, RELIABLE)
+    view = _open_view(args, node, mode)   # the goal images come from the manager (guidance/goal_images)
     launcher.start()
     summary: dict = {"run": mode, "guided": guided, "behaviour_target": args.behaviour, "seed": args.seed,
                      "scene": _scene_label(args), "models": models or None, "trained_models": bool(models)}
@@ -210,6 +256,10 @@ def run_once(args, goals: list[np.ndarray], guided: bool, out: Path, models: str
         summary["stopped_by"] = "sim_seconds" if sim_elapsed() >= args.sim_seconds - 1e-6 else "duration"
     finally:
         launcher.stop()
+        if view is not None:
+            for _ in range(5):   # what the graph published last
+                rclpy.spin_once(node, timeout_sec=0.05)
+            _close_view(view)
         node.destroy_node()
         rclpy.shutdown()
     run_diags = diags[first_seq:]
@@ -382,13 +432,31 @@ def _measure(args) -> int:
 
 
 def _main(args) -> int:
+    args.view_processes = None
+    if view_outputs(args) is not None:
+        from dynaguide_ros.viewer import check_save_path, import_rerun
+
+        import_rerun()                      # installed? (one line if not)
+        check_save_path(args.view_save)     # a bad --view-save before minutes of graph start-up
     try:
-        return _measure(args) if args.measure else _run(args)
+        code = _measure(args) if args.measure else _run(args)
+        processes = args.view_processes
+        if processes is not None and processes.web is not None and code == 0:
+            print(f"[demo] the web viewer stays up at {processes.web_url} until Ctrl-C", flush=True)
+            try:
+                while processes.web.poll() is None:
+                    time.sleep(0.5)
+            except KeyboardInterrupt:
+                pass
+        return code
     except (TimeoutError, RuntimeError) as exc:
         import sys
 
         print(f"dynaguide demo: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if args.view_processes is not None:
+            args.view_processes.close()
 
 
 def register(subparsers) -> None:
@@ -427,4 +495,11 @@ def register(subparsers) -> None:
     p.add_argument("--measure", type=int, default=0, metavar="N",
                    help="run N seeds guided and unguided and write the steering summary to --json")
     p.add_argument("--json", default=None, help="with --measure: output file (e.g. results/calvin/demo_steering.json)")
+    p.add_argument("--view", action="store_true",
+                   help="watch the runs live in the native rerun viewer (`dynaguide view`'s picture; the view extra)")
+    p.add_argument("--view-web", action="store_true", help="... in rerun's web viewer on 127.0.0.1 (up until Ctrl-C)")
+    p.add_argument("--view-save", default=None, metavar="RUN.rrd",
+                   help="... into rerun files, one per run (RUN.guided.rrd, RUN.unguided.rrd)")
+    p.add_argument("--view-grpc-port", type=int, default=9876, help="rerun gRPC port (localhost)")
+    p.add_argument("--view-web-port", type=int, default=9090, help="rerun web viewer port (localhost)")
     p.set_defaults(func=_main)

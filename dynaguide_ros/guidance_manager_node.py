@@ -11,6 +11,8 @@
   A request without images while guidance is in force *retunes* it: the same goal embeddings with the
   request's s, σ, M (``dynaguide guide --scale 10``).
 * ``clear_guidance`` (std_srvs/Trigger): back to the unguided base policy.
+* ``guidance/goal_images`` (sensor_msgs/Image, transient-local): the accepted goal images as one mosaic, for
+  viewers (:mod:`dynaguide_ros.goal_images`; a clear publishes an empty image with frame id ``cleared``).
 * On start, restores the last accepted guidance from ``state_dir``.  Everything restored is validated (the
   store's own checks, :func:`dynaguide.guidance.store.check_stored`, and this manager's limits through
   :func:`validate_request`); a corrupt store is logged in one line with the reason, its files are moved to
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
+from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
 from dynaguide.guidance.goals import GuidanceConfig
@@ -42,8 +45,11 @@ from dynaguide.guidance.store import (StoredGuidance, clear_guidance, load_guida
 from dynaguide.inputs import one_line
 from dynaguide.text import clip_text
 from dynaguide_msgs.msg import GuidanceSet, GuidanceState
+from std_msgs.msg import Header
 from dynaguide_msgs.srv import EmbedImages, SetGuidance
-from dynaguide_ros.conversions import MessageError, embedding_from_msg, embedding_to_msg, rgb_from_image_msg
+from dynaguide_ros import goal_images
+from dynaguide_ros.conversions import (MessageError, embedding_from_msg, embedding_to_msg, rgb_from_image_msg,
+                                       rgb_to_image_msg)
 from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import LATCHED, service_qos
 
@@ -121,6 +127,7 @@ class GuidanceManagerNode(Node):
         self._rev = 0  # increases with every accepted change, clears included
         self.set_pub = self.create_publisher(GuidanceSet, "guidance/set", LATCHED)
         self.state_pub = self.create_publisher(GuidanceState, "guidance/state", LATCHED)
+        self.goal_images_pub = self.create_publisher(Image, goal_images.TOPIC, LATCHED)
         qos = service_qos(self.cfg.request_queue_depth)
         requests = MutuallyExclusiveCallbackGroup()  # set/clear: one at a time, no lock needed
         self.embed_client = self.create_client(EmbedImages, "embed_images", qos_profile=qos,
@@ -254,6 +261,8 @@ class GuidanceManagerNode(Node):
         self.current = new
         self._rev = new.revision
         self._publish(new, "service")
+        if req.positive or req.negative:
+            self._publish_goal_images(req, new.revision)
         res.success = True
         res.num_positive, res.num_negative = len(new.positive), len(new.negative)
         res.revision = new.revision
@@ -261,6 +270,17 @@ class GuidanceManagerNode(Node):
                        f"scale {new.scale:g}, sigma {new.sigma:g}, M {new.stochastic_steps}")
         self.get_logger().info(res.message)
         return res
+
+    def _publish_goal_images(self, req: SetGuidance.Request, revision: int) -> None:
+        """``guidance/goal_images``: the request's (validated) goal images as one mosaic, for viewers."""
+        try:
+            mosaic, layout = goal_images.goal_mosaic([rgb_from_image_msg(m) for m in req.positive],
+                                                     [rgb_from_image_msg(m) for m in req.negative], revision)
+        except (MessageError, ValueError) as exc:   # never fails a request that was accepted
+            self.get_logger().warning(f"goal images not published for viewers: {clip_text(one_line(exc), 300)}")
+            return
+        self.goal_images_pub.publish(rgb_to_image_msg(mosaic, self.get_clock().now().to_msg(),
+                                                      goal_images.layout_text(layout)))
 
     def _on_clear(self, _req: Trigger.Request, res: Trigger.Response) -> Trigger.Response:
         rev = self._rev
@@ -271,6 +291,7 @@ class GuidanceManagerNode(Node):
         except OSError as exc:
             self.get_logger().error(f"could not record the clear in {self.state_dir}: {exc}")
         self._publish(None, "cleared")
+        self.goal_images_pub.publish(Image(header=Header(stamp=self.get_clock().now().to_msg(), frame_id="cleared")))
         res.success, res.message = True, f"guidance cleared (was revision {rev}); running the base policy"
         return res
 

@@ -26,8 +26,16 @@ execution budget ``n_action_steps · action_dt`` and a WARN is logged while it i
 Real-time chunking (``runner.rtc.enabled``): each chunk is sampled to agree with the previous chunk's actions that
 run while it is computed — d = ceil(p95 observation-to-publication latency / ``action_dt``), measured on the node's
 clock (0 under a lockstep simulator: unchanged there; :class:`dynaguide.runtime.RTCSchedule`).  How many leading
-actions were frozen is published as ``frozen_steps`` in the ``/diagnostics`` status (``ActionChunk`` has no field
-for it: adding one means rebuilding ``dynaguide_msgs``).
+actions were frozen is published with the chunk (``ActionChunk.frozen_steps``, 0 without RTC) and in the
+``/diagnostics`` status; the executor keeps the previous chunk's actions at those times and switches to the new
+chunk at its first free action (:mod:`dynaguide.execution`).
+
+The guidance signal (:mod:`dynaguide.guidance.signal`): for every chunk sampled while goals are set (guided, or
+s = 0), ``policy/guidance_signal`` (``diagnostic_msgs/DiagnosticArray``, stamped with the chunk's observation
+time) carries one status whose key/values are the predicted outcome's distance to the nearest positive and
+negative goal, their indices, the nearest goal and the metric d, for the unguided proposal and for the chunk
+(keys ``proposal.*`` / ``chunk.*``), with ``sequence``, ``guided`` and ``guidance_revision`` of the chunk.
+``dynaguide view`` plots it; :func:`dynaguide.guidance.signal.signal_from_pairs` reads it back.
 """
 
 from __future__ import annotations
@@ -53,6 +61,10 @@ from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_fro
                                        seconds_to_time, time_to_seconds)
 from dynaguide_ros.params import declare_config
 from dynaguide_ros.qos import LATCHED, RELIABLE, SENSOR
+
+
+SIGNAL_TOPIC = "policy/guidance_signal"
+"""Per-chunk guidance signal (DiagnosticArray key/values, :meth:`PolicyNode._publish_signal`)."""
 
 
 @dataclass
@@ -149,6 +161,7 @@ class PolicyNode(Node):
         self.diag_pub = self.create_publisher(PolicyDiagnostics, "policy/diagnostics", RELIABLE)
         self.marker_pub = self.create_publisher(MarkerArray, "policy/predicted_path", RELIABLE)
         self.status_pub = self.create_publisher(DiagnosticArray, "/diagnostics", RELIABLE)
+        self.signal_pub = self.create_publisher(DiagnosticArray, SIGNAL_TOPIC, RELIABLE)
         # Sampling runs on a thread of its own, not in an executor callback: a long callback keeps its timer
         # ready, and rclpy's MultiThreadedExecutor then spins holding the GIL (chunks took 10x longer).
         # Replanning is paced by observation stamps (sim time with a lockstep simulator, which pauses while
@@ -309,7 +322,8 @@ class PolicyNode(Node):
         self.sequence += 1
         chunk = chunk_to_msg(result.actions, self.cfg.action_space, stamp_msg, self.cfg.action_dt,
                              start_index=self.runner.action_offset, sequence=self.sequence, guided=result.guided,
-                             frame_id=self.cfg.frame_id, commit_steps=self.commit_steps)
+                             frame_id=self.cfg.frame_id, commit_steps=self.commit_steps,
+                             frozen_steps=result.frozen_steps)
         self.chunk_pub.publish(chunk)
         latency_ms = (self.get_clock().now().nanoseconds * 1e-9 - obs_stamp) * 1e3
         self.rtc_schedule.done(obs_stamp, latency_ms)
@@ -328,6 +342,7 @@ class PolicyNode(Node):
         diag.header.stamp = stamp_msg
         self.diag_pub.publish(diag)
         self._publish_status(result, stamp_msg)
+        self._publish_signal(result, stamp_msg, revision)
         self._publish_markers(tcp, result.actions[self.runner.action_offset:], stamp_msg, result.guided)
 
     def _publish_status(self, result, stamp) -> None:
@@ -341,6 +356,19 @@ class PolicyNode(Node):
                                           KeyValue(key="sequence", value=str(self.sequence)),
                                           KeyValue(key="frozen_steps", value=str(result.frozen_steps))])
         self.status_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
+
+    def _publish_signal(self, result, stamp, revision: int) -> None:
+        """``policy/guidance_signal``: the chunk's guidance signal as key/values (only while goals are set)."""
+        if result.signal is None:
+            return
+        values = [KeyValue(key="sequence", value=str(self.sequence)),
+                  KeyValue(key="guided", value=str(bool(result.guided)).lower()),
+                  KeyValue(key="guidance_revision", value=str(revision))]
+        values += [KeyValue(key=k, value=v) for k, v in result.signal.as_pairs()]
+        status = DiagnosticStatus(name=f"{self.get_name()}: guidance signal", hardware_id=self.get_name(),
+                                  level=DiagnosticStatus.OK, message=result.signal.chunk.nearest_goal,
+                                  values=values)
+        self.signal_pub.publish(DiagnosticArray(header=Header(stamp=stamp), status=[status]))
 
     def _publish_markers(self, start: np.ndarray, actions: np.ndarray, stamp, guided: bool) -> None:
         path = integrate_path(start, actions, self.cfg.action_space, self.cfg.path_scale_m)

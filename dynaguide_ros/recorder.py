@@ -39,7 +39,7 @@ from dynaguide.inputs import one_line
 
 DEFAULT_TOPICS: tuple[str, ...] = ("camera/rgb_static", "calvin/state", "joint_states", "action_chunk",
                                    "calvin/behaviour", "guidance/state", "policy/predicted_path",
-                                   "policy/diagnostics")
+                                   "policy/diagnostics", "policy/guidance_signal", "camera/rgb_gripper")
 """What ``dynaguide record`` records by default: what ``dynaguide dataset from-mcap`` needs from the sim graph,
 and the policy's plan (``policy/predicted_path``) and per-chunk diagnostics, so a recording shows what it meant."""
 
@@ -54,6 +54,7 @@ KNOWN_TYPES: dict[str, str] = {
     "guidance/state": "dynaguide_msgs/msg/GuidanceState",
     "policy/diagnostics": "dynaguide_msgs/msg/PolicyDiagnostics",
     "policy/predicted_path": "visualization_msgs/msg/MarkerArray",
+    "policy/guidance_signal": "diagnostic_msgs/msg/DiagnosticArray",
     "ee_pose": "geometry_msgs/msg/PoseStamped",
 }
 """Types of the stack's topics (relative names); other topics need ``NAME:TYPE`` or a publisher to ask."""

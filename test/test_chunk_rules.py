@@ -28,17 +28,18 @@ def _rows(n: int = 4) -> np.ndarray:
 
 
 def _reasons(arx5, actions: np.ndarray, stamp: float, dt: float, start_index: int,
-             max_future_s: float = 0.1) -> dict[str, str]:
+             max_future_s: float = 0.1, frozen_steps: int = 0) -> dict[str, str]:
     """The rejection reason of each consumer (``""``: accepted)."""
     out = {}
     try:
-        ActionSchedule(7, 0.1, max_future_s=max_future_s).add_chunk(actions, stamp, dt, start_index, now=NOW)
+        ActionSchedule(7, 0.1, max_future_s=max_future_s).add_chunk(actions, stamp, dt, start_index, now=NOW,
+                                                                    frozen_steps=frozen_steps)
         out["schedule"] = ""
     except ValueError as exc:
         out["schedule"] = str(exc)
     msg = chunk_to_msg(np.zeros_like(actions), "joint_position", seconds_to_time(stamp), 0.1)
     msg.actions = actions.astype(np.float32).ravel().tolist()
-    msg.dt, msg.start_index = dt, start_index
+    msg.dt, msg.start_index, msg.frozen_steps = dt, start_index, frozen_steps
     try:
         chunk_from_msg(msg)
         out["message"] = ""
@@ -46,7 +47,7 @@ def _reasons(arx5, actions: np.ndarray, stamp: float, dt: float, start_index: in
         out["message"] = str(exc)
     ex = ChunkExecutor(arx5[0], arx5[1], ExecutorConfig(max_future_s=max_future_s))
     try:
-        ex.plan(ActionChunk(stamp, "joint_position", actions, start_index, dt), NOW, None)
+        ex.plan(ActionChunk(stamp, "joint_position", actions, start_index, dt, frozen_steps=frozen_steps), NOW, None)
         out["arx5"] = ""
     except ChunkRejected as exc:
         out["arx5"] = str(exc)
@@ -63,6 +64,18 @@ def test_content_rules_are_shared(arx5, actions, dt, start_index, reason):
     reasons = _reasons(arx5, actions, NOW, dt, start_index)
     assert reasons["schedule"] == reason and reasons["message"] == reason
     assert reasons["arx5"] == f"joint_position: {reason}"
+
+
+@pytest.mark.parametrize("start_index, frozen, reason", [
+    (0, 4, ""), (1, 3, ""), (0, 0, ""),
+    (1, 4, "frozen_steps 4 outside [0, 3] (the chunk's 4 actions from start_index 1)"),
+    (0, 9, "frozen_steps 9 outside [0, 4] (the chunk's 4 actions from start_index 0)"),
+])
+def test_frozen_steps_rule_is_shared(arx5, start_index, frozen, reason):
+    """``ActionChunk.frozen_steps`` (real-time chunking) must lie within the chunk's executable actions."""
+    reasons = _reasons(arx5, _rows(), NOW, 0.1, start_index, frozen_steps=frozen)
+    assert reasons["schedule"] == reason and reasons["message"] == reason
+    assert reasons["arx5"] == (f"joint_position: {reason}" if reason else "")
 
 
 def test_stamp_rules_are_shared_and_max_future_s_is_kept(arx5):

@@ -24,7 +24,7 @@ def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = _demo(out)
+    proc = _demo(out, "--view-save", str(out.parent / "run.rrd"))   # also streams both runs to rerun files
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc
 
@@ -89,3 +89,37 @@ def test_figure_marks_the_frame_where_a_behaviour_fired(tmp_path):
     assert red.sum() > 100, "no red outline"
     unguided_row = img.shape[0] - 6 - (32 + 2 * 14 + 6)  # the last row (32 px frames): no behaviour, no outline
     assert rows.min() > 32 + 14 and rows.max() < unguided_row, rows
+
+
+@pytest.mark.ros
+@pytest.mark.timeout(900)
+def test_demo_view_streams_each_run_to_rerun_with_the_guidance_signal(demo_run):
+    """``--view-save``: each run's cameras, paths, goals, guidance signal and compute time, read back with rerun's
+    reader; guidance pulls the predicted outcome towards the goal images (chunk nearer than the proposal)."""
+    pytest.importorskip("rerun")
+    from test_view import read_rrd, scalars
+
+    out, proc = demo_run
+    guided, unguided = (read_rrd(out.parent / f"run.{mode}.rrd") for mode in ("guided", "unguided"))
+    s = json.loads((out / "guided" / "summary.json").read_text())
+    for e in (guided, unguided):
+        for camera in ("/camera/rgb_static", "/camera/rgb_gripper"):
+            assert e[camera]["rows"] >= 30 * SIM_SECONDS, camera            # every simulated step, and the held frames
+        assert e["/world/ee"]["rows"] >= 30 * SIM_SECONDS and e["/world/ee/trajectory"]["rows"] >= 2
+        assert e["/world/plan"]["rows"] >= 3
+        plan = e["/world/plan"]["columns"]["LineStrips3D:strips"][-1][0]
+        ee = np.array([p for p in e["/world/ee"]["columns"]["Points3D:positions"] if p][-1][0])
+        assert len(plan) >= 8 and np.linalg.norm(np.array(plan[0]) - ee) < 0.2   # the plan starts at the hand
+        budget = scalars(e, "/compute/budget_ms")
+        assert len(budget) >= 3 and budget[-1] == pytest.approx(s["budget_ms"], abs=0.1)
+        assert all(np.isfinite(scalars(e, "/compute/compute_ms")))
+    assert sorted(p for p in guided if p.startswith("/guidance/goals/")) == \
+        ["/guidance/goals/positive/0", "/guidance/goals/positive/1"]
+    proposal = scalars(guided, "/signal/positive_distance/proposal")
+    chunk = scalars(guided, "/signal/positive_distance/chunk")
+    assert len(chunk) == len(proposal) >= 3 and np.all(np.isfinite(chunk))
+    assert np.mean(chunk) < np.mean(proposal), (proposal, chunk)        # guidance pulls towards the goals
+    assert np.mean(scalars(guided, "/signal/metric/chunk")) > np.mean(scalars(guided, "/signal/metric/proposal"))
+    assert "nearest positive" in guided["/signal/nearest_goal"]["columns"]["TextLog:text"][-1][0]
+    assert scalars(unguided, "/signal/metric/chunk") == []          # no goals set: no guidance signal
+    assert "rerun file" in proc.stdout

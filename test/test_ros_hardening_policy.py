@@ -189,3 +189,61 @@ def test_predicted_path_starts_at_the_arms_end_effector(procs, probe):
     finally:
         probe.destroy_timer(timer)
         probe.destroy_subscription(sub)
+
+
+def test_wall_clock_rtc_chunks_say_which_actions_were_frozen(procs, probe):
+    """Issue 24: with ``runner.rtc.enabled`` in wall-clock mode every chunk after the first carries
+    ``frozen_steps`` > 0 (the delay d measured online), the same count as on ``/diagnostics``, and those actions
+    are the previous chunk's actions due at the same times (hard inpainting); the first chunk has none."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+
+    from dynaguide_msgs.msg import ActionChunk, CalvinState
+    from dynaguide_ros.conversions import chunk_from_msg, rgb_to_image_msg, time_to_seconds
+    from dynaguide_ros.qos import RELIABLE, SENSOR
+
+    ns = "/hp_rtc"
+    proc = procs.start("policy_rtc", "node", "policy_node", "--ros-args", "-r", f"__ns:={ns}",
+                       "-p", "replan_period_s:=0.2", "-p", "max_observation_age_s:=3.0",
+                       "-p", "runner.rtc.enabled:=true", "-p", "runner.rtc.mode:=hard",
+                       "-p", "runner.rtc.jacobian:=false")
+    image_pub = probe.create_publisher(Image, f"{ns}/camera/rgb_static", SENSOR)
+    state_pub = probe.create_publisher(CalvinState, f"{ns}/calvin/state", RELIABLE)
+    frame = random_rgb(3)
+
+    def feed():
+        stamp = probe.get_clock().now().to_msg()
+        image_pub.publish(rgb_to_image_msg(frame, stamp=stamp))
+        state = CalvinState(robot_obs=[0.1] * 15, scene_obs=[0.0] * 24, behaviour="no_behaviour")
+        state.header.stamp = stamp
+        state_pub.publish(state)
+
+    timer = probe.create_timer(0.1, feed)
+    chunks, status = [], []
+    subs = [probe.create_subscription(ActionChunk, f"{ns}/action_chunk", chunks.append, RELIABLE),
+            probe.create_subscription(DiagnosticArray, "/diagnostics", status.append, RELIABLE)]
+    try:
+        proc.wait_for_log("policy node ready", timeout=180)
+        assert spin_until(probe, lambda: len(chunks) >= 6, 120), f"too few chunks:\n{proc.log()[-3000:]}"
+        assert chunks[0].frozen_steps == 0                      # nothing to agree with yet
+        frozen_counts = [c.frozen_steps for c in chunks[1:]]
+        assert all(f > 0 for f in frozen_counts), frozen_counts
+        reported = {int(s.values[1].value): int(s.values[2].value) for arr in status for s in arr.status
+                    if s.hardware_id.endswith("policy_node") and len(s.values) >= 3
+                    and s.values[2].key == "frozen_steps"}
+        both = [c for c in chunks if c.sequence in reported]
+        assert len(both) >= 2 and all(reported[c.sequence] == c.frozen_steps for c in both)
+        checked = 0
+        for prev, new in zip(chunks, chunks[1:]):
+            if new.sequence != prev.sequence + 1:
+                continue
+            shift = round((time_to_seconds(new.header.stamp) - time_to_seconds(prev.header.stamp)) / new.dt)
+            a, b, o, f = chunk_from_msg(prev), chunk_from_msg(new), new.start_index, new.frozen_steps
+            np.testing.assert_allclose(b[o:o + f], a[o + shift:o + shift + f], atol=1e-5)
+            checked += 1
+        assert checked >= 3
+        alive(proc)
+    finally:
+        probe.destroy_timer(timer)
+        for s in subs:
+            probe.destroy_subscription(s)

@@ -218,3 +218,56 @@ def test_runner_freezes_the_previous_chunks_actions_that_run_during_the_delay(mo
     assert np.isfinite(second.actions).all()
     beyond = runner.act(images, proprio, None, rtc_shift=16, rtc_delay=3)      # the previous chunk has ended
     assert beyond.frozen_steps == 0
+
+
+@pytest.mark.parametrize("rtc", [None, RTCConfig(mode="hard", jacobian=True)])
+def test_conditioning_reuse_is_bit_identical_and_skips_the_repeats(policy, cond, rtc):
+    """Exact speed-up: with M stochastic steps the FiLM conditioning of a noise level is computed once, not M
+    times (counted on the step encoder), and the chunk is bit for bit the one with every call recomputing it —
+    guided, and with RTC's Jacobian pass (grad mode) between the inference-mode calls."""
+    from dynaguide.policy.unet import ConditionalUnet1D
+
+    kw = dict(scale=1.0, objective=first_dim_mean, stochastic_steps=4, stochastic_mode="renoise")
+    if rtc is not None:
+        kw.update(prefix=_previous(policy, cond, 8), prefix_weights=prefix_weights(T, 4, 8), rtc=rtc)
+    calls = []
+    hook = policy.noise_net.step_encoder.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        reused = _sample(policy, cond, **kw)
+        reused_calls, calls[:] = len(calls), []
+        ConditionalUnet1D.reuse_conditioning = False
+        recomputed = _sample(policy, cond, **kw)
+    finally:
+        ConditionalUnet1D.reuse_conditioning = True
+        hook.remove()
+    steps = policy.cfg.ddim.num_inference_steps
+    per_level = 2 if rtc is not None else 1   # the Jacobian pass runs in grad mode: its own cache
+    assert reused_calls == per_level * steps and len(calls) == per_level * 4 * steps
+    assert torch.equal(reused.actions, recomputed.actions)
+
+
+def test_conditioning_is_not_reused_in_training_or_for_new_inputs(policy, cond):
+    """A changed conditioning tensor (new object or in-place edit) is recomputed; training mode never reuses."""
+    x = torch.randn(B, T, A, generator=torch.Generator().manual_seed(7))
+    steps = torch.full((B,), 50, dtype=torch.long)
+    with torch.no_grad():
+        first = policy.predict_noise(x, steps, cond)
+        edited = cond.clone()
+        again = policy.predict_noise(x, steps, edited)
+        assert torch.equal(first, again)
+        edited.add_(1.0)                      # same object, new version: must not reuse the stale modulation
+        moved = policy.predict_noise(x, steps, edited)
+        assert not torch.equal(moved, first)
+        assert torch.equal(moved, policy.predict_noise(x, steps, edited.clone()))
+    with torch.inference_mode():              # inference tensors have no version counter: never reused
+        frozen_cond, frozen_steps = cond.clone(), steps.clone()
+        first = policy.predict_noise(x, frozen_steps, frozen_cond)
+        frozen_cond.add_(1.0)
+        assert torch.equal(policy.predict_noise(x, frozen_steps, frozen_cond), moved)
+    policy.train()
+    try:
+        with torch.no_grad():
+            policy.predict_noise(x, steps, cond)
+        assert policy.noise_net._cached_modulations is None
+    finally:
+        policy.eval()

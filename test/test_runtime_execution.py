@@ -91,3 +91,35 @@ def test_runner_guidance_keeps_previous_on_bad_tokens_and_scale_zero_equals_ungu
     with pytest.raises(ValueError, match="missing camera"):
         runner.act({}, proprio, None)
     del torch
+
+
+def test_rtc_chunk_takes_over_after_its_frozen_actions_and_the_previous_plan_runs_through_the_delay():
+    """frozen_steps: the new chunk's first actions were constrained to the previous chunk's at the same times;
+    the previous chunk's queued actions run on through them and the switch is at the first free action.  Where
+    nothing is queued any more, the frozen actions are used rather than holding."""
+    s = ActionSchedule(action_dim=1, control_dt=0.1)
+    s.add_chunk(np.arange(8.0)[:, None], stamp=0.0, dt=0.1, now=0.0)            # previous: 0..7 at 0.1..0.8
+    new = 100.0 + np.arange(8.0)[:, None]                                          # new: 100.. at 0.3..1.0
+    s.add_chunk(new, stamp=0.2, dt=0.1, now=0.25, frozen_steps=3)                  # frozen: 100, 101, 102
+    executed = [s.next_action(0.1 * (i + 1))[0] for i in range(10)]
+    assert executed == [0, 1, 2, 3, 4, 103, 104, 105, 106, 107]
+    assert s.stats.kept_previous == 3
+
+    naive = ActionSchedule(action_dim=1, control_dt=0.1)                          # frozen_steps = 0: as before
+    naive.add_chunk(np.arange(8.0)[:, None], stamp=0.0, dt=0.1, now=0.0)
+    naive.add_chunk(new, stamp=0.2, dt=0.1, now=0.25)
+    assert [naive.next_action(0.1 * (i + 1))[0] for i in range(10)] == [0, 1, 100, 101, 102, 103, 104, 105, 106, 107]
+
+    short = ActionSchedule(action_dim=1, control_dt=0.1)                          # previous plan ends at 0.4
+    short.add_chunk(np.arange(4.0)[:, None], stamp=0.0, dt=0.1, now=0.0)
+    short.add_chunk(new, stamp=0.2, dt=0.1, now=0.25, frozen_steps=3)
+    assert [short.next_action(0.1 * (i + 1))[0] for i in range(6)] == [0, 1, 2, 3, 102, 103]
+    assert short.stats.kept_previous == 2 and short.stats.held == 0
+
+
+@pytest.mark.parametrize("frozen", [-1, 6, 2.5])
+def test_frozen_steps_outside_the_chunk_are_refused_with_one_line(frozen):
+    s = ActionSchedule(action_dim=1, control_dt=0.1)
+    with pytest.raises(ValueError, match=r"frozen_steps .* outside \[0, 5\]"):
+        s.add_chunk(np.zeros((6, 1)), stamp=1.0, dt=0.1, start_index=1, frozen_steps=frozen)
+    assert s.stats.rejected == 1 and len(s) == 0

@@ -191,8 +191,9 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
                         decoded, ros_msg = decoded.markers[0], ros_msg.markers[0]
                     assert decoded.header.stamp.sec == ros_msg.header.stamp.sec
                     assert decoded.header.stamp.nanosec == ros_msg.header.stamp.nanosec
-                    if schema.name == "sensor_msgs/msg/Image":
-                        assert (decoded.height, decoded.width, decoded.encoding) == (64, 64, "rgb8")
+                    if schema.name == "sensor_msgs/msg/Image":   # static camera 64 px; the gripper camera its own
+                        size = 64 if channel.topic == "/camera/rgb_static" else decoded.width
+                        assert (decoded.height, decoded.width, decoded.encoding) == (size, size, "rgb8")
                         assert bytes(decoded.data) == bytes(ros_msg.data)
                     if schema.name == "dynaguide_msgs/msg/ActionChunk":
                         assert np.allclose(np.asarray(decoded.actions), np.asarray(ros_msg.actions))

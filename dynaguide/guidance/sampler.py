@@ -16,7 +16,7 @@ Stochastic sampling repeats each step M times (``stochastic_steps``):
 
 Engineering guarantees (all tested):
 
-* no autograd graph survives a step: the policy runs under ``torch.no_grad()``; the objective's
+* no autograd graph survives a step: the policy runs under ``torch.inference_mode()``; the objective's
   gradient is computed inside ``torch.enable_grad()`` on a fresh detached leaf and detached;
 * batched: sample b's gradient depends only on sample b (objectives must score samples
   independently, see :class:`dynaguide.interfaces.GuidanceObjective`), so a batch of B equals B
@@ -82,11 +82,17 @@ class GuidedSample:
         actions: ``(B, T, A)`` denoised action chunk, *normalised* (policy space, nominally [-1, 1]).
         objective: ``(B,)`` objective of the final chunk (no gradient), or None when unguided.
         timings: wall-clock breakdown of the call.
+        proposal: ``(B, T, A)`` normalised: the base policy's *proposal* — its denoised estimate
+            â⁰ = clip((aᵏ − √(1 − ᾱ_k) ε_θ) / √ᾱ_k) at the first guided DDIM step k (the first step when unguided),
+            from the noise estimate the loop computes anyway, before any guidance gradient has shifted the chunk.
+            A one-step estimate of what the unguided policy would do from this noise, not a second full sample;
+            :mod:`dynaguide.guidance.signal` scores it against the guided chunk.
     """
 
     actions: torch.Tensor
     objective: torch.Tensor | None
     timings: SampleTimings
+    proposal: torch.Tensor | None = None
 
 
 def sample_noise(
@@ -159,11 +165,23 @@ def objective_value_and_grad(
 
 def _timed_noise_estimate(policy: Any, sample: torch.Tensor, timesteps: torch.Tensor,
                           cond: Any) -> tuple[torch.Tensor, float]:
-    """``policy.predict_noise`` without autograd (grad mode is per thread: set here), and its seconds."""
+    """``policy.predict_noise`` without autograd (grad mode is per thread: set here), and its seconds.  Inference
+    mode: no view or version-counter tracking (the same kernels, the same values; ε is only read afterwards)."""
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.inference_mode():
         eps = policy.predict_noise(sample, timesteps, cond)
     return eps, time.perf_counter() - t0
+
+
+def _denoised_estimate(sample: torch.Tensor, eps: torch.Tensor, timestep: int, scheduler: Any) -> torch.Tensor:
+    """â⁰ = (aᵏ − √(1 − ᾱ_k) ε) / √ᾱ_k, clipped as the scheduler clips it; ``(B, T, A)``, detached."""
+    a = float(alpha_bar(scheduler, timestep))
+    with torch.no_grad():
+        x0 = (sample - math.sqrt(1.0 - a) * eps) / math.sqrt(a)
+        if scheduler.config.clip_sample:
+            r = float(scheduler.config.clip_sample_range)
+            x0 = x0.clamp(-r, r)
+    return x0.detach()
 
 
 def _infer_batch_size(cond: Any) -> int | None:
@@ -305,7 +323,7 @@ def guided_ddim_sample(
     """Sample an action chunk with DDIM, steered by ``objective`` (Algorithm 1 of the paper).
 
     Args:
-        policy: epsilon-prediction policy; ``predict_noise`` is called under ``torch.no_grad()``.
+        policy: epsilon-prediction policy; ``predict_noise`` is called under ``torch.inference_mode()``.
         cond: conditioning from ``policy.encode_observation`` for B observations.
         objective: differentiable score ``(B, T, A)`` → ``(B,)`` of noisy chunks, or None (unguided).
         scale: guidance strength s ≥ 0; 0 skips the objective entirely.
@@ -369,7 +387,8 @@ def guided_ddim_sample(
     policy_calls = guidance_calls = 0
 
     n_steps = len(scheduler.timesteps)
-    first_guided = 0 if guided_steps is None else max(0, n_steps - guided_steps)
+    first_guided = 0 if guided_steps is None or not guided else max(0, n_steps - guided_steps)
+    proposal = None
     for step_index, timestep_tensor in enumerate(scheduler.timesteps):
         timestep = int(timestep_tensor)
         timesteps = torch.full((batch,), timestep, dtype=torch.long, device=sample.device)
@@ -398,6 +417,8 @@ def guided_ddim_sample(
             if eps.shape != sample.shape:
                 raise ValueError(f"policy.predict_noise returned shape {tuple(eps.shape)}, "
                                  f"expected {tuple(sample.shape)}")
+            if proposal is None and step_index == first_guided:
+                proposal = _denoised_estimate(sample, eps, timestep, scheduler)
             if guide_now:
                 eps = eps - guidance_coef * grad
             if rtc_terms is not None:
@@ -422,4 +443,4 @@ def guided_ddim_sample(
             final_objective = objective(sample).detach()
     total_ms = (time.perf_counter() - start) * 1e3
     timings = SampleTimings(total_ms, policy_s * 1e3, guidance_s * 1e3, policy_calls, guidance_calls)
-    return GuidedSample(actions=sample.detach(), objective=final_objective, timings=timings)
+    return GuidedSample(actions=sample.detach(), objective=final_objective, timings=timings, proposal=proposal)

@@ -11,8 +11,10 @@ Two measurements, on validation start poses and trial seeds only (``EvalConfig.s
   then B from its step d.  B is sampled twice from the same noise: naive (no prefix) and RTC (A as prefix, first
   o + d steps frozen, soft over the overlap T − s).  Per splice: the jump ``‖B[o+d] − A[o+s+d−1]‖`` over the
   six motion dimensions clipped to [−1, 1] (action units: 2 cm / 0.05 rad per step), and whether the net
-  translations of the 4 executed steps before and after the splice reverse (cosine < −0.5, both ≥ 0.25 units).
-  Reference: the median step-to-step change inside chunk A's executed part.
+  translations of the 4 executed steps before and after the splice reverse (the harness's definition: cosine below
+  ``REVERSAL_COSINE``, a turn past 90°, both moving at least ``REVERSAL_MIN_MOVE`` scaled to the window, 0.25
+  units); every splice's cosine is kept (``splice_turns``, None where it does not count) so that any threshold can be
+  recomputed.  Reference: the median step-to-step change inside chunk A's executed part.
 * ``steering`` (closed loop, :mod:`dynaguide_experiments.calvin.evaluate`): DynaGuide with ``latency_steps = 0``
   (lockstep), ``latency_steps = d`` (naive splice) and ``latency_steps = d`` with RTC, the same trial seeds;
   rate = trials whose first behaviour is the target / all trials.  The closed-loop splice jumps of the naive and RTC
@@ -60,14 +62,14 @@ def variant_name(rtc: RTCConfig) -> str:
                                                                                    else []))
 
 
-def _reverses(before: np.ndarray, after: np.ndarray) -> bool | None:
-    """Net xyz translations ``(3,)`` of the windows either side of a splice: reversal (cosine < −0.5), or None
-    when either moves less than :data:`REVERSAL_MIN_MOVE` scaled to the window."""
+def _splice_turn(before: np.ndarray, after: np.ndarray) -> float | None:
+    """Cosine between the net xyz translations ``(3,)`` of the windows either side of a splice, or None when
+    either moves less than :data:`REVERSAL_MIN_MOVE` scaled to the window."""
     min_move = REVERSAL_MIN_MOVE * SPLICE_WINDOW / 8
     a, b = float(np.linalg.norm(before)), float(np.linalg.norm(after))
     if a < min_move or b < min_move:
         return None
-    return float(np.dot(before, after)) / (a * b) < REVERSAL_COSINE
+    return float(np.dot(before, after)) / (a * b)
 
 
 def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays: Sequence[int], trials: int,
@@ -88,7 +90,11 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
     variants = {"rtc": dataclasses.replace(ev.rtc, enabled=True), **SPLICE_VARIANTS}
     out: dict = {"delays": list(delays), "naive": [], "rtc": [], "naive_reversals": [], "rtc_reversals": [],
                  "counted_splices": [], "within_chunk_step": [], "execution_steps": [], "n": 0,
-                 "rtc_settings": dataclasses.asdict(variants["rtc"]), "variants": {}}
+                 "rtc_settings": dataclasses.asdict(variants["rtc"]), "variants": {},
+                 "reversal_definition": {"cosine_below": REVERSAL_COSINE,
+                                         "min_move_units": REVERSAL_MIN_MOVE * SPLICE_WINDOW / 8,
+                                         "window_steps": SPLICE_WINDOW},
+                 "splice_turns": {}}
     try:
         for d in delays:
             s = min(p, horizon - o - d)
@@ -96,6 +102,7 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                 raise ValueError(f"delay {d} leaves no room in a {horizon}-step chunk (offset {o})")
             kinds = ["naive", *variants]
             jumps = {k: [] for k in kinds}
+            turns: dict[str, list] = {k: [] for k in kinds}
             reversals, counted, within = {k: 0 for k in kinds}, 0, []
             for target in targets:
                 task = Task.single(target)
@@ -141,7 +148,9 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                     for kind, b in chunks.items():
                         b = np.clip(b[i], -1.0, 1.0)
                         jumps[kind].append(float(np.linalg.norm(b[o + d, :6] - last[:6])))
-                        verdicts[kind] = _reverses(before, b[o + d:o + d + SPLICE_WINDOW, :3].sum(axis=0))
+                        turn = _splice_turn(before, b[o + d:o + d + SPLICE_WINDOW, :3].sum(axis=0))
+                        turns[kind].append(None if turn is None else round(turn, 4))
+                        verdicts[kind] = None if turn is None else turn < REVERSAL_COSINE
                     if all(v is not None for v in verdicts.values()):
                         counted += 1
                         for kind in verdicts:
@@ -153,6 +162,7 @@ def splice_benchmark(cfg: CalvinExperimentConfig, targets: Sequence[str], delays
                                    (f"{kind}_reversals" if entry is out else "reversals", reversals[kind]),
                                    (f"{kind}_mean" if entry is out else "mean", round(float(np.mean(jumps[kind])), 4))):
                     entry.setdefault(key, []).append(value)
+            out["splice_turns"][str(d)] = turns
             out["counted_splices"].append(counted)
             out["within_chunk_step"].append(round(float(np.median(within)), 4))
             out["execution_steps"].append(s)
