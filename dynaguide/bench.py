@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
-from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GuidanceSet, guided_ddim_sample
+from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GoalLatents, guided_ddim_sample
 
 CONFIG_NAMES = ("cpu", "paper")
 
@@ -52,7 +52,7 @@ def naive_official_guided_sample(
     dynamics: Any,
     obs_tokens: torch.Tensor,
     proprio: torch.Tensor,
-    guidance_set: GuidanceSet,
+    guidance_set: GoalLatents,
     *,
     scale: float,
     stochastic_steps: int,
@@ -94,7 +94,7 @@ class BenchSetup:
     cond: torch.Tensor  # (B, C)
     obs_tokens: torch.Tensor  # (B, N, D)
     proprio: torch.Tensor  # (B, P)
-    guidance_set: GuidanceSet
+    guidance_set: GoalLatents
     noise: torch.Tensor  # (B, T, A)
 
 
@@ -127,7 +127,7 @@ def build_setup(name: str, batch: int, num_goals: int, guidance: GuidanceConfig,
     with torch.no_grad():
         cond = policy.encode_observation(obs)
         obs_tokens = embedder(current)
-    guidance_set = GuidanceSet.from_images(embedder, dynamics, goal_images, None, guidance)
+    guidance_set = GoalLatents.from_images(embedder, dynamics, goal_images, None, guidance)
     noise = torch.randn(batch, policy_cfg.horizon, action_dim, generator=gen)
     proprio = obs["proprio"][:, -1, : dynamics_cfg.proprio_dim]
     return BenchSetup(name, policy, dynamics, cond, obs_tokens, proprio, guidance_set, noise)

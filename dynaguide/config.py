@@ -9,7 +9,6 @@ converted to the annotated container type.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -195,8 +194,3 @@ def load_config(cls: type[T], path: str | Path, section: str | None = None) -> T
             raise ConfigError(f"{path}: no section {section!r} (have {sorted(data)})")
         data = data[section] or {}
     return from_dict(cls, data, where=f"{path}:{section or cls.__name__}")
-
-
-def dump_json(obj: Any, path: str | Path) -> None:
-    """Write a dataclass (or plain data) as indented JSON."""
-    Path(path).write_text(json.dumps(to_dict(obj), indent=2, sort_keys=True) + "\n")

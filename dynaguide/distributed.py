@@ -3,8 +3,8 @@
 The same training command runs single-process (default) or under ``accelerate launch`` / ``torchrun``::
 
     dynaguide train dynamics --data data.h5 --out runs/dyn
-    accelerate launch --num_processes 2 -m dynaguide.cli train dynamics --data data.h5 --out runs/dyn
-    accelerate launch --multi_gpu --num_processes 8 -m dynaguide.cli train dynamics ... --device cuda \\
+    accelerate launch --num_processes 2 -m dynaguide_cli train dynamics --data data.h5 --out runs/dyn
+    accelerate launch --multi_gpu --num_processes 8 -m dynaguide_cli train dynamics ... --device cuda \\
         --mixed-precision bf16
 
 Equality by construction: ``batch_size`` is the *global* batch of one optimizer step.  Its indices are drawn

@@ -177,7 +177,7 @@ def read_recording(path: str | Path, cfg: FromMcapConfig) -> _Recording:
                 missing = sorted({state_topic, cfg.topic(cfg.chunk_topic), *cams} - present)
                 if missing:
                     raise RecordingError(f"{path} has no {missing} (topics in it: {sorted(present)})")
-            from dynaguide_ros.conversions import rgb_from_image_msg
+            from dynaguide.image_msgs import rgb_from_image_msg
 
             for _schema, channel, message, msg in reader.iter_decoded_messages(topics=sorted(wanted)):
                 topic = channel.topic
@@ -412,7 +412,7 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
 
 
 # ------------------------------------------------------------------------------------------------ CLI
-# errors (ValueError, OSError) are printed as one line by dynaguide.cli.main (--debug: the traceback)
+# errors (ValueError, OSError) are printed as one line by dynaguide_cli.main (--debug: the traceback)
 def _from_mcap(args) -> int:
     cfg = FromMcapConfig(cameras=tuple(args.camera or ("camera/rgb_static",)), proprio=args.proprio,
                          state_topic=args.state_topic, segment=args.segment, window=args.window,

@@ -1,7 +1,7 @@
 """Online inference: a frozen policy, a dynamics model and the guidance in force -> action chunks.
 
 :class:`GuidedPolicyRunner` is what the ROS policy node wraps (and what offline evaluations can use):
-it keeps the observation history, the current :class:`~dynaguide.guidance.goals.GuidanceSet`, and turns
+it keeps the observation history, the current :class:`~dynaguide.guidance.goals.GoalLatents`, and turns
 one observation into one un-normalised action chunk with the guided DDIM sampler.  No ROS here.
 
 Real-time chunking (``RunnerConfig.rtc.enabled``, off by default): in wall-clock mode the robot runs the previous
@@ -24,7 +24,7 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ import torch
 
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
+from dynaguide.guidance.goals import GuidanceConfig, GoalLatents
 from dynaguide.guidance.objectives import DynaGuideObjective
 from dynaguide.guidance.rtc import RTCConfig, delay_steps, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
@@ -138,7 +138,7 @@ class GuidedPolicyRunner:
         self.dynamics = dynamics.eval().requires_grad_(False)
         self.trained = trained
         self.guidance_defaults = guidance_defaults or GuidanceConfig()
-        self.guidance: GuidanceSet | None = None
+        self.guidance: GoalLatents | None = None
         self.generator = torch.Generator().manual_seed(seed)
         self.torch_threads = max(1, int(torch_threads))
         self.policy_executor: ThreadPoolExecutor | None = None
@@ -201,14 +201,13 @@ class GuidedPolicyRunner:
             self.policy_executor = None
 
     # ----------------------------------------------------------------------------- guidance
-    def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None, *,
-                            scale: float | None = None, sigma: float | None = None,
-                            stochastic_steps: int | None = None,
-                            embedder_ids: str | list[str] | tuple[str, ...] | None = None) -> GuidanceSet:
+    def set_guidance_tokens(self, positive: np.ndarray | None, negative: np.ndarray | None,
+                            settings: GuidanceConfig | None = None, *,
+                            embedder_ids: str | list[str] | tuple[str, ...] | None = None) -> GoalLatents:
         """Raw embedder tokens ``(K, N, D)`` of goal images → the guidance in force.
 
-        ``None``/NaN overrides keep the defaults (``scale = 0`` is valid: the unguided sampler; σ below
-        ``MIN_SIGMA``, M < 1 or s < 0 raise ``ValueError``).  ``embedder_ids``: the id(s) the goal tokens carry
+        ``settings``: s, σ, M, ... (a validated :class:`GuidanceConfig`; ``None``: ``guidance_defaults``; retune
+        the defaults with :meth:`GuidanceConfig.retuned`).  ``embedder_ids``: the id(s) the goal tokens carry
         (one for all, or one per goal; empty = unknown).  Raises ``ValueError`` — :class:`EmbedderMismatchError`
         for another embedder's tokens — and keeps the previous guidance if the tokens do not fit the
         dynamics model.
@@ -216,13 +215,9 @@ class GuidedPolicyRunner:
         ids = [embedder_ids] if isinstance(embedder_ids, str) else list(embedder_ids or [])
         for i, emb_id in enumerate(ids):
             self.check_embedder_id(emb_id, "goal" if len(ids) == 1 else f"goal {i}")
-        def keep(value, default):
-            return default if value is None or not math.isfinite(value) else value
-
-        d = self.guidance_defaults
-        cfg = GuidanceConfig(**{**d.__dict__, "scale": float(keep(scale, d.scale)),
-                                "sigma": float(keep(sigma, d.sigma)),
-                                "stochastic_steps": int(keep(stochastic_steps, d.stochastic_steps))})
+        if settings is not None and not isinstance(settings, GuidanceConfig):
+            raise TypeError(f"settings must be a GuidanceConfig, got {type(settings).__name__}")
+        cfg = replace(settings if settings is not None else self.guidance_defaults)  # a copy: ours to keep
         expected = (self.dynamics.cfg.embed_tokens, self.dynamics.cfg.embed_dim)
 
         def outcome(name, tokens):
@@ -236,7 +231,7 @@ class GuidedPolicyRunner:
             with torch.no_grad():
                 return self.dynamics.outcome_latent(tokens)
 
-        new = GuidanceSet(outcome("positive", positive), outcome("negative", negative), cfg)
+        new = GoalLatents(outcome("positive", positive), outcome("negative", negative), cfg)
         self.guidance = new
         return new
 

@@ -23,7 +23,7 @@ records the embedder's identity) with the same noise augmentation as every other
 resumable training state.  A summary JSON is printed and written to ``<out>/summary.json``.
 
 Several processes, GPUs, nodes (:mod:`dynaguide.distributed`): the same command under ``accelerate launch``
-(``accelerate launch --num_processes 2 -m dynaguide.cli train dynamics ...``); ``--batch-size`` is the global
+(``accelerate launch --num_processes 2 -m dynaguide_cli train dynamics ...``); ``--batch-size`` is the global
 batch, ``--grad-accum`` splits it further, ``--device cuda`` / ``--mixed-precision bf16`` on GPUs.  Steps (1)
 and (2) run on the main process first (the others then reuse its prepared file and cache); only the main
 process writes checkpoints and the summary.
@@ -346,7 +346,7 @@ def _run_lerobot(args) -> int:
             down_dims=tuple(int(d) for d in args.down_dims.split(",")), lr=args.lr, warmup_steps=args.warmup_steps,
             num_inference_steps=args.num_inference_steps, threads=args.threads)
         summary = train_lerobot_diffusion(settings, progress=not args.no_progress)
-    except ImportError as exc:  # ValueError/OSError: printed as one line by dynaguide.cli.main
+    except ImportError as exc:  # ValueError/OSError: printed as one line by dynaguide_cli.main
         raise InputError(f"LeRobot is needed to train ({exc}); `make install` installs it") from exc
     print(json.dumps(summary))
     return 0

@@ -15,16 +15,8 @@ from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
 from dynaguide.execution import check_chunk, chunk_from_flat
-from dynaguide.text import short_repr
+from dynaguide.image_msgs import SUPPORTED_ENCODINGS, MessageError, rgb_from_image_msg  # noqa: F401  (the nodes import them here)
 from dynaguide_msgs.msg import ActionChunk, PatchEmbedding
-
-#: encodings accepted for goal and camera images: name -> (channels, channel order)
-SUPPORTED_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-
-
-class MessageError(ValueError):
-    """A message's content is malformed (size mismatch, unknown encoding, non-finite values...)."""
-
 
 def _float32_array(values: np.ndarray) -> array.array:
     out = array.array("f")
@@ -57,34 +49,6 @@ def rgb_to_image_msg(rgb: np.ndarray, stamp: Time | None = None, frame_id: str =
     msg.step = msg.width * 3
     msg.data = np.ascontiguousarray(rgb).tobytes()
     return msg
-
-
-def rgb_from_image_msg(msg: Image, max_side: int = 4096, min_side: int = 1) -> np.ndarray:
-    """``sensor_msgs/Image`` (rgb8, bgr8, rgba8, bgra8, mono8) → ``(H, W, 3) uint8`` RGB.
-
-    Raises :class:`MessageError` naming the problem: unknown encoding, zero or oversized dimensions,
-    ``step`` smaller than a row, data length not equal to ``height * step``.
-    """
-    enc = msg.encoding.lower()
-    if enc not in SUPPORTED_ENCODINGS:
-        raise MessageError(f"unsupported encoding {short_repr(msg.encoding)} "
-                           f"(supported: {', '.join(SUPPORTED_ENCODINGS)})")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h < min_side or w < min_side:
-        raise MessageError(f"image is {w}x{h}: each side must be at least {min_side} px")
-    if h > max_side or w > max_side:
-        raise MessageError(f"image is {w}x{h}: each side must be at most {max_side} px")
-    channels = SUPPORTED_ENCODINGS[enc]
-    if step < w * channels:
-        raise MessageError(f"step {step} is smaller than width*channels = {w * channels} for {enc}")
-    if len(msg.data) != h * step:
-        raise MessageError(f"data has {len(msg.data)} bytes but height*step = {h}*{step} = {h * step}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8).reshape(h, step)[:, : w * channels].reshape(h, w, channels)
-    if enc == "mono8":
-        return np.repeat(buf, 3, axis=2)
-    if enc.startswith("bgr"):
-        buf = buf[:, :, 2::-1]
-    return np.ascontiguousarray(buf[:, :, :3])
 
 
 # ----------------------------------------------------------------------------------- action chunks

@@ -25,7 +25,7 @@ import numpy as np
 from dynaguide_ros.ros_env import apply_localhost_defaults
 
 #: expert episode seeds of the demo's goal images, inside the goal range of the CALVIN experiments
-#: (dynaguide/experiments/calvin/config.py SEED_RANGES["goals"]), disjoint from training and evaluation
+#: (dynaguide_experiments/calvin/config.py SEED_RANGES["goals"]), disjoint from training and evaluation
 DEMO_GOAL_SEED = 2_500_000
 PROGRESS_EVERY_S = 10.0
 RETRY_S = 30.0  # no chunk under the new guidance after this long: send the request again

@@ -15,7 +15,7 @@ NODE_ENTRY_POINTS: dict[str, str] = {
     "embedding_node": "dynaguide_ros.embedding_node:main",
     "policy_node": "dynaguide_ros.policy_node:main",
     "guidance_manager": "dynaguide_ros.guidance_manager_node:main",
-    "calvin_bridge": "calvin_bridge.node:main",
+    "calvin_bridge": "dynaguide_ros.calvin_bridge_node:main",
     "arx5_driver": "arx5_driver.node:main",
 }
 
@@ -27,7 +27,7 @@ NODE_CONFIGS: dict[str, str] = {
     "embedding_node": "dynaguide_ros.embedding_node:EmbeddingNodeConfig",
     "policy_node": "dynaguide_ros.policy_node:PolicyNodeConfig",
     "guidance_manager": "dynaguide_ros.guidance_manager_node:GuidanceManagerConfig",
-    "calvin_bridge": "calvin_bridge.node:CalvinBridgeConfig",
+    "calvin_bridge": "dynaguide_ros.calvin_bridge_node:CalvinBridgeConfig",
     "arx5_driver": "arx5_driver.config:DriverConfig",
 }
 

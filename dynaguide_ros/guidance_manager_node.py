@@ -1,7 +1,8 @@
 """``guidance_manager`` — the ``/set_guidance`` front door.
 
 * ``set_guidance`` (dynaguide_msgs/SetGuidance): validates the request (image encodings, sizes, data
-  length, counts, finite parameters), embeds the goal images through the embedding node's
+  length, counts; s, σ, M through :class:`~dynaguide.guidance.goals.GuidanceConfig`, :func:`request_settings`),
+  embeds the goal images through the embedding node's
   ``embed_images`` service, then publishes ``guidance/set`` (GuidanceSet) and ``guidance/state``
   (GuidanceState) with transient-local QoS and stores the guidance on disk.  A bad request gets
   ``success = false`` and a message naming the problem; the guidance in force does not change.
@@ -27,7 +28,6 @@ Defaults for s, σ and M are those of :class:`dynaguide.guidance.goals.GuidanceC
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +39,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 from std_srvs.srv import Trigger
 
-from dynaguide.guidance.goals import MIN_SIGMA, GuidanceConfig
+from dynaguide.guidance.goals import GuidanceConfig
 from dynaguide.guidance.store import (StoredGuidance, clear_guidance, load_guidance, quarantine_store, save_guidance,
                                       stored_revision)
 from dynaguide.inputs import one_line
@@ -74,10 +74,11 @@ class GuidanceManagerConfig:
 
 
 def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig, retune: bool = False) -> None:
-    """Raise :class:`MessageError` naming the first problem in ``req`` (a ``/set_guidance`` request, or the
-    guidance restored from the store: :meth:`GuidanceManagerNode._restore` passes a request built from it, so
-    requests and restored guidance meet the same limits).  ``retune``: guidance is in force, so a request without
-    images is allowed (it changes s, sigma or M and keeps the goal images)."""
+    """Raise :class:`MessageError` naming the first problem in the images and counts of ``req`` (a
+    ``/set_guidance`` request, or the guidance restored from the store: :meth:`GuidanceManagerNode._restore`
+    passes a request built from it, so requests and restored guidance meet the same limits); its s, sigma and M
+    are checked by :func:`request_settings`.  ``retune``: guidance is in force, so a request without images is
+    allowed (it changes s, sigma or M and keeps the goal images)."""
     n_pos, n_neg = len(req.positive), len(req.negative)
     if n_pos + n_neg == 0 and not retune:
         raise MessageError("no goal images: give at least one positive or negative image "
@@ -86,18 +87,6 @@ def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig, retun
         raise MessageError("no goal images and nothing to retune: give images, or a scale, sigma or M to change")
     if n_pos + n_neg > cfg.max_images:
         raise MessageError(f"{n_pos + n_neg} goal images exceed the limit of {cfg.max_images}")
-    for name, value in (("scale", req.scale), ("sigma", req.sigma), ("stochastic_steps", req.stochastic_steps)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise MessageError(f"{name} must be finite (0 keeps the current value), got {value}")
-        if value < 0:
-            raise MessageError(f"{name} must be >= 0 (0 keeps the current value), got {value}")
-    if 0 < req.sigma < MIN_SIGMA:
-        raise MessageError(f"sigma {req.sigma:g} is below the smallest usable value {MIN_SIGMA:g} "
-                           "(the guidance gradient would not be finite)")
-    if req.scale > cfg.max_scale:
-        raise MessageError(f"scale {req.scale} exceeds the limit of {cfg.max_scale}")
-    if req.stochastic_steps > cfg.max_stochastic_steps:
-        raise MessageError(f"stochastic_steps {req.stochastic_steps} exceeds the limit of {cfg.max_stochastic_steps}")
     for side, images in (("positive", req.positive), ("negative", req.negative)):
         for i, im in enumerate(images):
             try:
@@ -106,13 +95,33 @@ def validate_request(req: SetGuidance.Request, cfg: GuidanceManagerConfig, retun
                 raise MessageError(f"{side}[{i}]: {exc}") from exc
 
 
+def request_settings(req: SetGuidance.Request, current: GuidanceConfig, cfg: GuidanceManagerConfig) -> GuidanceConfig:
+    """The guidance settings in force after ``req``: the one conversion of a request's s, sigma and M.
+
+    A value given as 0 keeps ``current``'s (the settings in force, or the configured defaults when there are
+    none); with ``set_scale`` the scale is taken as given, so s = 0 ("no guidance": unguided chunks, goals kept)
+    is expressible.  :class:`GuidanceConfig` validates the result (finite, s >= 0, sigma >= MIN_SIGMA, M >= 1);
+    this manager adds its limits ``max_scale`` and ``max_stochastic_steps``.  Raises :class:`MessageError`."""
+    try:
+        settings = current.retuned(scale=req.scale if req.set_scale or req.scale else None,
+                                   sigma=req.sigma or None, stochastic_steps=req.stochastic_steps or None)
+    except ValueError as exc:
+        raise MessageError(f"{exc} (in a request, 0 keeps the value in force)") from None
+    if settings.scale > cfg.max_scale:
+        raise MessageError(f"scale {settings.scale:g} exceeds the limit of {cfg.max_scale}")
+    if settings.stochastic_steps > cfg.max_stochastic_steps:
+        raise MessageError(f"stochastic_steps {settings.stochastic_steps} exceeds the limit of "
+                           f"{cfg.max_stochastic_steps}")
+    return settings
+
+
 class GuidanceManagerNode(Node):
     def __init__(self) -> None:
         super().__init__("guidance_manager")
         self.cfg = declare_config(self, GuidanceManagerConfig)
-        # the configured defaults must themselves be usable guidance (raises ValueError naming the problem)
-        GuidanceConfig(scale=self.cfg.default_scale, sigma=self.cfg.default_sigma,
-                       stochastic_steps=self.cfg.default_stochastic_steps)
+        # the settings while no guidance is in force: must themselves be usable (ValueError naming the problem)
+        self.defaults = GuidanceConfig(scale=self.cfg.default_scale, sigma=self.cfg.default_sigma,
+                                       stochastic_steps=self.cfg.default_stochastic_steps)
         self.state_dir = Path(self.cfg.state_dir).expanduser()
         self.current: StoredGuidance | None = None
         self._rev = 0  # increases with every accepted change, clears included
@@ -134,7 +143,9 @@ class GuidanceManagerNode(Node):
         try:
             stored = load_guidance(self.state_dir)  # validates the store's own invariants (ValueError)
             if stored is not None:  # and the limits of this manager, as for a request
-                validate_request(self._as_request(stored), self.cfg)
+                request = self._as_request(stored)
+                validate_request(request, self.cfg)
+                request_settings(request, self.defaults, self.cfg)
         except ValueError as exc:  # corrupt store: say so, move it aside, run unguided
             try:
                 aside = quarantine_store(self.state_dir, self._rev)
@@ -156,7 +167,8 @@ class GuidanceManagerNode(Node):
 
     def _as_request(self, g: StoredGuidance) -> SetGuidance.Request:
         """The parameters and counts of stored guidance as a request (images of the smallest accepted size
-        stand for the goals: their tokens are checked by the store), for :func:`validate_request`."""
+        stand for the goals: their tokens are checked by the store), for :func:`validate_request` and
+        :func:`request_settings`."""
         from sensor_msgs.msg import Image
 
         if not (abs(g.scale) <= FLOAT32_MAX and abs(g.sigma) <= FLOAT32_MAX and 0 <= g.stochastic_steps < 2**32):
@@ -164,6 +176,7 @@ class GuidanceManagerNode(Node):
                                "not fit the guidance messages (float32, uint32)")
         req = SetGuidance.Request()
         req.scale, req.sigma, req.stochastic_steps = float(g.scale), float(g.sigma), int(g.stochastic_steps)
+        req.set_scale = True  # the stored scale as it is (0 included)
         side = self.cfg.min_image_side
         placeholder = Image(height=side, width=side, encoding="mono8", step=side, data=bytes(side * side))
         req.positive = [placeholder] * len(g.positive)
@@ -220,23 +233,19 @@ class GuidanceManagerNode(Node):
         res.revision = self._rev
         try:
             validate_request(req, self.cfg, retune=self.current is not None)
+            cur = self.current
+            in_force = self.defaults if cur is None else self.defaults.retuned(
+                scale=cur.scale, sigma=cur.sigma, stochastic_steps=cur.stochastic_steps)
+            settings = request_settings(req, in_force, self.cfg)
             if not req.positive and not req.negative:  # retune: the goal images in force, new s / sigma / M
-                cur = self.current
                 tokens = np.concatenate([cur.positive, cur.negative]) if len(cur.negative) else cur.positive
                 grid, emb_id, n_pos = cur.grid_hw, cur.embedder_id, len(cur.positive)
             else:
                 tokens, grid, emb_id = self._embed(list(req.positive) + list(req.negative))
                 n_pos = len(req.positive)
-            # 0 keeps the value in force (the configured default when no guidance is in force); with
-            # set_scale the scale is taken as given: s = 0 is "no guidance" (the policy samples unguided chunks)
-            base = self.current or StoredGuidance(
-                None, None, grid, emb_id, self.cfg.default_scale, self.cfg.default_sigma,
-                self.cfg.default_stochastic_steps, self._rev)
             new = StoredGuidance(
                 positive=tokens[:n_pos], negative=tokens[n_pos:], grid_hw=grid, embedder_id=emb_id,
-                scale=float(req.scale if req.set_scale else req.scale or base.scale),
-                sigma=float(req.sigma or base.sigma),
-                stochastic_steps=int(req.stochastic_steps or base.stochastic_steps),
+                scale=settings.scale, sigma=settings.sigma, stochastic_steps=settings.stochastic_steps,
                 revision=self._rev + 1)
         except Exception as exc:  # MessageError: a bad request; anything else must not kill the node either
             reason = exc if isinstance(exc, MessageError) else f"internal error: {type(exc).__name__}: {exc}"

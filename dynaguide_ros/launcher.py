@@ -81,7 +81,7 @@ def check_graph_params(spec: GraphSpec, params: dict[str, dict[str, Any]], where
 
 
 def node_command(spec: NodeSpec, params_files: list[Path]) -> list[str]:
-    cmd = [sys.executable, "-m", "dynaguide.cli", "node", spec.executable, "--ros-args", "-r", f"__node:={spec.name}"]
+    cmd = [sys.executable, "-m", "dynaguide_ros.run_node", spec.executable, "--ros-args", "-r", f"__node:={spec.name}"]
     for f in params_files:
         cmd += ["--params-file", str(f)]
     for src, dst in spec.remappings:

@@ -32,10 +32,6 @@ def config_path(name: str) -> Path:
     return path
 
 
-def launch_path(name: str) -> Path:
-    return share_dir() / "launch" / name
-
-
 def resolve_model_path(path: str) -> str:
     """A model path as the graphs' parameters give it: ``""`` stays ``""``; ``~`` expands; an absolute path is
     kept; a relative one is looked up under the share directory (the repo, or the installed package: where

@@ -233,8 +233,10 @@ class PolicyNode(Node):
         try:
             pos = np.stack([embedding_from_msg(e) for e in msg.positive]) if msg.positive else None
             neg = np.stack([embedding_from_msg(e) for e in msg.negative]) if msg.negative else None
-            self.runner.set_guidance_tokens(pos, neg, scale=msg.scale, sigma=msg.sigma,
-                                            stochastic_steps=msg.stochastic_steps,
+            # the message carries s, sigma and M in force (the manager resolved "keep the current value")
+            settings = self.runner.guidance_defaults.retuned(scale=msg.scale, sigma=msg.sigma,
+                                                             stochastic_steps=msg.stochastic_steps)
+            self.runner.set_guidance_tokens(pos, neg, settings,
                                             embedder_ids=[e.embedder_id for e in (*msg.positive, *msg.negative)])
         except EmbedderMismatchError as exc:
             self.get_logger().warning(f"ignoring guidance revision {msg.revision}: {exc}; previous guidance kept")

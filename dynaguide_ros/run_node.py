@@ -20,3 +20,12 @@ def register(subparsers) -> None:
     p.add_argument("name", choices=sorted(NODE_ENTRY_POINTS))
     p.add_argument("ros_args", nargs=argparse.REMAINDER, help="--ros-args ... passed to rclpy")
     p.set_defaults(func=lambda a: run(a.name, a.ros_args))
+
+
+if __name__ == "__main__":  # python -m dynaguide_ros.run_node NAME [--ros-args ...] (the launcher's node processes)
+    import sys
+
+    if len(sys.argv) < 2:
+        raise SystemExit(f"usage: python -m dynaguide_ros.run_node NAME [--ros-args ...]; "
+                         f"NAME: {sorted(NODE_ENTRY_POINTS)}")
+    sys.exit(run(sys.argv[1], sys.argv[2:]))

@@ -132,7 +132,8 @@ def register(subparsers) -> None:
     c.set_defaults(func=_check)
 
 
-if __name__ == "__main__":
-    from dynaguide.cli import main
-
-    sys.exit(main(["interfaces", *sys.argv[1:]]))
+if __name__ == "__main__":  # python -m dynaguide_ros.selfcheck serve|check ... (= dynaguide interfaces ...)
+    parser = argparse.ArgumentParser(prog="python -m dynaguide_ros.selfcheck")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["interfaces", *sys.argv[1:]])
+    sys.exit(args.func(args))

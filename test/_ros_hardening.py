@@ -17,7 +17,7 @@ from conftest import ManagedProcess
 
 
 class Processes:
-    """Module-scoped processes (``python -m dynaguide.cli ...``), stopped with SIGINT at teardown."""
+    """Module-scoped processes (``python -m dynaguide_cli ...``), stopped with SIGINT at teardown."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -25,7 +25,7 @@ class Processes:
 
     def start(self, name: str, *args: str) -> ManagedProcess:
         assert os.environ.get("ROS_AUTOMATIC_DISCOVERY_RANGE") == "LOCALHOST", "network rule: localhost only"
-        proc = ManagedProcess([sys.executable, "-m", "dynaguide.cli", *args],
+        proc = ManagedProcess([sys.executable, "-m", "dynaguide_cli", *args],
                               self.directory / f"{name}-{len(self.started)}.log", env=dict(os.environ))
         self.started.append(proc)
         return proc

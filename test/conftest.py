@@ -94,12 +94,12 @@ class ManagedProcess:
 
 @pytest.fixture
 def start_process(tmp_path):
-    """``start_process(name, *args)`` runs ``python -m dynaguide.cli *args`` (or a raw argv list)."""
+    """``start_process(name, *args)`` runs ``python -m dynaguide_cli *args`` (or a raw argv list)."""
     started: list[ManagedProcess] = []
 
     def _start(name: str, *args: str, argv: list[str] | None = None,
                env: dict[str, str] | None = None) -> ManagedProcess:
-        full = argv if argv is not None else [sys.executable, "-m", "dynaguide.cli", *args]
+        full = argv if argv is not None else [sys.executable, "-m", "dynaguide_cli", *args]
         proc = ManagedProcess(full, tmp_path / f"{name}.log", env=dict(os.environ if env is None else env))
         started.append(proc)
         return proc

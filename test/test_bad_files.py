@@ -29,7 +29,7 @@ def digest(path: Path) -> str:
 
 def run_cli(capsys, *args: str) -> tuple[int, str]:
     """``dynaguide ARGS`` in this process → (exit status, stderr)."""
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     capsys.readouterr()  # what the test's own setup printed
     code = main(list(args))
@@ -398,7 +398,7 @@ def hdf5_results(tmp_path_factory) -> dict[str, dict]:
             "--embedder-dim", "8", "--steps", "1", "--threads", "1", "--no-progress", "--no-plot"]
     result = run_limited(f"""
         import contextlib, io, json
-        from dynaguide.cli import main
+        from dynaguide_cli.main import main
         out = {{}}
         for case in {sorted(BAD_HDF5)!r}:
             err = io.StringIO()

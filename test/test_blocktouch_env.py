@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from dynaguide.experiments.blocktouch.env import (
+from dynaguide_experiments.blocktouch.env import (
     AGENT_RGB, BACKGROUND_RGB, COLOR_RGB, WALL_RGB, BlockTouchEnv, BlockTouchEnvConfig, action_to_px,
     circle_square_distance, out_of_arena, pd_substep, px_to_unit, render, render_static, touched_block)
 

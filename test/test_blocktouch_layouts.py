@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dynaguide.experiments.blocktouch.layouts import LAYOUTS, MIN_PAIR_DISTANCE_PX, sample_layout, valid_scenes
+from dynaguide_experiments.blocktouch.layouts import LAYOUTS, MIN_PAIR_DISTANCE_PX, sample_layout, valid_scenes
 
 N = 400
 

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from dynaguide.cli import main
+from dynaguide_cli.main import main
 from dynaguide.dynamics import OutcomeClassifier, OutcomeClassifierConfig
-from dynaguide.experiments.blocktouch.config import BlockTouchConfig
-from dynaguide.experiments.blocktouch.layouts import LAYOUT_NAMES
-from dynaguide.experiments.blocktouch.methods import METHOD_NAMES, class_weights
-from dynaguide.experiments.blocktouch.pipeline import _unit_stats
+from dynaguide_experiments.blocktouch.config import BlockTouchConfig
+from dynaguide_experiments.blocktouch.layouts import LAYOUT_NAMES
+from dynaguide_experiments.blocktouch.methods import METHOD_NAMES, class_weights
+from dynaguide_experiments.blocktouch.pipeline import _unit_stats
 
 
 def test_class_weights_are_the_papers():
@@ -23,7 +23,7 @@ def test_class_weights_are_the_papers():
 def test_classifier_context_split_equals_the_classifier(path_features):
     """The objective encodes the image once per chunk; logits and guidance gradients are unchanged."""
     from dynaguide.guidance import objective_value_and_grad
-    from dynaguide.experiments.blocktouch.methods import classifier_objective
+    from dynaguide_experiments.blocktouch.methods import classifier_objective
 
     torch.manual_seed(0)
     clf = OutcomeClassifier(OutcomeClassifierConfig(image_size=32, num_keypoints=4, cnn_width=8, hidden_dim=16,

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from dynaguide.experiments.blocktouch.dataset import (chunk_indices, classifier_batch, load_demos, obs_indices,
+from dynaguide_experiments.blocktouch.dataset import (chunk_indices, classifier_batch, load_demos, obs_indices,
                                                       outcome_chunk, policy_batch)
-from dynaguide.experiments.blocktouch.env import COLOR_NAMES, BlockTouchEnv, BlockTouchEnvConfig
-from dynaguide.experiments.blocktouch.evaluation import rollout, wilson_interval
-from dynaguide.experiments.blocktouch.layouts import Scenes
-from dynaguide.experiments.blocktouch.scripted import CollectorConfig, bezier_targets, collect_demos
+from dynaguide_experiments.blocktouch.env import COLOR_NAMES, BlockTouchEnv, BlockTouchEnvConfig
+from dynaguide_experiments.blocktouch.evaluation import rollout, wilson_interval
+from dynaguide_experiments.blocktouch.layouts import Scenes
+from dynaguide_experiments.blocktouch.scripted import CollectorConfig, bezier_targets, collect_demos
 
 ENV = BlockTouchEnvConfig(image_size=32, supersample=1)
 

@@ -93,7 +93,7 @@ def test_goals(tmp_path):
 
 
 def test_cli_experts_json(tmp_path):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     out = tmp_path / "experts.json"
     assert main(["calvin", "experts", "--episodes", "1", "--behaviours", "button_off", "--json", str(out)]) == 0
@@ -102,7 +102,7 @@ def test_cli_experts_json(tmp_path):
 
 
 def test_cli_bench(tmp_path):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     out = tmp_path / "bench.json"
     assert main(["calvin", "bench", "--sizes", "32", "--steps", "3", "--json", str(out)]) == 0

@@ -21,10 +21,10 @@ from calvin_bridge.experts import target_point
 from dynaguide.checkpoint import save_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders import EmbedderConfig, make_embedder
-from dynaguide.experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
+from dynaguide_experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
                                                  TrainingConfig)
-from dynaguide.experiments.calvin.evaluate import run_experiment
-from dynaguide.experiments.calvin.harness import load_start_poses, read_trials, summarise, wilson_interval
+from dynaguide_experiments.calvin.evaluate import run_experiment
+from dynaguide_experiments.calvin.harness import load_start_poses, read_trials, summarise, wilson_interval
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 
 SIZE = 64
@@ -117,7 +117,7 @@ def test_summarise_counts_first_behaviours():
 
 def _slot_runner(latency_steps: int):
     from calvin_bridge.config import CalvinEnvConfig
-    from dynaguide.experiments.calvin.harness import CellRunner, _Slot
+    from dynaguide_experiments.calvin.harness import CellRunner, _Slot
 
     cfg = EvalConfig(latency_steps=latency_steps)
     runner = CellRunner(CalvinEnvConfig(), cfg, np.zeros((1, 8)), n_obs_steps=2, n_action_steps=8,
@@ -170,7 +170,7 @@ def test_underspecified_experiment_uses_the_underspecified_goals_and_articulated
                                             ("door_left", "negative"), ("touch_red", "other"),
                                             ("no_behaviour", "none")])
 def test_tasks_sort_first_behaviours_into_positive_negative_other_none(label, outcome):
-    from dynaguide.experiments.calvin.harness import Task
+    from dynaguide_experiments.calvin.harness import Task
 
     task = Task("mix", ("switch_on", "drawer_open"), ("door_left",))
     assert task.outcome(label) == outcome
@@ -180,7 +180,7 @@ def test_tasks_sort_first_behaviours_into_positive_negative_other_none(label, ou
 
 
 def test_objective_setups_are_validated():
-    from dynaguide.experiments.calvin.config import ObjectiveSetup
+    from dynaguide_experiments.calvin.config import ObjectiveSetup
 
     with pytest.raises(ValueError, match="positive behaviours, negative behaviours"):
         ObjectiveSetup()
@@ -213,7 +213,7 @@ def test_multi_objective_cells_report_shares_and_pair_the_sum_ablation_with_its_
 
 
 def test_ablation_varies_one_parameter_at_a_time_and_collects_every_cell(tiny_setup, tmp_path):
-    from dynaguide.experiments.calvin.ablation import SQUARED_SIGMA, run_ablation, settings
+    from dynaguide_experiments.calvin.ablation import SQUARED_SIGMA, run_ablation, settings
 
     root, cfg = tiny_setup
     cells = settings(cfg, ("scale", "squared"))
@@ -239,7 +239,7 @@ def test_ablation_varies_one_parameter_at_a_time_and_collects_every_cell(tiny_se
 def test_underrepresented_runs_each_share_with_its_own_policy_on_the_same_seeds(tiny_setup, tmp_path):
     import shutil
 
-    from dynaguide.experiments.calvin.underrepresented import policy_dir, run_underrepresented
+    from dynaguide_experiments.calvin.underrepresented import policy_dir, run_underrepresented
 
     root, cfg = tiny_setup
     policies = tmp_path / "policies"
@@ -270,13 +270,13 @@ def test_commit_steps_replaces_the_policys_replanning_period(tiny_setup, tmp_pat
     ("drawer_open", "switch_on", "other"), ("drawer_open", "no_behaviour", "none"),
     ("touch_red", "touch_blue", "other"), ("button_on", "button_off", "same_part")])
 def test_breakdown_sorts_first_behaviours_into_four_outcomes(target, label, outcome):
-    from dynaguide.experiments.calvin.breakdown import outcome_of
+    from dynaguide_experiments.calvin.breakdown import outcome_of
 
     assert outcome_of(target, label) == outcome
 
 
 def test_breakdown_counts_one_methods_trials_of_every_target(tmp_path):
-    from dynaguide.experiments.calvin.breakdown import cell_breakdown, parse_cell
+    from dynaguide_experiments.calvin.breakdown import cell_breakdown, parse_cell
 
     trials = tmp_path / "trials"
     trials.mkdir()
@@ -300,8 +300,8 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
     observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk."""
     from dynaguide.data import to_image_tensor
     from dynaguide.embedders import resize_images
-    from dynaguide.experiments.calvin.evaluate import load_models
-    from dynaguide.experiments.calvin.harness import Observation, Planners, load_goal_images
+    from dynaguide_experiments.calvin.evaluate import load_models
+    from dynaguide_experiments.calvin.harness import Observation, Planners, load_goal_images
     from dynaguide.runtime import GuidedPolicyRunner
 
     root, cfg = tiny_setup
@@ -317,8 +317,9 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
                                           embedder.image_size)).numpy()
 
     g = cfg.eval.guidance
-    runner.set_guidance_tokens(node_tokens(goals["drawer_open"]), None, scale=g.scale, sigma=g.sigma,
-                               stochastic_steps=g.stochastic_steps)
+    runner.set_guidance_tokens(node_tokens(goals["drawer_open"]), None,
+                               runner.guidance_defaults.retuned(scale=g.scale, sigma=g.sigma,
+                                                                stochastic_steps=g.stochastic_steps))
     frame = goals["drawer_open"][0]                       # any 64 px static frame
     images, proprio = np.stack([frame, frame]), np.zeros((2, 15), np.float32)
     harness = planner(Observation(to_image_tensor(images)[None], torch.from_numpy(proprio)[None], torch.zeros(1, 3),
@@ -366,7 +367,7 @@ def test_splice_jumps_are_taken_where_execution_switches_chunks(latency):
 
 def test_lockstep_rtc_pulls_the_overlap_towards_the_previous_plan_and_freezes_nothing():
     from calvin_bridge.config import CalvinEnvConfig as _EnvCfg
-    from dynaguide.experiments.calvin.harness import CellRunner, _Slot
+    from dynaguide_experiments.calvin.harness import CellRunner, _Slot
     from dynaguide.guidance.rtc import RTCConfig
 
     ev = EvalConfig(rtc=RTCConfig(enabled=True, mode="soft", jacobian=False))
@@ -384,7 +385,7 @@ def test_lockstep_rtc_pulls_the_overlap_towards_the_previous_plan_and_freezes_no
 def test_a_policy_that_sees_the_gripper_camera_gets_its_frames_in_the_harness(tiny_setup, tmp_path):
     """A two-camera policy (static + wrist, as the paper's) runs through the harness: the planner's observation
     carries both cameras' last To frames, rendered by the real env, and the policy conditions on them."""
-    from dynaguide.experiments.calvin.harness import CellRunner, Planners, Task
+    from dynaguide_experiments.calvin.harness import CellRunner, Planners, Task
 
     root, cfg = tiny_setup
     torch.manual_seed(0)
@@ -441,7 +442,7 @@ def test_ray_sweep_writes_the_sequential_runs_results(tiny_setup, tmp_path):
     """A local Ray cluster with 2 workers evaluates the cells and writes the same results.json (and trial records)
     as the sequential harness; a killed Ray sweep resumes, rerunning only its unfinished cells."""
     pytest.importorskip("ray")
-    from dynaguide.experiments.calvin.ray_eval import RayEvalConfig
+    from dynaguide_experiments.calvin.ray_eval import RayEvalConfig
 
     root, cfg = tiny_setup
     methods, targets = ["base", "dynaguide"], ["switch_on", "drawer_open"]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from dynaguide.data import Demo, DemoSource, write_hdf5_dataset
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig, EvalConfig
-from dynaguide.experiments.calvin.pipeline import merge_segments
+from dynaguide_experiments.calvin.config import CalvinExperimentConfig, EvalConfig
+from dynaguide_experiments.calvin.pipeline import merge_segments
 
 
 def _demos(n: int, behaviour: str, offset: float) -> list[Demo]:
@@ -47,7 +47,7 @@ def test_shipped_experiment_config_loads():
 
 @pytest.mark.parametrize("share, kept", [(0.2, 2), (0.5, 8), (0.01, 1)])
 def test_underrepresent_keeps_the_first_segments_of_the_behaviour_at_its_share(tmp_path, share, kept):
-    from dynaguide.experiments.calvin.pipeline import underrepresent
+    from dynaguide_experiments.calvin.pipeline import underrepresent
 
     path = write_hdf5_dataset(tmp_path / "d.h5", _demos(10, "switch_on", 0.0) + _demos(8, "drawer_open", 50.0))
     names = DemoSource(path).names
@@ -60,7 +60,7 @@ def test_underrepresent_keeps_the_first_segments_of_the_behaviour_at_its_share(t
 
 
 def test_training_config_rejects_a_share_outside_0_1():
-    from dynaguide.experiments.calvin.config import TrainingConfig
+    from dynaguide_experiments.calvin.config import TrainingConfig
 
     with pytest.raises(ValueError, match="underrepresented_share"):
         TrainingConfig(underrepresented_behaviour="switch_on", underrepresented_share=1.0)

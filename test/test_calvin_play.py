@@ -20,8 +20,8 @@ from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import ARTICULATED_BANDS, BEHAVIOURS, behaviour_scene, is_possible
 from calvin_bridge.labels import behaviour_label
 from calvin_bridge.play import PlayConfig, collect_play, play_episode, shard_path, summarise_play
-from dynaguide.experiments.calvin.base_check import summarise_base
-from dynaguide.experiments.calvin.harness import is_reversal, load_start_poses, reversal_counts
+from dynaguide_experiments.calvin.base_check import summarise_base
+from dynaguide_experiments.calvin.harness import is_reversal, load_start_poses, reversal_counts
 
 SIZE = 32
 
@@ -182,7 +182,7 @@ def _protocol_setup(tmp_path):
     import torch
 
     from dynaguide.checkpoint import save_checkpoint
-    from dynaguide.experiments.calvin.config import CalvinExperimentConfig, DataConfig
+    from dynaguide_experiments.calvin.config import CalvinExperimentConfig, DataConfig
     from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 
     torch.manual_seed(0)
@@ -195,7 +195,7 @@ def _protocol_setup(tmp_path):
 
 
 def test_a_protocol_freezes_models_and_settings(tmp_path):
-    from dynaguide.experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
+    from dynaguide_experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
 
     cfg = _protocol_setup(tmp_path)
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=50, rtc=dataclasses.replace(
@@ -220,7 +220,7 @@ def test_a_protocol_freezes_models_and_settings(tmp_path):
 def test_an_uncommitted_protocol_is_refused(tmp_path, monkeypatch):
     import subprocess
 
-    from dynaguide.experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
+    from dynaguide_experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
 
     cfg = _protocol_setup(tmp_path)
     monkeypatch.chdir(tmp_path)

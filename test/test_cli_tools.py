@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dynaguide.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dynaguide_cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ), cwd=REPO)
 
 
@@ -27,7 +27,7 @@ def _cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--positive", "missing.png"], "cannot read image missing.png"),
 ])
 def test_guide_refuses_contradictory_or_bad_flags_with_one_line(args, says, capsys):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     assert main(["guide", *args]) == 2
     err = capsys.readouterr().err
@@ -62,7 +62,7 @@ def bridge(tmp_path_factory):
     from conftest import ManagedProcess
 
     log = tmp_path_factory.mktemp("bridge") / "bridge.log"
-    proc = ManagedProcess([sys.executable, "-m", "dynaguide.cli", "node", "calvin_bridge", "--ros-args",
+    proc = ManagedProcess([sys.executable, "-m", "dynaguide_cli", "node", "calvin_bridge", "--ros-args",
                            "-p", "static_size:=32", "-p", "gripper_size:=16", "-p", "camera_hz:=10.0"],
                           log, env=dict(os.environ))
     proc.wait_for_log("calvin bridge ready", timeout=120)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dynaguide.bench import BenchSetup, bench_config, naive_official_guided_sample
-from dynaguide.cli import build_parser, main
+from dynaguide_cli.main import build_parser, main
 from dynaguide.diffusion import DDIMConfig
-from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GuidanceSet, guided_ddim_sample
+from dynaguide.guidance import DynaGuideObjective, GuidanceConfig, GoalLatents, guided_ddim_sample
 
 T, A = 8, 3
 FAST = DDIMConfig(num_inference_steps=2)
@@ -34,7 +34,7 @@ def tiny_setup():
     g = torch.Generator().manual_seed(1)
     batch = 2
     cond = torch.randn(batch, policy.cond_dim, generator=g)
-    gset = GuidanceSet.from_latents(torch.randn(10, 4, 24, generator=g), None,
+    gset = GoalLatents.from_latents(torch.randn(10, 4, 24, generator=g), None,
                                     GuidanceConfig(sigma=2.0, scale=1.5, stochastic_steps=1))
     return BenchSetup("tiny", policy, dynamics, cond, torch.randn(batch, 16, 24, generator=g),
                       torch.randn(batch, 2, generator=g), gset, torch.randn(batch, T, A, generator=g))

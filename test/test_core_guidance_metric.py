@@ -122,11 +122,11 @@ def test_positive_groups_sum_one_logsumexp_per_group(small):
 
 
 def test_guidance_set_checks_its_positive_groups(small):
-    from dynaguide.guidance.goals import GuidanceSet
+    from dynaguide.guidance.goals import GoalLatents
 
     _, pos, neg = small
     with pytest.raises(ValueError, match="positive_groups"):
-        GuidanceSet(pos, neg, positive_groups=(pos.shape[0] + 1,))
+        GoalLatents(pos, neg, positive_groups=(pos.shape[0] + 1,))
     with pytest.raises(ValueError, match="positive_groups"):
-        GuidanceSet(None, neg, positive_groups=(1,))
-    assert GuidanceSet(pos, None, positive_groups=(1, pos.shape[0] - 1)).positive_groups == (1, pos.shape[0] - 1)
+        GoalLatents(None, neg, positive_groups=(1,))
+    assert GoalLatents(pos, None, positive_groups=(1, pos.shape[0] - 1)).positive_groups == (1, pos.shape[0] - 1)

@@ -21,7 +21,7 @@ from dynaguide.guidance import (
     DynaGuideObjective,
     FinalFrames,
     GuidanceConfig,
-    GuidanceSet,
+    GoalLatents,
     PositionGuidanceObjective,
     chunk_for_dynamics,
     guided_ddim_sample,
@@ -89,12 +89,12 @@ def test_chunk_for_dynamics_offsets_and_pads_with_last_action():
 def test_guidance_set_from_images_embeds_and_maps_to_outcome_space(small_dynamics, embedder):
     g = torch.Generator().manual_seed(1)
     pos, neg = torch.rand(3, 3, 28, 28, generator=g), torch.rand(2, 3, 28, 28, generator=g)
-    gset = GuidanceSet.from_images(embedder, small_dynamics, pos, neg, batch_size=2)
+    gset = GoalLatents.from_images(embedder, small_dynamics, pos, neg, batch_size=2)
     with torch.no_grad():
         torch.testing.assert_close(gset.positives, small_dynamics.outcome_latent(embedder(pos)))
         torch.testing.assert_close(gset.negatives, small_dynamics.outcome_latent(embedder(neg)))
     assert gset.latent_shape == (4, 24) and (gset.num_positives, gset.num_negatives) == (3, 2)
-    uint8 = GuidanceSet.from_images(embedder, small_dynamics, (pos * 255).round().to(torch.uint8), None)
+    uint8 = GoalLatents.from_images(embedder, small_dynamics, (pos * 255).round().to(torch.uint8), None)
     assert uint8.negatives is None and uint8.positives.shape == (3, 4, 24)
     assert not gset.positives.requires_grad
 
@@ -103,31 +103,31 @@ def test_guidance_set_from_final_frames_through_dynamics(small_dynamics, embedde
     g = torch.Generator().manual_seed(2)
     frames = FinalFrames(torch.rand(3, 3, 28, 28, generator=g), torch.randn(3, 2, generator=g),
                          torch.rand(3, A, generator=g) * 2 - 1)
-    gset = GuidanceSet.from_final_frames_through_dynamics(embedder, small_dynamics, frames, None, horizon=T)
+    gset = GoalLatents.from_final_frames_through_dynamics(embedder, small_dynamics, frames, None, horizon=T)
     with torch.no_grad():
         for k in range(3):
             repeated = frames.last_actions[k].expand(1, T, A)
             expected = small_dynamics(embedder(frames.images[k : k + 1]), frames.proprio[k : k + 1], repeated)
             torch.testing.assert_close(gset.positives[k : k + 1], expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="last_actions"):
-        GuidanceSet.from_final_frames_through_dynamics(
+        GoalLatents.from_final_frames_through_dynamics(
             embedder, small_dynamics, FinalFrames(frames.images, frames.proprio, frames.last_actions[:2]), horizon=T)
 
 
 def test_guidance_set_validation_errors(embedder, small_dynamics):
     good = torch.zeros(2, 4, 5)
     with pytest.raises(ValueError, match="neither"):
-        GuidanceSet.from_latents(None, None)
+        GoalLatents.from_latents(None, None)
     with pytest.raises(ValueError, match="NaN"):
-        GuidanceSet.from_latents(torch.full((2, 4, 5), float("nan")))
+        GoalLatents.from_latents(torch.full((2, 4, 5), float("nan")))
     with pytest.raises(ValueError, match="same outcome space"):
-        GuidanceSet.from_latents(good, torch.zeros(1, 4, 6))
+        GoalLatents.from_latents(good, torch.zeros(1, 4, 6))
     with pytest.raises(ValueError, match="empty"):
-        GuidanceSet.from_latents(good[:0])
+        GoalLatents.from_latents(good[:0])
     with pytest.raises(ValueError, match=r"\(K, N, D\)"):
-        GuidanceSet.from_latents(torch.zeros(4, 5))
+        GoalLatents.from_latents(torch.zeros(4, 5))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        GuidanceSet.from_images(embedder, small_dynamics, torch.full((1, 3, 28, 28), 2.0))
+        GoalLatents.from_images(embedder, small_dynamics, torch.full((1, 3, 28, 28), 2.0))
     with pytest.raises(ValueError, match="sigma"):
         GuidanceConfig(sigma=0.0)
     with pytest.raises(ValueError, match="stochastic_mode"):
@@ -142,7 +142,7 @@ def test_guidance_config_loads_from_yaml_mapping():
 # ----------------------------------------------------------------------------- objectives
 def test_dynaguide_objective_is_eq2_on_the_real_dynamics_and_per_sample(small_dynamics, embedder):
     g = torch.Generator().manual_seed(3)
-    gset = GuidanceSet.from_images(embedder, small_dynamics, torch.rand(4, 3, 28, 28, generator=g),
+    gset = GoalLatents.from_images(embedder, small_dynamics, torch.rand(4, 3, 28, 28, generator=g),
                                    torch.rand(2, 3, 28, 28, generator=g), GuidanceConfig(sigma=3.0))
     tokens = embedder(torch.rand(1, 3, 28, 28, generator=g))
     proprio = torch.randn(1, 2, generator=g)
@@ -167,7 +167,7 @@ def test_dynaguide_objective_encodes_the_observation_once_per_chunk(small_dynami
     handle = small_dynamics.token_in.register_forward_hook(lambda *_: calls.append(1))
     try:
         tokens, proprio = embedder(torch.rand(1, 3, 28, 28)), torch.randn(1, 2)
-        objective = DynaGuideObjective(small_dynamics, tokens, proprio, GuidanceSet.from_latents(torch.randn(2, 4, 24)))
+        objective = DynaGuideObjective(small_dynamics, tokens, proprio, GoalLatents.from_latents(torch.randn(2, 4, 24)))
         assert len(calls) == 1
         actions = torch.rand(3, T, A) * 2 - 1
         for _ in range(4):
@@ -188,7 +188,7 @@ def test_dynaguide_objective_encodes_the_observation_once_per_chunk(small_dynami
 
 def test_dynaguide_objective_from_observation_embeds_once(small_dynamics, embedder):
     image, proprio = torch.rand(2, 3, 28, 28), torch.randn(2, 2)
-    gset = GuidanceSet.from_latents(torch.randn(3, 4, 24))
+    gset = GoalLatents.from_latents(torch.randn(3, 4, 24))
     objective = DynaGuideObjective.from_observation(small_dynamics, embedder, image, proprio, gset)
     torch.testing.assert_close(objective.obs_tokens, embedder(image))
     assert not objective.obs_tokens.requires_grad
@@ -198,7 +198,7 @@ def test_dynaguide_objective_from_observation_embeds_once(small_dynamics, embedd
 
 def test_dynaguide_objective_offset_feeds_chunk_from_current_step(small_dynamics, embedder):
     tokens = embedder(torch.rand(1, 3, 28, 28))
-    gset = GuidanceSet.from_latents(torch.zeros(1, 4, 24))
+    gset = GoalLatents.from_latents(torch.zeros(1, 4, 24))
     objective = DynaGuideObjective(small_dynamics, tokens, torch.zeros(1, 2), gset, action_offset=1)
     actions = torch.rand(2, T, A)
     shifted = torch.cat([actions[:, 1:], actions[:, -1:]], dim=1)
@@ -265,7 +265,7 @@ def test_sampling_baseline_picks_best_candidate_by_full_metric_with_negatives():
     noise = torch.randn(2, 6, T, A, generator=torch.Generator().manual_seed(1))
     pos, neg = torch.full((1, 1, A), 0.4), torch.full((2, 1, A), -0.4)
     objective = DynaGuideObjective(MeanActionDynamics(), torch.zeros(1, 1, 1), torch.zeros(1, 1),
-                                   GuidanceSet.from_latents(pos, neg, GuidanceConfig(sigma=0.2)))
+                                   GoalLatents.from_latents(pos, neg, GuidanceConfig(sigma=0.2)))
     result = sampling_baseline(policy, cond, objective, num_samples=6, ddim=FAST, initial_noise=noise)
     assert result.candidates.shape == (2, 6, T, A) and result.scores.shape == (2, 6)
     for b in range(2):
@@ -281,7 +281,7 @@ def test_sampling_baseline_picks_best_candidate_by_full_metric_with_negatives():
     torch.testing.assert_close(result.actions, result.candidates[torch.arange(2), result.best_index])
     # the negative term matters: ranking by positives only picks differently on this seed or scores differ
     pos_only = DynaGuideObjective(MeanActionDynamics(), torch.zeros(1, 1, 1), torch.zeros(1, 1),
-                                  GuidanceSet.from_latents(pos, None, GuidanceConfig(sigma=0.2)))
+                                  GoalLatents.from_latents(pos, None, GuidanceConfig(sigma=0.2)))
     pos_scores = sampling_baseline(policy, cond, pos_only, num_samples=6, ddim=FAST, initial_noise=noise).scores
     assert not torch.allclose(pos_scores, result.scores)
     with pytest.raises(ValueError, match="num_samples"):
@@ -317,7 +317,7 @@ def test_guidance_config_sampler_kwargs_drive_the_one_sampling_loop():
     policy = GaussianDataPolicy()
     noise = torch.randn(3, T, A, generator=torch.Generator().manual_seed(4))
     cfg = GuidanceConfig(sigma=1.0, scale=0.7, stochastic_steps=2, stochastic_mode="repeat", guided_steps=3)
-    gset = GuidanceSet.from_latents(torch.full((1, 1, A), 0.5), None, cfg)
+    gset = GoalLatents.from_latents(torch.full((1, 1, A), 0.5), None, cfg)
     objective = DynaGuideObjective(MeanActionDynamics(), torch.zeros(1, 1, 1), torch.zeros(1, 1), gset)
     out = guided_ddim_sample(policy, None, objective, ddim=FAST, initial_noise=noise, **cfg.sampler_kwargs())
     ref = guided_ddim_sample(policy, None, objective, scale=0.7, stochastic_steps=2, stochastic_mode="repeat",

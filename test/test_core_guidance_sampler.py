@@ -15,7 +15,7 @@ from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.guidance import (
     DynaGuideObjective,
     GuidanceConfig,
-    GuidanceSet,
+    GoalLatents,
     guided_ddim_sample,
     latent_guidance_metric,
 )
@@ -89,7 +89,7 @@ class MeanActionDynamics(nn.Module):
 
 
 def mean_objective(positives=None, negatives=None, sigma=1.0):
-    gset = GuidanceSet.from_latents(positives, negatives, GuidanceConfig(sigma=sigma))
+    gset = GoalLatents.from_latents(positives, negatives, GuidanceConfig(sigma=sigma))
     return DynaGuideObjective(MeanActionDynamics(), torch.zeros(1, 1, 1), torch.zeros(1, 1), gset)
 
 

@@ -77,8 +77,8 @@ def test_the_runner_returns_the_signal_when_goals_are_set_also_with_scale_zero()
     images = {"rgb_static": rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)}
     proprio = rng.standard_normal((2, 15)).astype(np.float32)
     tokens = rng.standard_normal((16, 8)).astype(np.float32)
-    runner.set_guidance_tokens(rng.standard_normal((3, 16, 8)), rng.standard_normal((1, 16, 8)), scale=2.0,
-                               stochastic_steps=1)
+    runner.set_guidance_tokens(rng.standard_normal((3, 16, 8)), rng.standard_normal((1, 16, 8)),
+                               runner.guidance_defaults.retuned(scale=2.0, stochastic_steps=1))
     guided = runner.act(images, proprio, tokens)
     assert guided.signal is not None and math.isclose(guided.signal.chunk.metric, guided.metric, rel_tol=1e-4)
     assert 0 <= guided.signal.chunk.nearest_positive < 3 and guided.signal.chunk.nearest_negative == 0

@@ -199,7 +199,7 @@ def test_identity_is_stable_and_changes_with_weights_image_size_and_stride(pretr
 def test_bench_embedder_cli_reports_ms_per_image(tmp_path, capsys):
     import json
 
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     out = tmp_path / "emb.json"
     assert main(["bench", "embedder", "--batch", "1,2", "--repeats", "1", "--json", str(out)]) == 0

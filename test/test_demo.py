@@ -16,7 +16,7 @@ SIM_SECONDS = 1.0
 
 
 def _demo(out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dynaguide.cli", "demo", "--sim-seconds", str(SIM_SECONDS),
+    return subprocess.run([sys.executable, "-m", "dynaguide_cli", "demo", "--sim-seconds", str(SIM_SECONDS),
                            "--goals", "2", "--seed", "7", "--out", str(out), *extra],
                           capture_output=True, text=True, timeout=1200, env=dict(os.environ), cwd=out.parent)
 

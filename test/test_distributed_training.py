@@ -48,7 +48,7 @@ def _env() -> dict:
 
 
 def _train(data: Path, out: Path, *extra: str, processes: int = 1) -> subprocess.CompletedProcess:
-    cli = ["-m", "dynaguide.cli", "train", "dynamics", "--data", str(data), "--out", str(out), *TINY, *extra]
+    cli = ["-m", "dynaguide_cli", "train", "dynamics", "--data", str(data), "--out", str(out), *TINY, *extra]
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"] if processes > 1 else []
     run = subprocess.run([sys.executable, *launcher, *cli], capture_output=True, text=True, env=_env(), timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
@@ -108,7 +108,7 @@ def read_steps(out: Path) -> int:
 
 
 def test_a_global_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     data = _data(tmp_path / "data.h5")
     code = main(["train", "dynamics", "--data", str(data), "--out", str(tmp_path / "o"), *TINY, "--steps", "1",

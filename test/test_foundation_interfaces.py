@@ -61,7 +61,7 @@ def test_image_and_chunk_conversions_round_trip_and_reject_malformed():
 def test_two_processes_exchange_chunks_and_twenty_224px_goal_images(start_process):
     server = start_process("serve", "interfaces", "serve")
     server.wait_for_log("echo ready")
-    client = subprocess.run([sys.executable, "-m", "dynaguide.cli", "interfaces", "check", "--images", "20",
+    client = subprocess.run([sys.executable, "-m", "dynaguide_cli", "interfaces", "check", "--images", "20",
                              "--size", "224", "--chunks", "20"], capture_output=True, text=True, timeout=90)
     assert client.returncode == 0, client.stdout + client.stderr + server.log()
     report = json.loads(client.stdout.strip().splitlines()[-1])
@@ -84,7 +84,7 @@ def test_dds_traffic_stays_on_loopback(start_process, tmp_path):
     try:
         server = start_process("serve", "interfaces", "serve")
         server.wait_for_log("echo ready")
-        client = subprocess.run([sys.executable, "-m", "dynaguide.cli", "interfaces", "check", "--images", "4"],
+        client = subprocess.run([sys.executable, "-m", "dynaguide_cli", "interfaces", "check", "--images", "4"],
                                 capture_output=True, text=True, timeout=60)
         assert client.returncode == 0, client.stdout + client.stderr
         time.sleep(1.0)

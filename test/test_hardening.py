@@ -19,7 +19,7 @@ import yaml
 from dynaguide.execution import ActionSchedule, check_chunk_stamp
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("dynaguide", "dynaguide_ros", "calvin_bridge", "arx5_driver")
+PACKAGES = ("dynaguide", "calvin_bridge", "dynaguide_experiments", "dynaguide_ros", "dynaguide_cli", "arx5_driver")
 
 
 # ------------------------------------------------------------------------------- 1. Logger.warn
@@ -163,9 +163,10 @@ def runner_and_inputs():
 def test_runner_refuses_unusable_sigma_and_keeps_the_previous_guidance(runner_and_inputs):
     runner, *_ = runner_and_inputs
     rng = np.random.default_rng(1)
-    g = runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, stochastic_steps=1)
+    g = runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None,
+                                   runner.guidance_defaults.retuned(stochastic_steps=1))
     with pytest.raises(ValueError, match="sigma"):
-        runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, sigma=1e-45)
+        runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, runner.guidance_defaults.retuned(sigma=1e-45))
     assert runner.guidance is g
 
 
@@ -174,25 +175,29 @@ def test_runner_falls_back_to_the_base_policy_when_guidance_is_not_finite(runner
     runner, images, proprio, tokens = runner_and_inputs
     rng = np.random.default_rng(2)
     if break_guidance == "sigma_bypassing_validation":
-        runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, stochastic_steps=1)
+        runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None,
+                                   runner.guidance_defaults.retuned(stochastic_steps=1))
         runner.guidance.config.sigma = 1e-45
     else:  # finite goals whose distances overflow float32
-        runner.set_guidance_tokens(np.full((1, 16, 8), 1e30), None, stochastic_steps=1)
+        runner.set_guidance_tokens(np.full((1, 16, 8), 1e30), None,
+                                   runner.guidance_defaults.retuned(stochastic_steps=1))
     result = runner.act(images, proprio, tokens)
     assert not result.guided and "fell back" in result.fallback and "not finite" in result.fallback
     assert np.isfinite(result.actions).all() and np.isnan(result.metric)
-    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, sigma=5.0, stochastic_steps=1)
+    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None,
+                               runner.guidance_defaults.retuned(sigma=5.0, stochastic_steps=1))
     ok = runner.act(images, proprio, tokens)
     assert ok.guided and ok.fallback == "" and np.isfinite(ok.metric)
 
 
 def test_scale_zero_is_expressible(runner_and_inputs):
     runner, images, proprio, tokens = runner_and_inputs
-    g = runner.set_guidance_tokens(np.random.default_rng(3).standard_normal((1, 16, 8)), None, scale=0.0)
+    g = runner.set_guidance_tokens(np.random.default_rng(3).standard_normal((1, 16, 8)), None,
+                                   runner.guidance_defaults.retuned(scale=0.0))
     assert g.scale == 0.0                                    # not mapped to the default any more
     assert not runner.act(images, proprio, tokens).guided   # s = 0: the unguided sampler
     with pytest.raises(ValueError, match="scale"):
-        runner.set_guidance_tokens(np.zeros((1, 16, 8)), None, scale=-1.0)
+        runner.set_guidance_tokens(np.zeros((1, 16, 8)), None, runner.guidance_defaults.retuned(scale=-1.0))
 
 
 # ------------------------------------------------------------------------------- defaults: one source

@@ -18,7 +18,7 @@ import torch
 
 from dynaguide.diffusion import make_ddim_scheduler
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.guidance.goals import GuidanceConfig, GuidanceSet
+from dynaguide.guidance.goals import GuidanceConfig, GoalLatents
 from dynaguide.guidance.objectives import DynaGuideObjective
 from dynaguide.guidance.sampler import guided_ddim_sample
 from dynaguide.interfaces import NoisePredictionPolicy
@@ -196,7 +196,7 @@ def test_guidance_through_the_adapter_steers_the_chunk(adapter):
     cond = adapter.encode_observation(_our_obs(history))
     g = torch.Generator().manual_seed(6)
     tokens, goal = torch.randn(1, 16, 8, generator=g), torch.randn(2, 16, 8, generator=g)
-    guidance = GuidanceSet(dynamics.outcome_latent(goal), None, GuidanceConfig(scale=8.0, sigma=5.0))
+    guidance = GoalLatents(dynamics.outcome_latent(goal), None, GuidanceConfig(scale=8.0, sigma=5.0))
     objective = DynaGuideObjective(dynamics, tokens, history[-1][OBS_STATE], guidance,
                                    action_offset=adapter.action_offset)
     noise = torch.randn(1, T, A, generator=g)
@@ -243,8 +243,8 @@ def test_runner_drives_the_adapter_like_our_own_policy(saved_dir, adapter):
     assert (got - expected).abs().max().item() <= 1e-5
     # guided: goal tokens through the runner's set_guidance path steer the chunk
     g = torch.Generator().manual_seed(9)
-    runner.set_guidance_tokens(torch.randn(2, 16, 8, generator=g).numpy(), None, scale=8.0, sigma=5.0,
-                               stochastic_steps=1)
+    runner.set_guidance_tokens(torch.randn(2, 16, 8, generator=g).numpy(), None,
+                               runner.guidance_defaults.retuned(scale=8.0, sigma=5.0, stochastic_steps=1))
     steered = runner.act(images, proprio, torch.randn(16, 8, generator=g).numpy())
     assert steered.guided and np.isfinite(steered.actions).all()
     assert np.abs(steered.actions - result.actions).max() > 1e-3

@@ -119,7 +119,7 @@ def harness_setup(tmp_path_factory):
     from dynaguide.checkpoint import save_checkpoint
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
     from dynaguide.embedders import EmbedderConfig, make_embedder
-    from dynaguide.experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
+    from dynaguide_experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
                                                      TrainingConfig)
 
     root = tmp_path_factory.mktemp("offtheshelf_harness")
@@ -159,7 +159,7 @@ def harness_setup(tmp_path_factory):
 
 
 def test_harness_maps_lerobot_actions_into_the_dynamics_models_space(harness_setup):
-    from dynaguide.experiments.calvin.evaluate import action_transform_for, load_models
+    from dynaguide_experiments.calvin.evaluate import action_transform_for, load_models
 
     root, cfg, lerobot_dir = harness_setup
     with pytest.raises(ValueError, match="normalise actions differently"):
@@ -178,9 +178,9 @@ def test_harness_maps_lerobot_actions_into_the_dynamics_models_space(harness_set
 
 
 def test_harness_evaluates_a_lerobot_policy_from_its_action_offset(harness_setup, tmp_path, monkeypatch):
-    from dynaguide.experiments.calvin import harness
-    from dynaguide.experiments.calvin.evaluate import run_experiment
-    from dynaguide.experiments.calvin.harness import read_trials
+    from dynaguide_experiments.calvin import harness
+    from dynaguide_experiments.calvin.evaluate import run_experiment
+    from dynaguide_experiments.calvin.harness import read_trials
 
     root, cfg, lerobot_dir = harness_setup
     executed = []
@@ -203,8 +203,8 @@ def test_harness_evaluates_a_lerobot_policy_from_its_action_offset(harness_setup
 
 
 def test_action_offset_shifts_lockstep_and_latency_execution():
-    from dynaguide.experiments.calvin.config import EvalConfig
-    from dynaguide.experiments.calvin.harness import CellRunner, _Slot
+    from dynaguide_experiments.calvin.config import EvalConfig
+    from dynaguide_experiments.calvin.harness import CellRunner, _Slot
 
     chunk = np.arange(16.0)[:, None].repeat(7, axis=1)
     hold = np.zeros(7)
@@ -224,7 +224,7 @@ def test_action_offset_shifts_lockstep_and_latency_execution():
 
 
 def test_offtheshelf_results_have_the_issues_shape(tmp_path):
-    from dynaguide.experiments.calvin.offtheshelf import offtheshelf_results
+    from dynaguide_experiments.calvin.offtheshelf import offtheshelf_results
 
     cell = {"distribution": {"switch_on": 1}, "mean_steps": 10.0}
     harness_run = {"behaviours": {"switch_on": {"base": {"rate": 0.1, "n": 20, "ci95": [0.03, 0.3], **cell},

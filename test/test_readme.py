@@ -48,7 +48,7 @@ def test_the_readme_has_commands_to_check():
 
 @pytest.mark.parametrize("argv", readme_commands(), ids=lambda a: " ".join(a)[:60])
 def test_readme_command_exists_and_parses(argv, capsys):
-    from dynaguide.cli import build_parser
+    from dynaguide_cli.main import build_parser
 
     prefix = []
     for word in argv:

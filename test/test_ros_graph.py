@@ -169,7 +169,7 @@ def test_malformed_set_guidance_requests_are_rejected_and_change_nothing(graph, 
         "huge": (SetGuidance.Request(positive=[huge]), "at most"),
         "nan scale": (SetGuidance.Request(positive=[img], scale=float("nan")), "finite"),
         "negative sigma": (SetGuidance.Request(positive=[img], sigma=-1.0), ">= 0"),
-        "negative M": (SetGuidance.Request(positive=[img], stochastic_steps=-3), ">= 0"),
+        "negative M": (SetGuidance.Request(positive=[img], stochastic_steps=-3), "integer >= 1"),
         "hundreds": (SetGuidance.Request(positive=[img] * 300), "exceed the limit"),
     }
     for name, (req, expected) in cases.items():

@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _dynaguide(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dynaguide.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "dynaguide_cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ))
 
 
@@ -103,7 +103,7 @@ def test_real_graph_dry_run_needs_no_hardware():
 def test_sim_graph_runs_the_shipped_trained_models_from_any_directory(tmp_path):
     """`dynaguide launch calvin_sim` from a directory that is not the repo: the policy node loads the trained
     checkpoints (relative paths resolve under the repo, not the current directory)."""
-    proc = subprocess.Popen([sys.executable, "-m", "dynaguide.cli", "launch", "calvin_sim", "--duration", "240"],
+    proc = subprocess.Popen([sys.executable, "-m", "dynaguide_cli", "launch", "calvin_sim", "--duration", "240"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ), start_new_session=True)
     lines: list[str] = []

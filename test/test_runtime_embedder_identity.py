@@ -71,7 +71,9 @@ def test_runner_refuses_tokens_of_another_embedder_with_a_clear_message(tmp_path
     assert runner.expected_embedder_id == good_id
     rng = np.random.default_rng(0)
     goals = rng.standard_normal((2, 16, 8)).astype(np.float32)
-    g = runner.set_guidance_tokens(goals, None, stochastic_steps=1, embedder_ids=[good_id, good_id])
+    g = runner.set_guidance_tokens(goals, None,
+                                   runner.guidance_defaults.retuned(stochastic_steps=1),
+                                   embedder_ids=[good_id, good_id])
     assert runner.guidance is g
     with pytest.raises(EmbedderMismatchError) as info:
         runner.set_guidance_tokens(goals, None, embedder_ids=[good_id, bad_id])
@@ -79,7 +81,9 @@ def test_runner_refuses_tokens_of_another_embedder_with_a_clear_message(tmp_path
     assert bad_id in message and good_id in message and "refusing" in message and "goal 1" in message
     assert isinstance(info.value, ValueError)
     assert runner.guidance is g                                    # previous guidance still in force
-    runner.set_guidance_tokens(goals, None, stochastic_steps=1, embedder_ids="")  # unknown provenance: accepted
+    runner.set_guidance_tokens(goals, None,
+                               runner.guidance_defaults.retuned(stochastic_steps=1),
+                               embedder_ids="")  # unknown provenance: accepted
     images = {"rgb_static": rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)}
     proprio = rng.standard_normal((2, 15)).astype(np.float32)
     obs = rng.standard_normal((16, 8)).astype(np.float32)
@@ -100,6 +104,7 @@ def test_runner_without_a_recorded_embedder_checks_nothing():
     runner = _runner(_dynamics(None))
     assert runner.expected_embedder_id is None
     rng = np.random.default_rng(1)
-    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, stochastic_steps=1,
+    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None,
+                               runner.guidance_defaults.retuned(stochastic_steps=1),
                                embedder_ids=["anything@1/p1:000000000000"])
     runner.check_embedder_id("something else")

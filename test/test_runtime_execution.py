@@ -68,7 +68,8 @@ def test_runner_guidance_keeps_previous_on_bad_tokens_and_scale_zero_equals_ungu
     images = {"rgb_static": rng.integers(0, 256, (2, 48, 48, 3), dtype=np.uint8)}
     proprio = rng.standard_normal((2, 15)).astype(np.float32)
     tokens = rng.standard_normal((16, 8)).astype(np.float32)
-    g = runner.set_guidance_tokens(rng.standard_normal((2, 16, 8)), None, scale=2.0, stochastic_steps=1)
+    g = runner.set_guidance_tokens(rng.standard_normal((2, 16, 8)), None,
+                                   runner.guidance_defaults.retuned(scale=2.0, stochastic_steps=1))
     assert g.scale == 2.0 and g.stochastic_steps == 1 and g.sigma == runner.guidance_defaults.sigma
     with pytest.raises(ValueError, match="goal tokens must be"):
         runner.set_guidance_tokens(rng.standard_normal((2, 9, 8)), None)
@@ -81,7 +82,8 @@ def test_runner_guidance_keeps_previous_on_bad_tokens_and_scale_zero_equals_ungu
     plain = runner.act(images, proprio, None)
     assert not plain.guided and np.isnan(plain.metric)
     assert not np.allclose(plain.actions, guided.actions)        # guidance changed the chunk
-    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None, stochastic_steps=1)
+    runner.set_guidance_tokens(rng.standard_normal((1, 16, 8)), None,
+                               runner.guidance_defaults.retuned(stochastic_steps=1))
     runner.guidance.config.scale = 0.0                            # s = 0: the unguided sampler, bit for bit
     runner.generator.manual_seed(3)
     zero = runner.act(images, proprio, tokens)

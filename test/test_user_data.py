@@ -56,7 +56,7 @@ def _wait(predicate, timeout: float, what: str, log=lambda: "") -> None:
 
 
 def _cli(*args: str) -> int:
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     return main(list(args))
 
@@ -141,7 +141,7 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
         _wait(lambda: "policy node ready" in log.text(), 90, "the policy node", log.text)
         for name, extra in {"timed": ["--duration", "10"], "sized": ["--max-bytes", "150000"], "signalled": []}.items():
             recorders[name] = ManagedProcess(
-                [sys.executable, "-m", "dynaguide.cli", "record", "-o", str(tmp_path / f"{name}.mcap"), *extra],
+                [sys.executable, "-m", "dynaguide_cli", "record", "-o", str(tmp_path / f"{name}.mcap"), *extra],
                 tmp_path / f"record_{name}.log", env=dict(os.environ))
         _wait(lambda: "subscribed to /action_chunk" in recorders["signalled"].log(), 30, "the recorder",
               recorders["signalled"].log)
@@ -242,7 +242,7 @@ def test_record_sim_graph_convert_train_and_load(tmp_path):
     assert (runner.dynamics.cfg.embed_tokens, runner.dynamics.cfg.embed_dim) == (16, 32)
     images = {"rgb_static": np.zeros((2, 64, 64, 3), np.uint8)}
     tokens = np.zeros((16, 32), np.float32)
-    runner.set_guidance_tokens(tokens[None], None, scale=1.0)
+    runner.set_guidance_tokens(tokens[None], None, runner.guidance_defaults.retuned(scale=1.0))
     chunk = runner.act(images, np.zeros((2, 15), np.float32), tokens, train_summary["embedder_id"])
     assert chunk.guided and chunk.actions.shape == (16, 7) and np.isfinite(chunk.actions).all()
     runner.close()

@@ -100,7 +100,7 @@ def write_recording(path: Path) -> dict[str, int]:
 
 
 def test_view_replays_a_recording_into_an_rrd_that_rerun_reads_back(tmp_path, capsys):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     counts = write_recording(tmp_path / "rec.mcap")
     assert main(["view", str(tmp_path / "rec.mcap"), "--save", str(tmp_path / "run.rrd")]) == 0
@@ -130,7 +130,7 @@ def test_view_replays_a_recording_into_an_rrd_that_rerun_reads_back(tmp_path, ca
     (["view", "{notmcap}", "--save", "nodir/x.rrd"], "does not exist"),
 ])
 def test_bad_input_gets_one_line(tmp_path, monkeypatch, capsys, args, says):
-    from dynaguide.cli import main
+    from dynaguide_cli.main import main
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "bad.mcap").write_text("hello")
@@ -171,7 +171,7 @@ def test_web_viewer_serves_on_localhost_only_and_renders_in_headless_chromium(tm
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
     grpc, web = ports
-    proc = subprocess.Popen([sys.executable, "-m", "dynaguide.cli", "view", str(tmp_path / "rec.mcap"), "--web",
+    proc = subprocess.Popen([sys.executable, "-m", "dynaguide_cli", "view", str(tmp_path / "rec.mcap"), "--web",
                              "--grpc-port", str(grpc), "--web-port", str(web)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:

@@ -1,6 +1,6 @@
 """DynaGuide guidance: Eq. 2 metric, goal sets, objectives and the guided DDIM sampler (Algorithm 1)."""
 
-from dynaguide.guidance.goals import FinalFrames, GuidanceConfig, GuidanceSet
+from dynaguide.guidance.goals import FinalFrames, GuidanceConfig, GoalLatents
 from dynaguide.guidance.metric import goal_distances, latent_guidance_metric
 from dynaguide.guidance.objectives import (
     ClassifierObjective,
@@ -22,7 +22,7 @@ __all__ = [
     "DynaGuideObjective",
     "FinalFrames",
     "GuidanceConfig",
-    "GuidanceSet",
+    "GoalLatents",
     "GuidedSample",
     "PositionGuidanceObjective",
     "RTCConfig",

@@ -1,15 +1,15 @@
 """Goal conditions for DynaGuide: positive/negative outcome latents plus the guidance settings.
 
-A :class:`GuidanceSet` is built once per task (embedding goal images is the expensive part) and then
+A :class:`GoalLatents` is built once per task (embedding goal images is the expensive part) and then
 reused by every denoising step of every chunk.  Latents live in the dynamics model's *outcome space*,
 i.e. what ``LatentDynamicsModel.forward`` predicts and ``LatentDynamicsModel.outcome_latent`` maps
 embedder tokens into: ``(K, N_out, D_out)``.
 
 Two ways to get them:
 
-* :meth:`GuidanceSet.from_images` — the paper's text: embed the goal images (φ) and map the tokens
+* :meth:`GoalLatents.from_images` — the paper's text: embed the goal images (φ) and map the tokens
   into the outcome space.
-* :meth:`GuidanceSet.from_final_frames_through_dynamics` — what the official code does: push the
+* :meth:`GoalLatents.from_final_frames_through_dynamics` — what the official code does: push the
   final frame of each goal demonstration through the dynamics model with that demonstration's last
   action repeated over the whole chunk (a "stay here" chunk), and use the prediction as the goal.
 """
@@ -65,7 +65,8 @@ class GuidanceConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma) and self.sigma >= MIN_SIGMA):
-            raise ValueError(f"guidance sigma must be a finite number >= {MIN_SIGMA:g}, got {self.sigma}")
+            raise ValueError(f"guidance sigma must be a finite number >= {MIN_SIGMA:g} (the smallest usable value: "
+                             f"below it the guidance gradient is not finite), got {self.sigma}")
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ValueError(f"guidance scale must be finite and >= 0, got {self.scale}")
         if not isinstance(self.stochastic_steps, int) or self.stochastic_steps < 1:
@@ -76,6 +77,19 @@ class GuidanceConfig:
             raise ValueError(f"guidance_input must be one of {GUIDANCE_INPUTS}, got {self.guidance_input!r}")
         if not isinstance(self.guided_steps, int) or self.guided_steps < 0:
             raise ValueError(f"guided_steps must be an integer >= 0 (0 = every DDIM step), got {self.guided_steps!r}")
+
+    def retuned(self, scale: float | None = None, sigma: float | None = None,
+                stochastic_steps: int | None = None) -> GuidanceConfig:
+        """These settings with s, σ and M replaced where a value is given: ``None`` keeps the current value (the one
+        meaning of "keep"; ``scale = 0`` is a value: the unguided sampler).  Raises ``ValueError`` as the
+        constructor does (the one validator)."""
+        def given(value, current):
+            return current if value is None else value
+
+        if stochastic_steps is not None and float(stochastic_steps).is_integer():
+            stochastic_steps = int(stochastic_steps)
+        return replace(self, scale=float(given(scale, self.scale)), sigma=float(given(sigma, self.sigma)),
+                       stochastic_steps=given(stochastic_steps, self.stochastic_steps))
 
     def sampler_kwargs(self) -> dict[str, Any]:
         """s, M, the stochastic mode and ``guided_steps`` as keyword arguments of
@@ -136,7 +150,7 @@ def _module_device(module: Any) -> torch.device | None:
 
 
 @dataclass
-class GuidanceSet:
+class GoalLatents:
     """Positive/negative goal latents and how strongly to steer towards/away from them.
 
     Attributes:
@@ -154,7 +168,7 @@ class GuidanceSet:
 
     def __post_init__(self) -> None:
         if self.positives is None and self.negatives is None:
-            raise ValueError("a GuidanceSet needs positive goals, negative goals, or both (got neither)")
+            raise ValueError("a GoalLatents needs positive goals, negative goals, or both (got neither)")
         shape = None
         for name in ("positives", "negatives"):
             latents = getattr(self, name)
@@ -190,7 +204,7 @@ class GuidanceSet:
         positives: torch.Tensor | None,
         negatives: torch.Tensor | None = None,
         config: GuidanceConfig | None = None,
-    ) -> GuidanceSet:
+    ) -> GoalLatents:
         """Use already-computed outcome latents ``(K, N, D)`` directly."""
         return cls(positives, negatives, config or GuidanceConfig())
 
@@ -203,7 +217,7 @@ class GuidanceSet:
         neg_images: torch.Tensor | None = None,
         config: GuidanceConfig | None = None,
         batch_size: int = 32,
-    ) -> GuidanceSet:
+    ) -> GoalLatents:
         """Embed goal images and map them into the dynamics model's outcome space (paper text).
 
         Args:
@@ -232,7 +246,7 @@ class GuidanceSet:
         horizon: int = 16,
         config: GuidanceConfig | None = None,
         batch_size: int = 32,
-    ) -> GuidanceSet:
+    ) -> GoalLatents:
         """Official-code variant: goal = dynamics(φ(final frame), proprio, last action repeated T times).
 
         Args:
@@ -297,7 +311,7 @@ class GuidanceSet:
         return latent_guidance_metric(pred, self.positives, self.negatives, self.config.sigma, self.config.squared,
                                       self.positive_groups)
 
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GuidanceSet:
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> GoalLatents:
         """A copy with the latents moved/cast (the config is shared)."""
         move = lambda t: None if t is None else t.to(device=device, dtype=dtype)  # noqa: E731
         return replace(self, positives=move(self.positives), negatives=move(self.negatives))

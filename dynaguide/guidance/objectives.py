@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dynaguide.guidance.goals import GuidanceSet
+from dynaguide.guidance.goals import GoalLatents
 
 
 def broadcast_batch(name: str, tensor: torch.Tensor, batch: int) -> torch.Tensor:
@@ -75,7 +75,7 @@ class DynaGuideObjective:
         dynamics: Callable[..., torch.Tensor],
         obs_tokens: torch.Tensor,
         proprio: torch.Tensor,
-        guidance_set: GuidanceSet,
+        guidance_set: GoalLatents,
         *,
         action_offset: int = 0,
         dynamics_horizon: int | None = None,
@@ -112,7 +112,7 @@ class DynaGuideObjective:
         embedder: Callable[[torch.Tensor], torch.Tensor],
         image: torch.Tensor,
         proprio: torch.Tensor,
-        guidance_set: GuidanceSet,
+        guidance_set: GoalLatents,
         **kwargs: Any,
     ) -> DynaGuideObjective:
         """Embed the current frame once (``image (B, 3, H, W)`` in [0, 1], no gradient) and build the objective.

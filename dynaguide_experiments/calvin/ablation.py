@@ -21,8 +21,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from dynaguide.experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
+from dynaguide_experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
+from dynaguide_experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
 
 #: values tried per parameter (the default value of each is always among its points)
 ABLATION_GRID: dict[str, tuple] = {"scale": (1.5, 4.0, 10.0), "sigma": (15.0, 30.0, 60.0),

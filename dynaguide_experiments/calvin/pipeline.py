@@ -30,8 +30,8 @@ from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache
 from dynaguide.distributed import make_accelerator
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders import embedder_identity, make_embedder
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig
-from dynaguide.experiments.calvin.harness import POLICY_CAMERA
+from dynaguide_experiments.calvin.config import CalvinExperimentConfig
+from dynaguide_experiments.calvin.harness import POLICY_CAMERA
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_dynamics, train_policy
 

@@ -6,7 +6,7 @@ target in which that target is possible, validation trial seeds and validation s
 
 * ``finish_rate``: the share of trials that end with some behaviour (target: >= 0.9);
 * ``reversal_rate``: the share of consecutive executed chunks whose net translations point more than 120°
-  apart (:func:`dynaguide.experiments.calvin.harness.is_reversal`; target: <= 0.1), with the same measure of
+  apart (:func:`dynaguide_experiments.calvin.harness.is_reversal`; target: <= 0.1), with the same measure of
   the validation segments' expert actions as the reference;
 * ``first_behaviours``: how often each label was the trial's first behaviour — a play policy, not a
   specialist, does each of the 8 articulated behaviours first in >= 2 % of trials and none in > 40 %.
@@ -21,9 +21,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from dynaguide.experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import run_experiment
-from dynaguide.experiments.calvin.harness import read_trials, reversal_counts
+from dynaguide_experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
+from dynaguide_experiments.calvin.evaluate import run_experiment
+from dynaguide_experiments.calvin.harness import read_trials, reversal_counts
 
 #: the issue's targets for a base policy that finishes (checked and reported, never tuned on evaluation seeds)
 TARGETS = {"finish_rate_min": 0.9, "reversal_rate_max": 0.1, "first_share_min": 0.02, "first_share_max": 0.4}

@@ -2,7 +2,7 @@
 
     dynaguide calvin eval --experiment articulated --methods base,dynaguide --targets switch_on,button_on \\
         --policy-kind lerobot --policy runs/lerobot_policy/pretrained_model --out results/offtheshelf/harness
-    python -m dynaguide.experiments.calvin.offtheshelf --harness results/offtheshelf/harness \\
+    python -m dynaguide_experiments.calvin.offtheshelf --harness results/offtheshelf/harness \\
         --out results/offtheshelf --training runs/lerobot_policy
 
 writes ``results.json`` = ``{"lerobot_version", "targets": {target: {"base": {"rate", "n", "ci95"},
@@ -20,9 +20,9 @@ from pathlib import Path
 
 def action_spaces(policy_dir: Path, dynamics_dir: Path) -> dict:
     """The LeRobot policy's and the dynamics model's action min/max (raw units) and whether the harness maps
-    chunks between their normalised spaces (:func:`~dynaguide.experiments.calvin.evaluate.action_transform_for`)."""
+    chunks between their normalised spaces (:func:`~dynaguide_experiments.calvin.evaluate.action_transform_for`)."""
     from dynaguide.checkpoint import load_checkpoint
-    from dynaguide.experiments.calvin.evaluate import action_transform_for
+    from dynaguide_experiments.calvin.evaluate import action_transform_for
     from dynaguide.policy.lerobot_adapter import load_policy
 
     policy = load_policy("lerobot", policy_dir, image_keys=("rgb_static",))
@@ -37,7 +37,7 @@ def action_spaces(policy_dir: Path, dynamics_dir: Path) -> dict:
 
 def _cells(harness: Path, methods: dict[str, str]) -> tuple[dict, dict]:
     """``({target: {name: cell}}, harness results)`` for ``methods`` = {harness method: name in our JSON}."""
-    from dynaguide.experiments.calvin.harness import read_trials, summarise
+    from dynaguide_experiments.calvin.harness import read_trials, summarise
 
     run = json.loads((harness / "results.json").read_text())
     rows: dict[str, dict] = {}

@@ -34,7 +34,7 @@ from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
 from dynaguide.config import to_dict
 from dynaguide.dynamics import LatentDynamicsModel, OutcomeClassifier
 from dynaguide.embedders import make_embedder
-from dynaguide.guidance import GuidanceSet
+from dynaguide.guidance import GoalLatents
 from dynaguide.policy import DiffusionPolicy
 from dynaguide.training import train_classifier, train_dynamics, train_policy
 
@@ -319,7 +319,7 @@ def _build_sampler(method: str, models: _Models, cfg: BlockTouchConfig, goals: d
             neg = (torch.from_numpy(np.moveaxis(np.concatenate(others), -1, -3).copy())
                    if (others and e.latent_negatives) else None)
             pos = torch.from_numpy(np.moveaxis(goals[target], -1, -3).copy())
-            sets[target] = GuidanceSet.from_images(models.embedder, models.dynamics, pos, neg, e.latent_guidance)
+            sets[target] = GoalLatents.from_images(models.embedder, models.dynamics, pos, neg, e.latent_guidance)
         return LatentGuidedSampler(models.policy, models.dynamics, models.embedder, sets, ddim, IMAGE_KEY)
     if method == "goal_conditioned":
         return GoalConditionedSampler(models.goal_policy, ddim)

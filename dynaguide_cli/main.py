@@ -23,8 +23,8 @@ from dynaguide.inputs import DEBUG_ENV, InputError, one_line
 COMMANDS: dict[str, str] = {
     "demo": "dynaguide_ros.demo",
     "bench": "dynaguide.bench",
-    "blocktouch": "dynaguide.experiments.blocktouch.cli",
-    "calvin": "calvin_bridge.cli",
+    "blocktouch": "dynaguide_cli.blocktouch",
+    "calvin": "dynaguide_cli.calvin",
     "launch": "dynaguide_ros.launcher",
     "guide": "dynaguide_ros.guide_cli",
     "reset": "dynaguide_ros.ros_cli:register_reset",

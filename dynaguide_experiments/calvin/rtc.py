@@ -15,7 +15,7 @@ Two measurements, on validation start poses and trial seeds only (``EvalConfig.s
   ``REVERSAL_COSINE``, a turn past 90°, both moving at least ``REVERSAL_MIN_MOVE`` scaled to the window, 0.25
   units); every splice's cosine is kept (``splice_turns``, None where it does not count) so that any threshold can be
   recomputed.  Reference: the median step-to-step change inside chunk A's executed part.
-* ``steering`` (closed loop, :mod:`dynaguide.experiments.calvin.evaluate`): DynaGuide with ``latency_steps = 0``
+* ``steering`` (closed loop, :mod:`dynaguide_experiments.calvin.evaluate`): DynaGuide with ``latency_steps = 0``
   (lockstep), ``latency_steps = d`` (naive splice) and ``latency_steps = d`` with RTC, the same trial seeds;
   rate = trials whose first behaviour is the target / all trials.  The closed-loop splice jumps of the naive and RTC
   runs are reported too.
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 
 from dynaguide.embedders import make_embedder
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import (action_transform_for, check_embedder, env_config_for,
+from dynaguide_experiments.calvin.config import CalvinExperimentConfig
+from dynaguide_experiments.calvin.evaluate import (action_transform_for, check_embedder, env_config_for,
                                                    load_models, read_trials, run_experiment, seed_index_of)
-from dynaguide.experiments.calvin.harness import (REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
+from dynaguide_experiments.calvin.harness import (REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
                                                   Planners, Task, load_goal_images, load_start_poses,
                                                   trial_seed, wilson_interval)
 from dynaguide.guidance.rtc import RTCConfig, prefix_weights, shift_prefix

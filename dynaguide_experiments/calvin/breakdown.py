@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from calvin_bridge.experts import BEHAVIOUR_PART
-from dynaguide.experiments.calvin.harness import Task, read_trials
+from dynaguide_experiments.calvin.harness import Task, read_trials
 
 OUTCOMES = ("target", "same_part", "other", "none")
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import h5py
 
-from dynaguide.experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
+from dynaguide_experiments.calvin.config import ARTICULATED_TARGETS, CalvinExperimentConfig
+from dynaguide_experiments.calvin.evaluate import error_bars, percent_ci, run_experiment
 
 METHODS = ("base", "dynaguide", "gpc")
 

@@ -18,7 +18,7 @@ import subprocess
 from pathlib import Path
 
 from dynaguide.config import from_dict, to_dict
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig, EvalConfig
+from dynaguide_experiments.calvin.config import CalvinExperimentConfig, EvalConfig
 
 FORMAT = "dynaguide-calvin-protocol/1"
 

@@ -20,21 +20,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
 from dynaguide.diffusion import DDIMConfig
-from dynaguide.guidance import ClassifierObjective, DynaGuideObjective, GuidanceSet, guided_ddim_sample
+from dynaguide.guidance import ClassifierObjective, DynaGuideObjective, GoalLatents, guided_ddim_sample
 
 METHOD_NAMES: tuple[str, ...] = ("base", "dynaguide_classifier", "dynaguide_latent", "sampling", "goal_conditioned")
-
-
-class ChunkSampler(Protocol):
-    def __call__(self, obs: dict[str, torch.Tensor], targets: np.ndarray,
-                 generator: torch.Generator) -> torch.Tensor: ...
 
 
 def class_weights(target: int, num_classes: int = 4, other_weight: float = -0.33) -> torch.Tensor:
@@ -118,7 +112,7 @@ class LatentGuidedSampler:
     policy: torch.nn.Module
     dynamics: torch.nn.Module
     embedder: Callable[[torch.Tensor], torch.Tensor]
-    goal_sets: dict[int, GuidanceSet]
+    goal_sets: dict[int, GoalLatents]
     ddim: DDIMConfig
     image_key: str = "rgb"
 

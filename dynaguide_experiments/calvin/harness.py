@@ -43,12 +43,12 @@ from calvin_bridge.experts import scene_for_behaviours, target_point
 from calvin_bridge.labels import LABELS
 from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
 from dynaguide.data import to_image_tensor
-from dynaguide.guidance.goals import GuidanceSet
+from dynaguide.guidance.goals import GoalLatents
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
 from dynaguide.guidance.rtc import prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
 
-from dynaguide.experiments.calvin.config import EvalConfig, ObjectiveSetup
+from dynaguide_experiments.calvin.config import EvalConfig, ObjectiveSetup
 
 #: the static camera (the env's ``rgb_static``): what the embedder and the dynamics model see, and the camera
 #: every base policy has; a policy may see further env cameras (``rgb_gripper``), listed in its ``image_keys``
@@ -254,7 +254,7 @@ class Planners:
         self.action_offset = int(getattr(policy, "action_offset", 0))
         self.action_transform = action_transform
 
-    def guidance_set(self, task: Task) -> GuidanceSet:
+    def guidance_set(self, task: Task) -> GoalLatents:
         """The task's positive goals (and its negatives, or with ``negatives: others`` every other behaviour's)."""
         def images(behaviours) -> torch.Tensor | None:
             frames = [self.goals[b] for b in behaviours]
@@ -264,7 +264,7 @@ class Planners:
         if self.cfg.negatives == "others":
             wanted = {label_of(b) for b in task.positives}
             negatives += [b for b in self.goals if label_of(b) not in wanted and b not in negatives]
-        guidance = GuidanceSet.from_images(self.embedder, self.dynamics, images(task.positives), images(negatives),
+        guidance = GoalLatents.from_images(self.embedder, self.dynamics, images(task.positives), images(negatives),
                                            self.cfg.guidance)
         if task.sum_positives:
             guidance = dataclasses.replace(guidance, positive_groups=tuple(len(self.goals[b]) for b in task.positives))
@@ -274,7 +274,7 @@ class Planners:
         with torch.no_grad():
             return self.policy.encode_observation(obs.policy_inputs())
 
-    def _objective(self, obs: Observation, guidance: GuidanceSet) -> DynaGuideObjective:
+    def _objective(self, obs: Observation, guidance: GoalLatents) -> DynaGuideObjective:
         with torch.no_grad():
             tokens = self.embedder(obs.images[:, -1])
         return DynaGuideObjective(self.dynamics, tokens, obs.proprio[:, -1], guidance, action_offset=self.action_offset,

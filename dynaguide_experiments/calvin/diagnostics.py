@@ -18,9 +18,9 @@ import torch
 
 from dynaguide.data import action_chunk, to_image_tensor
 from dynaguide.embedders import make_embedder
-from dynaguide.experiments.calvin.config import CalvinExperimentConfig
-from dynaguide.experiments.calvin.evaluate import check_embedder, load_models
-from dynaguide.experiments.calvin.harness import label_of, load_goal_images
+from dynaguide_experiments.calvin.config import CalvinExperimentConfig
+from dynaguide_experiments.calvin.evaluate import check_embedder, load_models
+from dynaguide_experiments.calvin.harness import label_of, load_goal_images
 from dynaguide.guidance.metric import goal_distances
 
 FRACTIONS = (0.0, 0.25, 0.5)
@@ -106,7 +106,7 @@ def guidance_effect(cfg: CalvinExperimentConfig, target: str, scales: tuple[floa
     metric's gradient norm at the returned chunk, and the largest |action| (normalised units)."""
     import dataclasses
 
-    from dynaguide.experiments.calvin.harness import Observation, Planners
+    from dynaguide_experiments.calvin.harness import Observation, Planners
     from dynaguide.guidance.sampler import guided_ddim_sample, objective_value_and_grad
 
     torch.set_num_threads(1)

@@ -26,7 +26,7 @@ import json
 import time
 from dataclasses import dataclass
 
-from dynaguide.experiments.calvin.evaluate import CellEvaluator, Sweep, append_trials
+from dynaguide_experiments.calvin.evaluate import CellEvaluator, Sweep, append_trials
 from dynaguide.inputs import InputError
 
 LOCAL = "local"

@@ -1,7 +1,7 @@
 """Experiments over the harness: cells of (target, method), results JSON, Markdown table, bar plot.
 
 The cells run here one after another, or with ``ray=`` on a Ray cluster
-(:mod:`dynaguide.experiments.calvin.ray_eval`); both write the same files.
+(:mod:`dynaguide_experiments.calvin.ray_eval`); both write the same files.
 
 ``results/calvin/<experiment>/`` gets ``trials/<target>__<method>.jsonl`` (one line per finished trial:
 the resume log, committed with the results), ``results.json``, ``results.md`` and ``bars.png``.
@@ -25,9 +25,9 @@ from calvin_bridge.config import CalvinEnvConfig
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.config import to_dict
 from dynaguide.embedders import embedder_id, make_embedder
-from dynaguide.experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
+from dynaguide_experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
                                                  MULTI_OBJECTIVE_SETUPS, CalvinExperimentConfig)
-from dynaguide.experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, Task, load_goal_images,
+from dynaguide_experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, Task, load_goal_images,
                                                   load_start_poses, policy_to_dynamics_actions, read_trials, summarise)
 
 logger = logging.getLogger(__name__)
@@ -238,13 +238,13 @@ def run_experiment(cfg: CalvinExperimentConfig, experiment: str, methods: Sequen
                    policy_kind: str = "dynaguide", ray=None) -> dict:
     """Run (or resume) every (target, method) cell of ``experiment`` and write the result files.
 
-    ``ray``: a :class:`dynaguide.experiments.calvin.ray_eval.RayEvalConfig` to run the cells on a Ray cluster
+    ``ray``: a :class:`dynaguide_experiments.calvin.ray_eval.RayEvalConfig` to run the cells on a Ray cluster
     (same per-trial seeds, same result files); None runs them here, one after another."""
     sweep = Sweep.plan(cfg, experiment, methods, out_dir, targets, policy_dir=policy_dir, dynamics_dir=dynamics_dir,
                        gc_dir=gc_dir, policy_kind=policy_kind)
     (sweep.out / "trials").mkdir(parents=True, exist_ok=True)
     if ray is not None:
-        from dynaguide.experiments.calvin.ray_eval import run_on_ray
+        from dynaguide_experiments.calvin.ray_eval import run_on_ray
 
         stages = run_on_ray(sweep, ray, progress)
     else:
@@ -365,7 +365,7 @@ def plot_distributions(result: dict, png: Path) -> None:
 
 def _labels(result: dict, setup: str, kind: str) -> set[str]:
     """Evaluation labels of a setup's ``positives`` or ``negatives``."""
-    from dynaguide.experiments.calvin.harness import label_of
+    from dynaguide_experiments.calvin.harness import label_of
 
     return {label_of(b) for b in result.get("setups", {}).get(setup, {}).get(kind, ())}
 

@@ -12,7 +12,7 @@ import torch
 
 from dynaguide.config import load_config
 
-from .config import BlockTouchConfig, quick_config
+from dynaguide_experiments.blocktouch.config import BlockTouchConfig, quick_config
 
 STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run", "sweep", "diagnose")
 
@@ -53,7 +53,7 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: str = "") -> None:
-    from . import pipeline, report
+    from dynaguide_experiments.blocktouch import pipeline, report
 
     torch.set_num_threads(max(1, cfg.threads))
     if stage in ("collect", "run"):
@@ -73,7 +73,7 @@ def _main(args: argparse.Namespace) -> int:
     cfg = load_blocktouch_config(args)
     t0 = time.perf_counter()
     if args.stage in ("sweep", "diagnose"):  # validation-scene studies on trained checkpoints
-        from . import pipeline
+        from dynaguide_experiments.blocktouch import pipeline
 
         torch.set_num_threads(max(1, cfg.threads))
         given = tuple(args.methods.split(",")) if args.methods else None
