@@ -1,5 +1,5 @@
 # DynaGuide stack — everything runs from a virtual environment in .venv (no system ROS needed).
-#   make demo     set up (first time) and run the main job: the CALVIN sim graph, headless, guided and unguided (outputs/demo/demo.png)
+#   make demo     set up (first time) and run the main job (DEMO_ARGS=--view: watch it in rerun): the CALVIN sim graph, headless, guided and unguided (outputs/demo/demo.png)
 #   make test     set up (first time), lint (ruff, config in pyproject.toml) and run the default test suite
 #   make lint     only the lint step
 #   make install  only set up
@@ -8,6 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: install demo lint test test-slow bench clean
 
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs
 	@touch $(STAMP)
 
 demo: install
-	$(VENV)/bin/dynaguide demo
+	$(VENV)/bin/dynaguide demo $(DEMO_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
