@@ -22,7 +22,7 @@ from dynaguide.inputs import DEBUG_ENV, InputError, one_line
 #: subcommand name -> module providing ``register(subparsers)`` (or ``module:function``)
 COMMANDS: dict[str, str] = {
     "demo": "dynaguide_ros.demo",
-    "bench": "dynaguide.bench",
+    "bench": "dynaguide_cli.bench",
     "blocktouch": "dynaguide_cli.blocktouch",
     "calvin": "dynaguide_cli.calvin",
     "launch": "dynaguide_ros.launcher",
@@ -33,8 +33,8 @@ COMMANDS: dict[str, str] = {
     "interfaces": "dynaguide_ros.selfcheck",
     "record": "dynaguide_ros.recorder",
     "view": "dynaguide_ros.viewer",
-    "dataset": "dynaguide.recordings",
-    "train": "dynaguide.train_cli",
+    "dataset": "dynaguide_cli.dataset",
+    "train": "dynaguide_cli.train",
 }
 
 #: commands whose errors keep their traceback (``node``: a ROS node process, its log is read by developers)

@@ -214,7 +214,7 @@ def _parse(register, *argv):
 
 
 def test_guidance_defaults_have_one_source():
-    from dynaguide.bench import register as bench_register
+    from dynaguide_cli.bench import register as bench_register
     from dynaguide.guidance.goals import GuidanceConfig
     from dynaguide_ros.guidance_manager_node import GuidanceManagerConfig
 
