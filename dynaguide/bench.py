@@ -26,15 +26,12 @@ variants are interleaved run by run so drifting machine load hits them alike.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -262,67 +259,6 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
     }
 
 
-# ------------------------------------------------------------------------------ CLI
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
-
-
-def _int_list_one(text: str) -> int:
-    values = _int_list(text)
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f"expected one positive integer, got {text!r}")
-    return values[0]
-
-
-def _config_list(text: str) -> list[str]:
-    names = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [n for n in names if n not in CONFIG_NAMES]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"configs must be a comma-separated subset of {CONFIG_NAMES}, got {text!r}")
-    return names
-
-
-def run_guidance_bench(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    guidance = GuidanceConfig(scale=args.scale, stochastic_steps=args.stochastic_steps, sigma=args.sigma)
-    ddim = DDIMConfig(num_inference_steps=args.steps)
-    print(f"dynaguide bench guidance: K={args.goals} positive goals, M={guidance.stochastic_steps} (repeat), "
-          f"{ddim.num_inference_steps} DDIM steps, s={guidance.scale}, sigma={guidance.sigma}, "
-          f"torch threads={torch.get_num_threads()}, repeats={args.repeats}")
-    print("NOTE: policy and dynamics weights are randomly initialised (timing does not depend on training); "
-          "ms are per action chunk, conditioning/embedding of the current frame excluded.")
-    results: dict[str, dict[str, float]] = {}
-    for name in args.configs:
-        for i, batch in enumerate(args.batch):
-            key = name if i == 0 else f"{name}_b{batch}"
-            setup = build_setup(name, batch, args.goals, guidance, seed=args.seed)
-            row = bench_config(setup, args.repeats, ddim)
-            results[key] = row
-            if args.json:  # written after every configuration, so a long run keeps what it measured
-                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-                Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-            print(f"[{key}] B={batch}: guided {row['guided_ms']:.1f} ms/chunk, "
-                  f"unguided {row['unguided_ms']:.1f} ms/chunk, "
-                  f"naive official loop {row['naive_guided_ms']:.1f} ms/chunk "
-                  f"-> speedup x{row['speedup_vs_naive']:.2f}; "
-                  f"max |guided - naive| = {row['max_abs_diff_vs_naive']:.2e} "
-                  f"(guided vs unguided differ by up to {row['guided_vs_unguided_max_abs_diff']:.3f}); "
-                  f"1-min load average {row['load_avg_1min_after']:.1f}; autograd-saved memory peak: guided "
-                  f"{row['guided_peak_saved_mb']:.1f} MB for B={batch}, "
-                  f"naive {row['naive_peak_saved_mb_per_chunk']:.1f} MB "
-                  "for one chunk", flush=True)
-    if args.json:
-        print(f"wrote {args.json}")
-    return 0
-
-
 # ------------------------------------------------------------------------------ embedder cost
 def bench_embedder(kind: str = "efficientnet_lite0", image_size: int = 128, stride: int = 16,
                    batches: tuple[int, ...] = (1, 32), repeats: int = 5, threads: int = 1,
@@ -370,57 +306,3 @@ def _bench_embedder(kind: str, image_size: int, stride: int, batches: tuple[int,
         out["ms_per_image"][str(b)] = statistics.median(times)
     out["load_avg_1min_after"] = os.getloadavg()[0]
     return out
-
-
-def run_embedder_bench(args: argparse.Namespace) -> int:
-    row = bench_embedder(args.kind, args.image_size, args.stride, tuple(args.batch), args.repeats, args.threads,
-                         args.source_size or None)
-    per = ", ".join(f"B={b}: {ms:.2f} ms/image" for b, ms in row["ms_per_image"].items())
-    print(f"dynaguide bench embedder: {row['embedder_id']} ({row['num_tokens']} tokens x {row['dim']}), "
-          f"{row['source_size']} px input → {row['image_size']} px, torch threads={row['threads']}, "
-          f"median of {row['repeats']}: {per}; weights load {row['load_s']:.2f} s; 1-min load average "
-          f"{row['load_avg_1min_before']:.2f} before, {row['load_avg_1min_after']:.2f} after", flush=True)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(row, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {args.json}")
-    return 0
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``bench`` (with its ``guidance`` and ``embedder`` subcommands) to the ``dynaguide`` command."""
-    bench = subparsers.add_parser("bench", help="performance benchmarks")
-    sub = bench.add_subparsers(dest="bench_command", metavar="BENCH")
-    emb = sub.add_parser("embedder", help="embedding cost per image (ms) of the default or another embedder",
-                         description=bench_embedder.__doc__.splitlines()[0])
-    emb.add_argument("--kind", default="efficientnet_lite0", choices=("efficientnet_lite0", "random"))
-    emb.add_argument("--image-size", type=int, default=128, help="embedder input side (px)")
-    emb.add_argument("--stride", type=int, default=16, help="EfficientNet feature stride: 8, 16 or 32")
-    emb.add_argument("--source-size", type=int, default=0, help="side of the random input images (0 = image size)")
-    emb.add_argument("--batch", type=_int_list, default=[1, 32], help="batch size(s), comma list")
-    emb.add_argument("--repeats", type=_int_list_one, default=5, help="timed calls per batch size (median)")
-    emb.add_argument("--threads", type=int, default=1, help="torch threads")
-    emb.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")
-    emb.set_defaults(func=run_embedder_bench)
-    parser = sub.add_parser("guidance", help="guided vs unguided vs naive official sampling loop",
-                            description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", type=_config_list, default=list(CONFIG_NAMES), help="comma list of cpu,paper")
-    parser.add_argument("--batch", type=_int_list, default=[1],
-                        help="batch size(s), comma list, e.g. 1,8 (B chunks at once vs B sequential naive runs)")
-    parser.add_argument("--repeats", type=_int_list_one, default=3, help="timed runs per measurement (median)")
-    parser.add_argument("--goals", type=int, default=10, help="K positive goals")
-    parser.add_argument("--stochastic-steps", type=int, default=GuidanceConfig.stochastic_steps,
-                        help="M (default: GuidanceConfig)")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM inference steps")
-    parser.add_argument("--scale", type=float, default=GuidanceConfig.scale,
-                        help="guidance scale s (default: GuidanceConfig)")
-    parser.add_argument("--sigma", type=float, default=GuidanceConfig.sigma,
-                        help="metric temperature sigma (default: GuidanceConfig)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="OUT", default=None, help="write results as JSON")
-    parser.set_defaults(func=run_guidance_bench)
-    from dynaguide.realtime import add_realtime_parser
-
-    add_realtime_parser(sub)
-    bench.set_defaults(func=lambda args: (bench.print_help(), 2)[1])

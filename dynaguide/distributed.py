@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -87,6 +89,7 @@ def make_accelerator(device: str = "cpu", mixed_precision: str = "no"):
     ``no`` / ``bf16`` / ``fp16``.  In a single process (not launched), Accelerate's process-wide state is reset
     first, so successive runs in one Python process may use different settings.
     """
+    import torch
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, GradientState
 

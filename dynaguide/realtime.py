@@ -1,6 +1,6 @@
 """Does a guided policy keep up with the robot?  Latency budget and wall-clock schedule (no ROS).
 
-``dynaguide bench realtime --config config/calvin_sim.yaml`` (see :func:`run_realtime_bench`) builds the
+``dynaguide bench realtime --config config/calvin_sim.yaml`` (:func:`dynaguide_cli.bench.run_realtime_bench`) builds the
 policy node's :class:`~dynaguide.runtime.GuidedPolicyRunner` from a graph's parameter file, times guided
 chunks on this machine with the configured guidance (K goals, M, mode), and replays the measured compute
 times through the executor the bridge and drivers use (:class:`~dynaguide.execution.ActionSchedule`) on a
@@ -30,13 +30,9 @@ compute takes longer than that (back-to-back; the robot executes the previous ch
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
-import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -376,59 +372,3 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
                          "load_avg_1min_after": _load_average(), "load_avg_before": load_triple_before,
                          "load_avg_after": _load_averages()},
             "variants": rows}
-
-
-def run_realtime_bench(args: argparse.Namespace) -> int:
-    """``dynaguide bench realtime``: compute p50/p95 per guided chunk against the execution budget."""
-    report = {}
-    checkpoints = args.checkpoints or ["none"] * len(args.config)
-    if len(checkpoints) != len(args.config):
-        raise SystemExit(f"give --checkpoints once per --config ({len(args.config)}), 'none' for the file's own")
-    for path, ckpt in zip(args.config, checkpoints):
-        settings = load_graph_policy(path, None if ckpt == "none" else ckpt)
-        if args.threads:
-            settings.runner = replace(settings.runner, torch_threads=args.threads)
-        entry = bench_graph(settings, chunks=args.chunks, goals=args.goals, seed=args.seed)
-        entry["settings"]["command"] = "dynaguide " + shlex.join(getattr(args, "argv", sys.argv[1:]))
-        report[settings.name] = entry
-        verdict = "KEEPS UP" if entry["keeps_up"] else "DOES NOT KEEP UP"
-        print(f"{settings.name}: compute p50 {entry['p50_ms']} ms, p95 {entry['p95_ms']} ms vs budget "
-              f"{entry['budget_ms']} ms; {100 * entry['dropped_fraction']:.1f} % of control ticks without an action "
-              f"-> {verdict} (K={args.goals}, M={entry['settings']['stochastic_steps_M']}, trained="
-              f"{entry['settings']['trained']}, load {entry['settings']['load_avg_before']} -> "
-              f"{entry['settings']['load_avg_after']} on {entry['settings']['cpu_count']} CPUs)")
-        for name, row in entry["variants"].items():
-            extra = ""
-            if "time_ratio_vs_configured" in row:
-                extra = (f", {row['time_ratio_vs_configured']}x the configured time, max diff "
-                         f"{row['max_abs_diff_vs_configured']:.1e}")
-            print(f"  {name:26s} p50 {row['p50_ms']:7.1f} ms  p95 {row['p95_ms']:7.1f} ms  dropped "
-                  f"{100 * row['dropped_fraction']:5.1f} %  keeps up: {row['keeps_up']}{extra}")
-        replays = entry["execution_horizon"]["replays"]
-        print("  execution horizon P (steps): budget / RTC budget / dropped with the configured times: " + "; ".join(
-            f"{p}: {r['budget_ms']:.0f}/{r['rtc_budget_ms']:.0f} ms {100 * r['dropped_fraction']:.1f} %"
-            for p, r in replays.items()))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        print(f"wrote {args.json}")
-    return 0 if all(e["keeps_up"] for e in report.values()) or not args.strict else 1
-
-
-def add_realtime_parser(sub: argparse._SubParsersAction) -> None:
-    parser = sub.add_parser("realtime", help="does the configured guided policy keep up with the robot?",
-                            description=__doc__.splitlines()[0])
-    parser.add_argument("--config", action="append", required=True,
-                        help="graph parameter file (config/calvin_sim.yaml, config/real_arx5.yaml); repeatable")
-    parser.add_argument("--checkpoints", action="append", default=None,
-                        help="per --config, in order: a directory with policy/ and dynamics/ replacing the file's "
-                             "runner checkpoints, or 'none' for the file's own (policy_node.models: the shipped "
-                             "trained models in config/calvin_sim.yaml; none in config/real_arx5.yaml: untrained "
-                             "models, same cost)")
-    parser.add_argument("--chunks", type=int, default=30, help="timed chunks per variant")
-    parser.add_argument("--goals", type=int, default=20, help="K positive goal images (paper: 20)")
-    parser.add_argument("--threads", type=int, default=0, help="override runner.torch_threads (0 = the file's)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a configuration does not keep up")
-    parser.add_argument("--json", metavar="OUT", default=None, help="write {config: {p50_ms, p95_ms, ...}}")
-    parser.set_defaults(func=run_realtime_bench)

@@ -7,17 +7,18 @@ import argparse
 import shlex
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
-import torch
-
-from dynaguide.config import load_config
-
-from dynaguide_experiments.blocktouch.config import BlockTouchConfig, quick_config
+if TYPE_CHECKING:  # imports torch: loaded when a stage runs, not when the command line is built
+    from dynaguide_experiments.blocktouch.config import BlockTouchConfig
 
 STAGES = ("collect", "train-policy", "train-dynamics", "eval", "report", "run", "sweep", "diagnose")
 
 
 def load_blocktouch_config(args: argparse.Namespace) -> BlockTouchConfig:
+    from dynaguide.config import load_config
+    from dynaguide_experiments.blocktouch.config import BlockTouchConfig, quick_config
+
     cfg = load_config(BlockTouchConfig, args.config) if args.config else BlockTouchConfig()
     if args.quick:
         cfg = quick_config(cfg)
@@ -53,6 +54,8 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: str = "") -> None:
+    import torch
+
     from dynaguide_experiments.blocktouch import pipeline, report
 
     torch.set_num_threads(max(1, cfg.threads))
@@ -73,6 +76,8 @@ def _main(args: argparse.Namespace) -> int:
     cfg = load_blocktouch_config(args)
     t0 = time.perf_counter()
     if args.stage in ("sweep", "diagnose"):  # validation-scene studies on trained checkpoints
+        import torch
+
         from dynaguide_experiments.blocktouch import pipeline
 
         torch.set_num_threads(max(1, cfg.threads))

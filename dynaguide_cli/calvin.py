@@ -24,10 +24,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calvin_bridge.config import CalvinEnvConfig
 from dynaguide.config import from_dict, load_yaml
-from dynaguide_experiments.calvin.config import CalvinExperimentConfig
+
+if TYPE_CHECKING:  # imports torch: loaded when an experiment command runs, not when the command line is built
+    from dynaguide_experiments.calvin.config import CalvinExperimentConfig
 
 
 def _env_config(args: argparse.Namespace) -> CalvinEnvConfig:
@@ -146,6 +149,8 @@ DEFAULT_CONFIG = Path("config/calvin_experiment.yaml")
 
 
 def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
+    from dynaguide_experiments.calvin.config import CalvinExperimentConfig
+
     cfg = CalvinExperimentConfig.load(args.config if args.config.is_file() or args.config != DEFAULT_CONFIG else None)
     ev = cfg.eval
     overrides = {k: v for k, v in {"trials": getattr(args, "trials", None),

@@ -1,8 +1,9 @@
 """dynaguide: steer a diffusion policy towards goal images (DynaGuide) on ROS 2 — sim graph, real arm, tools.
 
-Each subcommand lives in its own module exposing ``register(subparsers)``; that function adds a
-parser whose ``func`` default runs it.  Modules are imported lazily so ``dynaguide --help`` stays fast
-and a command whose optional dependencies are missing does not break the others.
+Each command group is a module of this package (:data:`COMMANDS`) whose register function adds its parsers;
+their ``func`` default runs the command.  The command modules import their libraries (torch, rclpy, the simulator)
+inside the command functions, so ``dynaguide --help`` stays fast and a command whose optional dependencies are
+missing does not break the others.
 
 Errors a user can fix (:class:`dynaguide.inputs.InputError` and the ``ValueError`` / ``OSError`` a bad file or
 value raises) are one line on stderr, ``dynaguide: error: <what>``, and exit status 2 — no traceback
@@ -12,38 +13,37 @@ value raises) are one line on stderr, ``dynaguide: error: <what>``, and exit sta
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from dynaguide.inputs import DEBUG_ENV, InputError, one_line
 
-#: subcommand name -> module providing ``register(subparsers)`` (or ``module:function``)
-COMMANDS: dict[str, str] = {
-    "demo": "dynaguide_ros.demo",
-    "bench": "dynaguide.bench",
-    "blocktouch": "dynaguide_cli.blocktouch",
-    "calvin": "dynaguide_cli.calvin",
-    "launch": "dynaguide_ros.launcher",
-    "guide": "dynaguide_ros.guide_cli",
-    "reset": "dynaguide_ros.ros_cli:register_reset",
-    "topic": "dynaguide_ros.ros_cli:register_topic",
-    "node": "dynaguide_ros.run_node",
-    "interfaces": "dynaguide_ros.selfcheck",
-    "record": "dynaguide_ros.recorder",
-    "view": "dynaguide_ros.viewer",
-    "dataset": "dynaguide.recordings",
-    "train": "dynaguide.train_cli",
+from dynaguide_cli import bench, blocktouch, calvin, dataset, ros, train
+
+#: command -> the function of its command-group module that adds its parser (``register(subparsers)``), in the order
+#: ``dynaguide --help`` lists them; the command modules import their libraries (torch, rclpy, the simulator) when a
+#: command runs, so building the parser imports neither rclpy nor torch
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "demo": ros.register_demo,
+    "bench": bench.register,
+    "blocktouch": blocktouch.register,
+    "calvin": calvin.register,
+    "launch": ros.register_launch,
+    "guide": ros.register_guide,
+    "reset": ros.register_reset,
+    "topic": ros.register_topic,
+    "node": ros.register_node,
+    "interfaces": ros.register_interfaces,
+    "record": ros.register_record,
+    "view": ros.register_view,
+    "dataset": dataset.register,
+    "train": train.register,
 }
 
 #: commands whose errors keep their traceback (``node``: a ROS node process, its log is read by developers)
 TRACEBACK_COMMANDS = ("node",)
-
-#: command -> "module:function(args)" that checks its configuration before anything starts (ConfigError)
-PREFLIGHT_CHECKS: dict[str, str] = {
-    "launch": "dynaguide_ros.params:check_launch_arguments",
-}
 
 #: (command, argument dest) -> "file" or "directory": paths the user names on the command line that must exist
 #: before anything starts (the argument's default is not checked: a command may create or fall back from it)
@@ -65,27 +65,16 @@ def version() -> str:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``dynaguide`` parser with every command (``argv``, the command line, is not needed: kept for callers)."""
     parser = argparse.ArgumentParser(prog="dynaguide", description=__doc__.splitlines()[0] if __doc__ else None,
                                      epilog="Start here: `dynaguide demo` (README quickstart); "
                                             "`dynaguide COMMAND --help` for each command.")
     parser.add_argument("--debug", action="store_true",
                         help=f"show the traceback of errors otherwise printed as one line (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    wanted = None
-    if argv:
-        wanted = next((a for a in argv if not a.startswith("-")), None)
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
-    for name, target in COMMANDS.items():
-        if wanted is not None and wanted in COMMANDS and name != wanted:
-            continue
-        module_name, _, func = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
-                continue  # subcommand not part of this install (yet)
-            raise
-        getattr(module, func or "register")(sub)
+    for register in COMMANDS.values():
+        register(sub)
     return parser
 
 
@@ -119,9 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0") or args.command in TRACEBACK_COMMANDS
     try:
         check_named_paths(parser, args)
-        if args.command in PREFLIGHT_CHECKS:
-            module, function = PREFLIGHT_CHECKS[args.command].split(":")
-            getattr(importlib.import_module(module), function)(args)
         result = args.func(args)
     except KeyboardInterrupt:
         if debug:

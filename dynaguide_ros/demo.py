@@ -431,7 +431,8 @@ def _measure(args) -> int:
     return 0
 
 
-def _main(args) -> int:
+def run_demo(args) -> int:
+    """``dynaguide demo`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     args.view_processes = None
     if view_outputs(args) is not None:
         from dynaguide_ros.viewer import check_save_path, import_rerun
@@ -457,49 +458,3 @@ def _main(args) -> int:
     finally:
         if args.view_processes is not None:
             args.view_processes.close()
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run the CALVIN sim graph headless, guided and unguided, and draw both",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--behaviour", default="drawer_open")
-    p.add_argument("--goals", type=int, default=20, help="number of goal images (the CALVIN experiments: 20)")
-    p.add_argument("--sim-seconds", type=float, default=13.4,
-                   help="simulated seconds per run from the first action (13.4 s = 400 control steps at 30 Hz, the "
-                        "CALVIN protocol): the same world time for guided and unguided runs, whatever the compute")
-    p.add_argument("--duration", type=float, default=1800.0,
-                   help="wall-clock cap per run (s), after the graph has started")
-    # unset/0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
-    p.add_argument("--scale", type=float, default=None,
-                   help="guidance scale s (default: GuidanceConfig's; 0: no guidance, unguided chunks)")
-    p.add_argument("--sigma", type=float, default=0.0, help="distance temperature sigma (0: GuidanceConfig's default)")
-    p.add_argument("--stochastic-steps", type=int, default=0,
-                   help="M (0: GuidanceConfig's default); compute time grows with M on a CPU")
-    p.add_argument("--seed", type=int, default=0, help="scene and policy-noise seed")
-    p.add_argument("--random-scene", action="store_true",
-                   help="start in a fully random scene; by default the scene makes --behaviour possible (e.g. the "
-                        "drawer closed enough to open), as in the CALVIN experiments")
-    p.add_argument("--image-size", type=int, default=None,
-                   help="static camera size (default: config/calvin_sim.yaml's, the size the models were trained on)")
-    p.add_argument("--checkpoints", default=None,
-                   help="a directory with policy/ and dynamics/ (default: policy_node.models, config/calvin_sim.yaml)")
-    p.add_argument("--untrained", action="store_true", help="random models (plumbing only)")
-    p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--ready-timeout", type=float, default=600.0,
-                   help="seconds to wait for the graph to answer and plan (four processes import torch at start; "
-                        "on a loaded 2-core machine this took over 180 s)")
-    p.add_argument("--unguided", action="store_true", help="only the unguided run (the base policy)")
-    p.add_argument("--guided-only", action="store_true", help="only the guided run")
-    p.add_argument("--wall-clock", action="store_true",
-                   help="real-time 30 Hz sim (late actions dropped) instead of lockstep simulated time")
-    p.add_argument("--measure", type=int, default=0, metavar="N",
-                   help="run N seeds guided and unguided and write the steering summary to --json")
-    p.add_argument("--json", default=None, help="with --measure: output file (e.g. results/calvin/demo_steering.json)")
-    p.add_argument("--view", action="store_true",
-                   help="watch the runs live in the native rerun viewer (`dynaguide view`'s picture; the view extra)")
-    p.add_argument("--view-web", action="store_true", help="... in rerun's web viewer on 127.0.0.1 (up until Ctrl-C)")
-    p.add_argument("--view-save", default=None, metavar="RUN.rrd",
-                   help="... into rerun files, one per run (RUN.guided.rrd, RUN.unguided.rrd)")
-    p.add_argument("--view-grpc-port", type=int, default=9876, help="rerun gRPC port (localhost)")
-    p.add_argument("--view-web-port", type=int, default=9090, help="rerun web viewer port (localhost)")
-    p.set_defaults(func=_main)

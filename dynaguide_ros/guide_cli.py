@@ -15,7 +15,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 MAX_GOAL_SIDE = 512
@@ -37,6 +40,8 @@ def load_rgb(path: str | Path, max_side: int | None = MAX_GOAL_SIDE) -> np.ndarr
             im = im.convert("RGB")
             if max_side and max(im.size) > max_side:
                 im.thumbnail((max_side, max_side), PILImage.Resampling.LANCZOS)
+            import numpy as np
+
             return np.asarray(im, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise GuideError(f"cannot read image {path}: {exc}") from exc
@@ -101,13 +106,16 @@ def check_args(args) -> None:
     if not (args.clear or values or images):
         raise GuideError("give goal images (--positive/--negative), a value to retune the guidance in force "
                          "(--scale/--sigma/--stochastic-steps), or --clear")
+    import numpy as np
+
     checked = (("--scale", args.scale), ("--sigma", args.sigma), ("--stochastic-steps", args.stochastic_steps))
     for flag, value in checked:
         if value is not None and not (np.isfinite(value) and value >= 0):
             raise GuideError(f"{flag} must be a finite number >= 0, got {value}")
 
 
-def _run(args) -> int:
+def run_guide(args) -> int:
+    """``dynaguide guide`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     from dynaguide_ros.ros_env import apply_localhost_defaults
 
     try:
@@ -137,20 +145,3 @@ def _run(args) -> int:
         return 1
     print(f"ok: {res.message}")
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("guide", help="set, retune or clear the goal images steering the policy",
-                              description="Set the goal images steering the policy, retune s / sigma / M of the "
-                                          "guidance in force (no images needed), or clear it.")
-    p.add_argument("--positive", nargs="*", default=[], help="images of desired outcomes (large ones are downsized "
-                   f"to {MAX_GOAL_SIDE} px)")
-    p.add_argument("--negative", nargs="*", default=[], help="images of undesired outcomes")
-    p.add_argument("--scale", type=float, default=None,
-                   help="guidance scale s (default: keep the current one; 0 = no guidance, unguided chunks)")
-    p.add_argument("--sigma", type=float, default=0.0, help="distance temperature (0 = keep current)")
-    p.add_argument("--stochastic-steps", type=int, default=0, help="M (0 = keep current)")
-    p.add_argument("--clear", action="store_true", help="remove guidance: run the base policy")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                   help="seconds to wait for the graph to answer")
-    p.set_defaults(func=_run)

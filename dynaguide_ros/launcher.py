@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import yaml
 
 from dynaguide.config import ConfigError
-from dynaguide_ros.graphs import (GRAPHS, UNTRAINED_OVERRIDES, GraphSpec, NodeSpec, config_class,
+from dynaguide_ros.graphs import (GRAPHS, GraphSpec, NodeSpec, config_class,
                                   real_arm_refusal)
 from dynaguide_ros.node_main import EXIT_CONFIG
 from dynaguide_ros.paths import config_path
@@ -247,7 +247,8 @@ class GraphLauncher:
         return 0 if not any(m.gave_up for m in self.nodes.values()) else 1
 
 
-def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``--set NODE.PARAM=VALUE`` items → ``{node: {param: value}}`` (YAML values)."""
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -256,30 +257,3 @@ def _parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"--set expects NODE.PARAM=VALUE, got {item!r}")
         out.setdefault(node, {})[param] = yaml.safe_load(value)
     return out
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("launch", help="start a node graph (pip equivalent of ros2 launch)")
-    p.add_argument("graph", choices=sorted(GRAPHS))
-    p.add_argument("--params-file", help="YAML parameters replacing the graph's files in config/")
-    p.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                   help="override one parameter, e.g. --set policy_node.replan_period_s=1.0")
-    p.add_argument("--untrained", action="store_true",
-                   help="run randomly initialised models instead of the shipped trained ones (plumbing only; "
-                        "refused with the real arm backend)")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
-    p.add_argument("--max-restarts", type=int, default=3, help="restarts allowed per node within --restart-window")
-    p.add_argument("--restart-window", type=float, default=60.0, metavar="S",
-                   help="seconds over which --max-restarts is counted; past it the graph stops, exit code 1")
-    p.set_defaults(func=_launch)
-
-
-def _launch(a) -> int:
-    overrides = _parse_overrides(a.set)
-    if a.untrained:
-        for node, values in UNTRAINED_OVERRIDES.items():
-            if any(n.name == node for n in GRAPHS[a.graph].nodes):
-                overrides.setdefault(node, {}).update(values)
-    launcher = GraphLauncher(a.graph, a.params_file, overrides, max_restarts=a.max_restarts,
-                             restart_window_s=a.restart_window)
-    return launcher.run(a.duration)

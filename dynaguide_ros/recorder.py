@@ -331,7 +331,8 @@ def record(cfg: RecorderConfig, ros_args: list[str] | None = None) -> RecordingS
     return stats
 
 
-def _run(args) -> int:
+def run_record(args) -> int:
+    """``dynaguide record`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     try:
         cfg = RecorderConfig(out=args.out, topics=tuple(args.topics or DEFAULT_TOPICS) + tuple(args.topic or ()),
                              max_duration_s=args.duration, max_bytes=int(args.max_bytes),
@@ -343,17 +344,3 @@ def _run(args) -> int:
     print(json.dumps({"recorded": stats.out, "stop_reason": stats.stop_reason, "seconds": stats.seconds,
                       "bytes": stats.bytes, "messages": stats.messages}), flush=True)
     return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("record", help="record graph topics to an MCAP file (ros2 bag / Foxglove readable)")
-    p.add_argument("-o", "--out", required=True, help="output file (.mcap)")
-    p.add_argument("--topics", nargs="*", default=None,
-                   help=f"topics to record (NAME or NAME:pkg/msg/Type; default: {' '.join(DEFAULT_TOPICS)})")
-    p.add_argument("--topic", action="append", help="an extra topic, added to --topics (repeatable)")
-    p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0 = until Ctrl-C)")
-    p.add_argument("--max-bytes", type=float, default=0,
-                   help="stop once this many message bytes are recorded, before compression (0 = no limit)")
-    p.add_argument("--compression", choices=COMPRESSIONS, default="zstd")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output file")
-    p.set_defaults(func=_run)

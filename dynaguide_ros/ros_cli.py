@@ -86,7 +86,8 @@ def _subscribe(node, rclpy, topic: str, callback, wait_s: float):
     return node.create_subscription(cls, name, callback, _adapted_qos([i.qos_profile for i in infos]))
 
 
-def _reset(args) -> int:
+def run_reset(args) -> int:
+    """``dynaguide reset`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     rclpy, node = _init()
     try:
         from dynaguide_msgs.srv import ResetScene
@@ -104,7 +105,8 @@ def _reset(args) -> int:
     return 0 if res.success else 1
 
 
-def _topic(args) -> int:
+def run_topic(args) -> int:
+    """``dynaguide topic`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     rclpy, node = _init()
     try:
         if args.action == "list":
@@ -147,23 +149,3 @@ def _topic(args) -> int:
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
-
-
-def register_reset(subparsers) -> None:
-    p = subparsers.add_parser("reset", help="reset the sim table (calvin/reset): a new scene, the arm at home")
-    p.add_argument("--seed", type=int, default=-1, help="scene seed (default: continue the bridge's random stream)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the graph")
-    p.set_defaults(func=_reset)
-
-
-def register_topic(subparsers) -> None:
-    p = subparsers.add_parser("topic", help="list topics, print messages, measure rates (no ros2 CLI needed)")
-    p.add_argument("action", choices=("list", "echo", "hz"))
-    p.add_argument("topic", nargs="?", help="topic name for echo / hz (e.g. calvin/behaviour)")
-    p.add_argument("-t", "--show-types", action="store_true", help="list: print each topic's type")
-    p.add_argument("-n", "--count", type=int, default=0, help="echo / hz: stop after N messages (0: run on)")
-    p.add_argument("--duration", type=float, default=0.0, help="echo / hz: stop after this many seconds (0: run on)")
-    p.add_argument("--window", type=float, default=5.0, help="hz: averaging window (s)")
-    p.add_argument("--wait", type=float, default=DISCOVERY_S,
-                   help="seconds to wait for discovery (list) / for a publisher (echo, hz)")
-    p.set_defaults(func=_topic)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
 from dynaguide_ros.graphs import NODE_ENTRY_POINTS
@@ -13,13 +12,6 @@ def run(name: str, ros_args: list[str]) -> int:
         raise SystemExit(f"unknown node {name!r}; choose from {sorted(NODE_ENTRY_POINTS)}")
     module, func = NODE_ENTRY_POINTS[name].split(":")
     return int(getattr(importlib.import_module(module), func)(ros_args) or 0)
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("node", help="run one node (e.g. policy_node --ros-args --params-file F)")
-    p.add_argument("name", choices=sorted(NODE_ENTRY_POINTS))
-    p.add_argument("ros_args", nargs=argparse.REMAINDER, help="--ros-args ... passed to rclpy")
-    p.set_defaults(func=lambda a: run(a.name, a.ros_args))
 
 
 if __name__ == "__main__":  # python -m dynaguide_ros.run_node NAME [--ros-args ...] (the launcher's node processes)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import sys
 import time
 
 import numpy as np
@@ -25,7 +24,8 @@ def images_digest(images) -> str:
     return h.hexdigest()
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace) -> int:
+    """``dynaguide interfaces serve``."""
     from rclpy.node import Node
 
     from dynaguide_msgs.msg import ActionChunk
@@ -50,7 +50,8 @@ def _serve(args: argparse.Namespace) -> int:
     return spin_node(EchoNode, argv=args.ros_args)
 
 
-def _check(args: argparse.Namespace) -> int:
+def check(args: argparse.Namespace) -> int:
+    """``dynaguide interfaces check``."""
     from dynaguide_ros.ros_env import apply_localhost_defaults
 
     apply_localhost_defaults()
@@ -115,25 +116,3 @@ def _check(args: argparse.Namespace) -> int:
         rclpy.shutdown()
     print(json.dumps(report), flush=True)
     return 0 if report["ok"] else 1
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("interfaces", help="check the ROS 2 interfaces between two processes over DDS")
-    sub = p.add_subparsers(dest="role", required=True)
-    s = sub.add_parser("serve", help="echo ActionChunks and digest SetGuidance images")
-    s.add_argument("ros_args", nargs=argparse.REMAINDER)
-    s.set_defaults(func=_serve)
-    c = sub.add_parser("check", help="send chunks and images to a running 'serve' and verify them")
-    c.add_argument("--chunks", type=int, default=10)
-    c.add_argument("--images", type=int, default=20)
-    c.add_argument("--size", type=int, default=224)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--timeout", type=float, default=30.0)
-    c.set_defaults(func=_check)
-
-
-if __name__ == "__main__":  # python -m dynaguide_ros.selfcheck serve|check ... (= dynaguide interfaces ...)
-    parser = argparse.ArgumentParser(prog="python -m dynaguide_ros.selfcheck")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["interfaces", *sys.argv[1:]])
-    sys.exit(args.func(args))

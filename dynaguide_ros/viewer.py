@@ -244,7 +244,8 @@ def _live(args, rec, sink) -> None:
         rclpy.try_shutdown()
 
 
-def _main(args) -> int:
+def run_view(args) -> int:
+    """``dynaguide view`` with its parsed arguments (:mod:`dynaguide_cli.ros`)."""
     from dynaguide_ros.rerun_sink import RerunSink
 
     outputs = ViewOutputs(native=args.native, web=args.web, save=args.save or "",
@@ -281,27 +282,3 @@ def _main(args) -> int:
     finally:
         processes.close()
     return 0
-
-
-def add_output_arguments(p, prefix: str = "") -> None:
-    """``--web``, ``--native``, ``--save``, ports (``prefix``: ``view-`` for ``dynaguide demo``)."""
-    p.add_argument(f"--{prefix}web", dest="web", action="store_true",
-                   help=f"serve rerun's web viewer on {LOCALHOST} (kept up after the run until Ctrl-C)")
-    p.add_argument(f"--{prefix}native", dest="native", action="store_true",
-                   help="open the native rerun viewer (the default when neither --web nor --save is given)")
-    p.add_argument(f"--{prefix}save", dest="save", default=None, metavar="RUN.rrd", help="write a rerun file")
-    p.add_argument(f"--{prefix}grpc-port", dest="grpc_port", type=int, default=GRPC_PORT,
-                   help="port of the rerun gRPC server (localhost)")
-    p.add_argument(f"--{prefix}web-port", dest="web_port", type=int, default=WEB_PORT,
-                   help="port of the web viewer (localhost)")
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("view", help="watch the running graph (or an MCAP recording) in rerun",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("recording", nargs="?", default=None,
-                   help="an MCAP file written by `dynaguide record` to replay (default: the running graph)")
-    p.add_argument("--duration", type=float, default=0.0,
-                   help="live: stop after this many wall-clock seconds (0: until Ctrl-C)")
-    add_output_arguments(p)
-    p.set_defaults(func=_main)

@@ -214,7 +214,7 @@ def _parse(register, *argv):
 
 
 def test_guidance_defaults_have_one_source():
-    from dynaguide.bench import register as bench_register
+    from dynaguide_cli.bench import register as bench_register
     from dynaguide.guidance.goals import GuidanceConfig
     from dynaguide_ros.guidance_manager_node import GuidanceManagerConfig
 
@@ -233,7 +233,7 @@ def test_guidance_defaults_have_one_source():
 
 
 def test_demo_sends_the_managers_defaults_unless_told():
-    from dynaguide_ros.demo import register
+    from dynaguide_cli.ros import register_demo as register
 
     args = _parse(register, "demo")
     # no scale (None) and 0 for sigma/M keep the manager's values, i.e. GuidanceConfig's; --scale 0 means s = 0
