@@ -115,7 +115,14 @@ def test_sim_graph_runs_the_shipped_trained_models_from_any_directory(tmp_path):
                 break
     finally:
         os.killpg(proc.pid, 2)
-        proc.wait(timeout=60)
+        try:   # keep reading while it shuts down: an unread pipe that fills would block the launcher's writes
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)   # never leave a graph running for the tests after this one
+            rest, _ = proc.communicate()
+            tail = ("".join(lines) + rest)[-3000:]
+            raise AssertionError("the launcher did not stop within 60 s of SIGINT:\n" + tail) from None
+        lines.append(rest or "")
     log = "".join(lines)
     assert "trained=True" in log and "UNTRAINED" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
