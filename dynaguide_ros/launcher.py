@@ -4,7 +4,8 @@ Starts the nodes of :data:`dynaguide_ros.graphs.GRAPHS` as separate processes wi
 the same YAML file the ROS launch files use, prefixes their output with the node name, restarts a
 node that crashes (at most ``max_restarts`` times within any ``restart_window_s``; past that budget it
 stops the whole graph and exits non-zero with the reason), and shuts everything down cleanly on
-Ctrl-C / SIGTERM (SIGINT to each node, then SIGKILL after a grace period).  Localhost-only DDS discovery is
+Ctrl-C / SIGTERM (SIGINT to each node, then SIGKILL after a grace period); a node also ends when the launcher
+is killed (:func:`dynaguide_ros.run_node.end_with_launcher`).  Localhost-only DDS discovery is
 set for every child unless the user opted into a robot network (see :mod:`dynaguide_ros.ros_env`).
 
 Before anything starts, every parameter of the files and of ``--set`` is checked against the node's typed
@@ -35,6 +36,7 @@ from dynaguide_ros.graphs import (GRAPHS, GraphSpec, NodeSpec, config_class,
                                   real_arm_refusal)
 from dynaguide_ros.node_main import EXIT_CONFIG
 from dynaguide_ros.paths import config_path
+from dynaguide_ros.run_node import LAUNCHER_PID_ENV
 from dynaguide_ros.ros_env import localhost_env
 
 
@@ -146,7 +148,8 @@ class GraphLauncher:
                 self.out.flush()
 
     def _spawn(self, m: _Managed) -> None:
-        m.proc = subprocess.Popen(node_command(m.spec, self.params_files), env=self.env, stdout=subprocess.PIPE,
+        env = {**self.env, LAUNCHER_PID_ENV: str(os.getpid())}   # the node ends with this process (run_node)
+        m.proc = subprocess.Popen(node_command(m.spec, self.params_files), env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, start_new_session=True)
         threading.Thread(target=self._pump, args=(m.spec.name, m.proc.stdout), daemon=True).start()
 
@@ -229,6 +232,9 @@ class GraphLauncher:
         """Start, supervise until Ctrl-C/SIGTERM (or ``duration`` seconds), stop.  Returns 0 on a clean run,
         1 when a node ran out of restarts — then the whole graph is stopped at once (no dead graph left)."""
         previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        # Ctrl-C even where SIGINT came ignored: a shell starts background jobs (`dynaguide launch ... &` in a
+        # script, CI) with SIGINT ignored, and Python then never raises KeyboardInterrupt for it
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.start()
         deadline = None if duration is None else time.monotonic() + duration
         try:
@@ -244,6 +250,7 @@ class GraphLauncher:
         finally:
             self.stop()
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         return 0 if not any(m.gave_up for m in self.nodes.values()) else 1
 
 

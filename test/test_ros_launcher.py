@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
@@ -126,3 +128,78 @@ def test_sim_graph_runs_the_shipped_trained_models_from_any_directory(tmp_path):
     log = "".join(lines)
     assert "trained=True" in log and "UNTRAINED" not in log, log[-3000:]
     assert "Traceback" not in log, log[-3000:]
+
+
+#: a launcher with one light node (no torch), run as its own process: ``sys.argv[1]`` is the manager's state dir
+ONE_NODE_LAUNCHER = """
+import sys
+from dynaguide_ros.graphs import GraphSpec, NodeSpec
+from dynaguide_ros.launcher import GraphLauncher
+spec = GraphSpec(params_files=("calvin_sim.yaml",), nodes=(NodeSpec("guidance_manager", "guidance_manager"),))
+sys.exit(GraphLauncher(spec, overrides={"guidance_manager": {"state_dir": sys.argv[1]}}).run(duration=300))
+"""
+
+
+def _start_one_node_launcher(tmp_path: Path) -> tuple[subprocess.Popen, int, list[str]]:
+    """Start it as a shell starts a background job (SIGINT ignored) and wait for the node; returns the launcher,
+    the node's pid and the output lines so far."""
+    proc = subprocess.Popen([sys.executable, "-c", ONE_NODE_LAUNCHER, str(tmp_path / "state")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:
+        lines.append(line)
+        if "guidance manager ready" in line or time.monotonic() > deadline:
+            break
+    started = re.search(r"started guidance_manager \(pid (\d+)\)", "".join(lines))
+    if "guidance manager ready" not in "".join(lines) or started is None:
+        proc.kill()
+        raise AssertionError("the node did not start:\n" + "".join(lines)[-2000:])
+    return proc, int(started.group(1)), lines
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting to be reaped counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _wait_ended(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _alive(pid)
+
+
+def test_launcher_stops_on_sigint_even_when_started_as_a_background_job(tmp_path):
+    """A shell starts background jobs with SIGINT ignored (CI, `dynaguide launch ... &` in a script): Ctrl-C /
+    SIGINT must still stop the launcher and its nodes."""
+    proc, node_pid, lines = _start_one_node_launcher(tmp_path)
+    try:
+        os.kill(proc.pid, signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    log = "".join(lines) + rest
+    assert proc.returncode == 0, log[-2000:]
+    assert "shutting down" in log and "all nodes stopped" in log, log[-2000:]
+    assert _wait_ended(node_pid, 10), f"node {node_pid} still running"
+
+
+def test_nodes_end_when_the_launcher_is_killed(tmp_path):
+    """SIGKILL gives the launcher no chance to stop its nodes (each in a session of its own): they must end by
+    themselves, not keep a graph running on the machine."""
+    proc, node_pid, _ = _start_one_node_launcher(tmp_path)
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+        assert _wait_ended(node_pid, 30), f"node {node_pid} outlived its launcher"
+    finally:
+        if _alive(node_pid):
+            os.kill(node_pid, signal.SIGKILL)
