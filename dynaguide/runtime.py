@@ -33,7 +33,7 @@ import torch
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.guidance.goals import GuidanceConfig, GoalLatents
-from dynaguide.guidance.objectives import DynaGuideObjective
+from dynaguide.guidance.objectives import DynaGuideObjective, action_transform_for
 from dynaguide.guidance.rtc import RTCConfig, delay_steps, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
 from dynaguide.guidance.signal import GuidanceSignal, guidance_signal
@@ -152,8 +152,13 @@ class GuidedPolicyRunner:
         self._previous_chunk: torch.Tensor | None = None  # (1, T, A) normalised: the last chunk act() returned
         # id of the embedder the dynamics model was trained on (None: not recorded, nothing to check against)
         self.expected_embedder_id: str | None = getattr(getattr(dynamics, "cfg", None), "embedder_id", None)
+        # policy chunk → the dynamics model's action space: None when both normalise alike, else the affine map
+        # through raw units (as the CALVIN harness steers); a horizon / action-dimension mismatch raises
+        self.action_transform = action_transform_for(policy, dynamics) if trained else None
         if trained:
-            dynamics.check_compatible_with(policy)  # same action normalisation, or a clear ValueError
+            if self.action_transform is not None:
+                logger.info("the policy and the dynamics model normalise actions differently: guidance maps chunks "
+                            "policy-normalised -> raw -> dynamics-normalised")
             if self.expected_embedder_id is None:
                 logger.warning("the dynamics checkpoint records no embedder: cannot check that observation and "
                                "goal tokens come from the embedder it was trained on")
@@ -290,7 +295,8 @@ class GuidedPolicyRunner:
                 self.check_embedder_id(obs_embedder_id, "observation")
                 scorer = DynaGuideObjective(
                     self.dynamics, torch.as_tensor(np.asarray(obs_tokens, dtype=np.float32)).unsqueeze(0),
-                    proprio_t[:, -1], guidance, action_offset=self.action_offset)
+                    proprio_t[:, -1], guidance, action_offset=self.action_offset,
+                    action_transform=self.action_transform)
             except ValueError:
                 if guidance.scale > 0:
                     raise

@@ -69,7 +69,7 @@ SIGNAL_TOPIC = "policy/guidance_signal"
 
 @dataclass
 class PolicyNodeConfig:
-    # a directory with policy/ and dynamics/ (e.g. the shipped checkpoints/calvin_effnet); relative paths
+    # a directory with policy/ and dynamics/ (e.g. the shipped checkpoints/calvin_play_gripper); relative paths
     # resolve under the repo / installed package first, then the current directory.  runner.policy_checkpoint /
     # runner.dynamics_checkpoint, when set, take precedence.  All empty: UNTRAINED random models (plumbing only).
     models: str = ""

@@ -295,21 +295,29 @@ def test_breakdown_counts_one_methods_trials_of_every_target(tmp_path):
         cell_breakdown(tmp_path, "gpc")
 
 
-def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_setup):
+@pytest.mark.parametrize("normalisers", ["shared", "different"])
+def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_setup, normalisers):
     """Same observation, goals and noise: ``GuidedPolicyRunner.act`` (the policy node's code path, goal and
-    observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk."""
+    observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk — also for a
+    dynamics model fitted on other action min/max (the shipped pair), whose chunks both map the same way."""
     from dynaguide.data import to_image_tensor
     from dynaguide.embedders import resize_images
+    from dynaguide.guidance.objectives import action_transform_for
     from dynaguide_experiments.calvin.evaluate import load_models
     from dynaguide_experiments.calvin.harness import Observation, Planners, load_goal_images
     from dynaguide.runtime import GuidedPolicyRunner
 
     root, cfg = tiny_setup
     policy, dynamics = load_models(cfg)
+    if normalisers == "different":
+        norm = dynamics.action_normalizer
+        norm.set_stats(norm.min - 0.5, norm.max + 0.25)
     embedder = make_embedder(cfg.embedder)
     goals = {"drawer_open": load_goal_images(cfg.data.goals, "drawer_open", "heldout", 1)}
-    planner = Planners(policy, dynamics, embedder, cfg.eval, goals, 0.02).make("dynaguide", "drawer_open")
+    planner = Planners(policy, dynamics, embedder, cfg.eval, goals, 0.02,
+                       action_transform=action_transform_for(policy, dynamics)).make("dynaguide", "drawer_open")
     runner = GuidedPolicyRunner(policy, dynamics, trained=True)
+    assert (runner.action_transform is not None) == (normalisers == "different")
 
     def node_tokens(frames: np.ndarray) -> np.ndarray:   # the embedding node: uint8 → [0, 1] → resize → embed
         with torch.no_grad():

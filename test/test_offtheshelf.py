@@ -159,7 +159,8 @@ def harness_setup(tmp_path_factory):
 
 
 def test_harness_maps_lerobot_actions_into_the_dynamics_models_space(harness_setup):
-    from dynaguide_experiments.calvin.evaluate import action_transform_for, load_models
+    from dynaguide.guidance.objectives import action_transform_for
+    from dynaguide_experiments.calvin.evaluate import load_models
 
     root, cfg, lerobot_dir = harness_setup
     with pytest.raises(ValueError, match="normalise actions differently"):

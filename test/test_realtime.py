@@ -57,7 +57,7 @@ def test_graph_files_give_the_policy_node_settings(name):
     if name == "calvin_sim":
         assert (settings.runner.embed_tokens, settings.runner.embed_dim) == (64, 112)
         assert settings.camera_size == 96  # the size the shipped models were trained on
-        assert settings.runner.policy_checkpoint.endswith("calvin_effnet/policy")  # trained by default
+        assert settings.runner.policy_checkpoint.endswith("calvin_play_gripper/policy")  # trained by default
     with_ckpt = load_graph_policy(ROOT / "config" / f"{name}.yaml", checkpoints="ckpt")
     assert with_ckpt.runner.policy_checkpoint == str(Path("ckpt") / "policy")
 

@@ -29,6 +29,41 @@ def broadcast_batch(name: str, tensor: torch.Tensor, batch: int) -> torch.Tensor
     raise ValueError(f"{name} has batch {tensor.shape[0]} but the actions have batch {batch} (expected {batch} or 1)")
 
 
+def action_transform_for(policy, dynamics) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """How the policy's chunks enter the dynamics model for guidance.
+
+    None when both normalise actions alike (the same min/max).  Otherwise — a policy and a dynamics model fitted
+    on different data (e.g. a LeRobot policy, or the shipped play policy and a dynamics model trained on a subset
+    of its data) — the map policy-normalised → raw (``policy.unnormalize_actions``) → the dynamics model's
+    normalised space, ``(B, T, A)`` → ``(B, T, A)``, differentiable (guidance takes its gradient through it).
+    Raises ``ValueError`` when the horizon or action dimension differ or a normaliser is not fitted: those cannot
+    be mapped.
+    """
+    from dynaguide.dynamics import check_action_space
+
+    try:
+        check_action_space(dynamics, policy)
+        return None
+    except ValueError:
+        check_action_space(dynamics, _ChunkShape(policy.horizon, policy.action_dim))  # shape: raises again
+        theirs = getattr(policy, "action_normalizer", None)
+        if not (dynamics.action_normalizer.is_fitted and theirs is not None and theirs.is_fitted):
+            raise
+    normalizer = dynamics.action_normalizer
+
+    def transform(actions: torch.Tensor) -> torch.Tensor:
+        return normalizer.normalize(policy.unnormalize_actions(actions))
+
+    return transform
+
+
+class _ChunkShape:
+    """A policy's chunk shape without its normaliser (a shape-only :func:`check_action_space`)."""
+
+    def __init__(self, horizon: int, action_dim: int) -> None:
+        self.horizon, self.action_dim = horizon, action_dim
+
+
 def chunk_for_dynamics(actions: torch.Tensor, offset: int, length: int) -> torch.Tensor:
     """The part of a policy chunk the dynamics model sees: ``actions[:, offset:offset+length]``.
 

@@ -25,10 +25,11 @@ from calvin_bridge.config import CalvinEnvConfig
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.config import to_dict
 from dynaguide.embedders import embedder_id, make_embedder
+from dynaguide.guidance.objectives import action_transform_for
 from dynaguide_experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
                                                  MULTI_OBJECTIVE_SETUPS, CalvinExperimentConfig)
 from dynaguide_experiments.calvin.harness import (POLICY_CAMERA, CellRunner, Planners, Task, load_goal_images,
-                                                  load_start_poses, policy_to_dynamics_actions, read_trials, summarise)
+                                                  load_start_poses, read_trials, summarise)
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +75,8 @@ def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dyna
     ``save_pretrained`` directory, :func:`dynaguide.policy.lerobot_adapter.load_policy`; its image feature
     is fed the static camera, resized to the checkpoint's size).  ``map_actions``: accept a dynamics model
     whose action normalisation (min/max) differs from the policy's — the caller maps chunks with
-    :func:`action_transform_for`; a horizon or action-dimension mismatch always raises.
+    :func:`dynaguide.guidance.objectives.action_transform_for`; a horizon or action-dimension mismatch always raises.
     """
-    from dynaguide.dynamics import check_action_space
     from dynaguide.policy.lerobot_adapter import LeRobotAdapterConfig, load_policy
 
     export = Path(cfg.training.export_dir)
@@ -90,28 +90,10 @@ def load_models(cfg: CalvinExperimentConfig, policy_dir: str | None = None, dyna
         return policy.eval(), None
     dynamics, _ = load_checkpoint(Path(dynamics_dir) if dynamics_dir else export / "dynamics")
     if map_actions:
-        check_action_space(dynamics, _ShapeOnly(policy))
+        action_transform_for(policy, dynamics)   # raises unless the chunks can be mapped
     else:
         dynamics.check_compatible_with(policy)
     return policy.eval(), dynamics.eval()
-
-
-class _ShapeOnly:
-    """A policy's horizon and action dimension without its normaliser (for a shape-only compatibility check)."""
-
-    def __init__(self, policy) -> None:
-        self.horizon, self.action_dim = policy.horizon, policy.action_dim
-
-
-def action_transform_for(policy, dynamics):
-    """None when ``dynamics`` and ``policy`` normalise actions alike, else :func:`policy_to_dynamics_actions`
-    (policy-normalised → raw → dynamics-normalised chunks for guidance)."""
-    try:
-        dynamics.check_compatible_with(policy)
-        return None
-    except ValueError as exc:
-        logger.info("%s; guidance maps chunks policy-normalised -> raw -> dynamics-normalised", exc)
-        return policy_to_dynamics_actions(policy, dynamics)
 
 
 def check_embedder(dynamics, embedder) -> None:

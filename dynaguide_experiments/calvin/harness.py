@@ -195,20 +195,6 @@ def reversal_counts(actions: np.ndarray, period: int) -> tuple[int, int]:
 
 
 # ------------------------------------------------------------------------------------------ planners
-def policy_to_dynamics_actions(policy, dynamics) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The map of a chunk from the policy's normalised action space to the dynamics model's, for a policy
-    (e.g. a LeRobot one) whose action min/max differ from the data the dynamics model was fitted on:
-    ``policy.unnormalize_actions`` (→ raw units) then ``dynamics.action_normalizer.normalize``.  ``(B, T, A)``
-    → ``(B, T, A)``, differentiable (guidance takes its gradient)."""
-    normalizer = dynamics.action_normalizer
-
-    def transform(actions: torch.Tensor) -> torch.Tensor:
-        return normalizer.normalize(policy.unnormalize_actions(actions))
-
-    return transform
-
-
-
 @dataclass
 class Observation:
     """What a planner sees for the B active environments.
@@ -244,7 +230,8 @@ class Planners:
                  max_rel_pos: float, gc_policy=None,
                  action_transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         """``action_transform``: policy-normalised chunk ``(B, T, A)`` → the dynamics model's normalised action
-        space, differentiable (:func:`policy_to_dynamics_actions`); None when both normalise alike."""
+        space, differentiable (:func:`dynaguide.guidance.objectives.action_transform_for`); None when both
+        normalise alike."""
         self.policy, self.dynamics, self.embedder = policy, dynamics, embedder
         self.cfg = eval_cfg
         self.goals = goals

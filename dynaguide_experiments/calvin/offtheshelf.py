@@ -20,9 +20,9 @@ from pathlib import Path
 
 def action_spaces(policy_dir: Path, dynamics_dir: Path) -> dict:
     """The LeRobot policy's and the dynamics model's action min/max (raw units) and whether the harness maps
-    chunks between their normalised spaces (:func:`~dynaguide_experiments.calvin.evaluate.action_transform_for`)."""
+    chunks between their normalised spaces (:func:`~dynaguide.guidance.objectives.action_transform_for`)."""
     from dynaguide.checkpoint import load_checkpoint
-    from dynaguide_experiments.calvin.evaluate import action_transform_for
+    from dynaguide.guidance.objectives import action_transform_for
     from dynaguide.policy.lerobot_adapter import load_policy
 
     policy = load_policy("lerobot", policy_dir, image_keys=("rgb_static",))

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 
 from dynaguide.embedders import make_embedder
+from dynaguide.guidance.objectives import action_transform_for
 from dynaguide_experiments.calvin.config import CalvinExperimentConfig
-from dynaguide_experiments.calvin.evaluate import (action_transform_for, check_embedder, env_config_for,
+from dynaguide_experiments.calvin.evaluate import (check_embedder, env_config_for,
                                                    load_models, read_trials, run_experiment, seed_index_of)
 from dynaguide_experiments.calvin.harness import (REVERSAL_COSINE, REVERSAL_MIN_MOVE, CellRunner,
                                                   Planners, Task, load_goal_images, load_start_poses,
