@@ -9,7 +9,7 @@ step (``T`` steps, ``D`` = model width).  The CPU config average-pools the patch
 
 Actions given to the model are **normalised to [-1, 1]** with the same min/max as the policy (stored
 here as buffers); proprio is raw and normalised inside.  The chunk starts at the current step and is
-padded by repeating the last action (see :mod:`dynaguide.data`).
+padded by repeating the last action (see :mod:`dynaguide.data.datasets`).
 
 Both models split into ``encode_context`` (observation only: fixed while a chunk is denoised, so guidance
 computes it once per chunk) and ``predict_from_context`` (the action-dependent part, run at every guided

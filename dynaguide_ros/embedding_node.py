@@ -56,7 +56,7 @@ class EmbeddingNode(Node):
     def embed(self, rgbs: list[np.ndarray]) -> np.ndarray:
         """``[(H, W, 3) uint8]`` → ``(B, N, D) float32``.  Each image is resized to the embedder's input size
         with the embedder's own resize (bicubic, antialiased), so tokens equal the offline ones
-        (:func:`dynaguide.data.build_embedding_cache`) for the same frame."""
+        (:func:`dynaguide.data.embedding_cache.build_embedding_cache`) for the same frame."""
         size = self.embedder.image_size
         batch = []
         for rgb in rgbs:

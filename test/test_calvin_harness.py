@@ -298,7 +298,7 @@ def test_breakdown_counts_one_methods_trials_of_every_target(tmp_path):
 def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_setup):
     """Same observation, goals and noise: ``GuidedPolicyRunner.act`` (the policy node's code path, goal and
     observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk."""
-    from dynaguide.data import to_image_tensor
+    from dynaguide.data.datasets import to_image_tensor
     from dynaguide.embedders import resize_images
     from dynaguide_experiments.calvin.evaluate import load_models
     from dynaguide_experiments.calvin.harness import Observation, Planners, load_goal_images

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
-from dynaguide.data import Demo, DynamicsDataset, PolicyDataset, embed_demos
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.embedding_cache import embed_demos
+from dynaguide.data.schema import Demo
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
 from dynaguide.embedders import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig

@@ -19,7 +19,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dynaguide.data import Demo, DynamicsDataset, PolicyDataset, write_hdf5_dataset
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.schema import Demo
+from dynaguide.data.writer import write_hdf5_dataset
 from dynaguide.distributed import Rows, micro_batches
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
 from dynaguide.embedders import RandomPatchEmbedder

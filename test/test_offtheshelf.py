@@ -29,7 +29,8 @@ except ImportError as exc:  # CI installs the extra: there a missing LeRobot is 
     pytest.skip(f"LeRobot is not installed ({exc})", allow_module_level=True)
 
 from calvin_bridge.config import CalvinEnvConfig  # noqa: E402
-from dynaguide.data import Demo, write_demo  # noqa: E402
+from dynaguide.data.schema import Demo  # noqa: E402
+from dynaguide.data.writer import write_demo  # noqa: E402
 from dynaguide.datasets_external import export_hdf5_to_lerobot, lerobot_episodes, resize_frames  # noqa: E402
 
 A, P = 7, 15
