@@ -110,7 +110,7 @@ class LatentDynamicsConfig:
     grid by that factor per side; ``model_dim`` is the transformer width (must be divisible by ``horizon``
     and ``n_heads``).
 
-    ``embedder``: the :func:`dynaguide.embedders.embedder_identity` of the embedder whose tokens the model
+    ``embedder``: the :func:`dynaguide.embedders.identity.embedder_identity` of the embedder whose tokens the model
     was trained on (saved with the checkpoint's JSON config), or ``None`` (older checkpoints: unknown, no
     check possible).  When set, its grid and dim must equal ``embed_tokens``/``embed_dim``, and
     :attr:`embedder_id` lets the runtime refuse tokens of another embedder.
@@ -141,7 +141,7 @@ class LatentDynamicsConfig:
             raise ValueError(f"dropout must be in [0, 1) and geometric_p in (0, 1], got {self.dropout}, "
                              f"{self.geometric_p}")
         if self.embedder is not None:
-            from dynaguide.embedders import embedder_id_from_identity
+            from dynaguide.embedders.identity import embedder_id_from_identity
 
             embedder_id_from_identity(self.embedder)  # ValueError unless it looks like an identity
             grid, dim = self.embedder.get("grid"), self.embedder.get("dim")
@@ -166,10 +166,11 @@ class LatentDynamicsConfig:
 
     @property
     def embedder_id(self) -> str | None:
-        """Short id of the recorded embedder (:func:`dynaguide.embedders.embedder_id`), ``None`` if unrecorded."""
+        """Short id of the recorded embedder (:func:`dynaguide.embedders.identity.embedder_id`), ``None`` if
+        unrecorded."""
         if self.embedder is None:
             return None
-        from dynaguide.embedders import embedder_id_from_identity
+        from dynaguide.embedders.identity import embedder_id_from_identity
 
         return embedder_id_from_identity(self.embedder)
 
@@ -178,7 +179,7 @@ class LatentDynamicsConfig:
         """Preset ``"cpu"``/``"paper"`` sized for ``embedder``'s tokens (``embed_tokens``/``embed_dim``) and
         recording its identity.  The cpu preset pools the grid to 4x4 tokens when the side is a multiple
         of 4 (16x16 → pool 4, 8x8 → pool 2), else keeps it unpooled."""
-        from dynaguide.embedders import embedder_identity
+        from dynaguide.embedders.identity import embedder_identity
 
         if preset not in ("cpu", "paper"):
             raise ValueError(f"preset must be 'cpu' or 'paper', got {preset!r}")

@@ -115,7 +115,7 @@ class TrainDynamicsJob:
 
     data: DynamicsDataConfig
     out: str
-    embedder: Any = None   # dynaguide.embedders.EmbedderConfig
+    embedder: Any = None   # dynaguide.embedders.factory.EmbedderConfig
     preset: str = "cpu"
     horizon: int = 0
     model_overrides: dict = field(default_factory=dict)
@@ -210,7 +210,8 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     from dynaguide.data.source import DemoSource, split_demos
     from dynaguide.distributed import make_accelerator
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+    from dynaguide.embedders.identity import embedder_id
     from dynaguide.training import TrainConfig, dataset_stats, train_dynamics
 
     t0 = time.monotonic()

@@ -151,7 +151,7 @@ def test_embedding_cache_build_leaves_no_temp_file_next_to_the_dataset(tmp_path)
     from dynaguide.data.embedding_cache import build_embedding_cache
     from dynaguide.data.schema import Demo
     from dynaguide.data.writer import write_hdf5_dataset
-    from dynaguide.embedders import EmbedderConfig, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
 
     rng = np.random.default_rng(0)
     demos = [Demo(actions=rng.normal(size=(5, 2)), images={"rgb": rng.integers(0, 255, (5, 28, 28, 3), np.uint8)},

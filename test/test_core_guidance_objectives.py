@@ -70,7 +70,7 @@ def small_dynamics():
 
 @pytest.fixture(scope="module")
 def embedder():
-    from dynaguide.embedders import RandomPatchEmbedder
+    from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
     return RandomPatchEmbedder(image_size=28, patch_size=7, dim=24, seed=0)  # 16 tokens x 24
 

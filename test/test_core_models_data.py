@@ -10,7 +10,7 @@ from dynaguide.data.embedding_cache import EmbeddingCache, build_embedding_cache
 from dynaguide.data.schema import Demo
 from dynaguide.data.source import DemoSource, split_demos
 from dynaguide.data.writer import write_demo, write_hdf5_dataset
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
 
 

@@ -11,7 +11,7 @@ from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
 from dynaguide.data.embedding_cache import embed_demos
 from dynaguide.data.schema import Demo
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import (
     TrainConfig,

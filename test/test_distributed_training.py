@@ -24,7 +24,7 @@ from dynaguide.data.schema import Demo
 from dynaguide.data.writer import write_hdf5_dataset
 from dynaguide.distributed import Rows, micro_batches
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_classifier, train_dynamics, train_policy
 

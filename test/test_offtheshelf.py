@@ -119,7 +119,7 @@ def harness_setup(tmp_path_factory):
 
     from dynaguide.checkpoint import save_checkpoint
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import EmbedderConfig, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
     from dynaguide_experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
                                                      TrainingConfig)
 

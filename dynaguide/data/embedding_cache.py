@@ -108,7 +108,7 @@ def build_embedding_cache(dataset_path: str | Path, embedder, camera: str, cache
     """
     from tqdm import tqdm
 
-    from dynaguide.embedders import embedder_fingerprint, embedder_id
+    from dynaguide.embedders.identity import embedder_fingerprint, embedder_id
     from dynaguide.inputs import atomic_output
 
     dataset_path = Path(dataset_path)

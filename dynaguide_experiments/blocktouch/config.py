@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dynaguide.dynamics import LatentDynamicsConfig, OutcomeClassifierConfig
-from dynaguide.embedders import EmbedderConfig
+from dynaguide.embedders.factory import EmbedderConfig
 from dynaguide.guidance import GuidanceConfig
 from dynaguide.policy import DiffusionPolicyConfig
 from dynaguide.training import TrainConfig

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
 from dynaguide.config import to_dict
 from dynaguide.dynamics import LatentDynamicsModel, OutcomeClassifier
-from dynaguide.embedders import make_embedder
+from dynaguide.embedders.factory import make_embedder
 from dynaguide.guidance import GoalLatents
 from dynaguide.policy import DiffusionPolicy
 from dynaguide.training import train_classifier, train_dynamics, train_policy
