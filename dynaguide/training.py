@@ -456,7 +456,8 @@ def _classifier_loss(model, batch, generator, rows=None):
 
 def train_classifier(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path,
                      val_data: Dataset | None = None, resume: bool = True, accelerator: Any = None) -> TrainResult:
-    """Train an :class:`~dynaguide.dynamics.OutcomeClassifier` on items with ``image``, ``proprio``, ``actions``
-    and ``label`` (noise augmentation on; off for validation)."""
+    """Train an outcome classifier (a model with ``cfg`` and ``compute_loss(batch, generator, augment=...)``, e.g.
+    BlockTouch's ``dynaguide_experiments.blocktouch.classifier.OutcomeClassifier``) on items with ``image``,
+    ``proprio``, ``actions`` and ``label`` (noise augmentation on; off for validation)."""
     return train_model(model, model.cfg, _classifier_loss, train_data, cfg, out_dir, val_data, resume, "classifier",
                        accelerator)

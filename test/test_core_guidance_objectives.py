@@ -208,7 +208,7 @@ def test_dynaguide_objective_offset_feeds_chunk_from_current_step(small_dynamics
 
 
 def test_classifier_objective_weighted_log_probabilities():
-    from dynaguide.dynamics import OutcomeClassifier, OutcomeClassifierConfig
+    from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, OutcomeClassifierConfig
 
     torch.manual_seed(0)
     clf = OutcomeClassifier(OutcomeClassifierConfig(num_classes=4, image_size=32, hidden_dim=16, horizon=T,
