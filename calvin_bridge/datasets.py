@@ -1,6 +1,6 @@
 """Record scripted-expert demonstrations and goal sets as HDF5 in the method core's layout.
 
-Layout (see :mod:`dynaguide.data`)::
+Layout (see :mod:`dynaguide.data.schema`)::
 
     data/demo_i/actions            (L, 7) float32  relative CALVIN actions in [-1, 1]
     data/demo_i/obs/third_person   (L, H, W, 3) uint8  static camera
@@ -27,7 +27,8 @@ import numpy as np
 import pybullet as p
 from tqdm import tqdm
 
-from dynaguide.data import Demo, write_demo
+from dynaguide.data.schema import Demo
+from dynaguide.data.writer import write_demo
 
 from calvin_bridge.config import DATASET_CAMERAS, CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
@@ -115,7 +116,8 @@ def record_segment(env: CalvinEnv, behaviour: str, rng: np.random.Generator,
 
 
 def write_segment(group: h5py.Group, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping) -> None:
-    """One recorded segment (or goal frame) through the method core's writer (:func:`dynaguide.data.write_demo`)."""
+    """One recorded segment (or goal frame) through the method core's writer
+    (:func:`dynaguide.data.writer.write_demo`)."""
     demo = Demo(actions=arrays["actions"], images={key: arrays[key] for key in DATASET_CAMERAS.values()},
                 proprio=arrays["proprio"], states=arrays["states"])
     write_demo(group, demo, name, attrs=attrs, compression="gzip", compression_opts=1)

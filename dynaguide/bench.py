@@ -98,7 +98,7 @@ class BenchSetup:
 def build_setup(name: str, batch: int, num_goals: int, guidance: GuidanceConfig, seed: int = 0) -> BenchSetup:
     """Random-weight policy + dynamics model of preset ``name`` with random observations and goals."""
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import RandomPatchEmbedder
+    from dynaguide.embedders.random_patch import RandomPatchEmbedder
     from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 
     if name not in CONFIG_NAMES:
@@ -263,7 +263,8 @@ def bench_config(setup: BenchSetup, repeats: int, ddim: DDIMConfig) -> dict[str,
 def bench_embedder(kind: str = "efficientnet_lite0", image_size: int = 128, stride: int = 16,
                    batches: tuple[int, ...] = (1, 32), repeats: int = 5, threads: int = 1,
                    source_size: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """Embedding cost: ms per image of :func:`dynaguide.embedders.make_embedder` for ``kind`` at ``image_size``.
+    """Embedding cost: ms per image of :func:`dynaguide.embedders.factory.make_embedder` for ``kind`` at
+    ``image_size``.
 
     Inputs are random ``(B, 3, source_size, source_size)`` images in [0, 1] (``source_size`` defaults to
     ``image_size``: no resize in the timing; give e.g. 200 to include the resize from the CALVIN camera).
@@ -281,7 +282,8 @@ def bench_embedder(kind: str = "efficientnet_lite0", image_size: int = 128, stri
 
 def _bench_embedder(kind: str, image_size: int, stride: int, batches: tuple[int, ...], repeats: int,
                     source_size: int | None, seed: int) -> dict[str, Any]:
-    from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+    from dynaguide.embedders.identity import embedder_id
 
     cfg = EmbedderConfig(kind=kind, image_size=image_size, stride=stride) if kind != "random" else \
         EmbedderConfig(kind=kind, image_size=image_size)

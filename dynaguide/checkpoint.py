@@ -9,9 +9,10 @@ A checkpoint is a directory::
     optimizer.safetensors  optimizer state tensors (optional; for resuming training)
 
 ``kind`` names a registered (config dataclass, model class) pair; the built-in kinds are
-``diffusion_policy``, ``latent_dynamics`` and ``outcome_classifier``, others can be added with
-:func:`register_checkpoint_kind`.  Loading a pickle-based file (``.pt/.pth/.pkl/.ckpt/.bin``) is refused
-with a ``ValueError`` — pickle can execute arbitrary code.
+``diffusion_policy`` and ``latent_dynamics``, others are added with :func:`register_checkpoint_kind` (BlockTouch's
+``outcome_classifier`` registers itself when ``dynaguide_experiments.blocktouch.classifier`` is imported).
+Loading a pickle-based file (``.pt/.pth/.pkl/.ckpt/.bin``) is refused with a ``ValueError`` — pickle can
+execute arbitrary code.
 
 Loading validates before allocating: the config dataclass bounds every size (``check_ranges``), the model is
 first built on the ``meta`` device (no memory) and its parameter count is capped (:data:`MAX_PARAMETERS`), and
@@ -72,8 +73,6 @@ register_checkpoint_kind("diffusion_policy", _builtin("dynaguide.policy", "Diffu
                          _builtin("dynaguide.policy", "DiffusionPolicy"))
 register_checkpoint_kind("latent_dynamics", _builtin("dynaguide.dynamics", "LatentDynamicsConfig"),
                          _builtin("dynaguide.dynamics", "LatentDynamicsModel"))
-register_checkpoint_kind("outcome_classifier", _builtin("dynaguide.dynamics", "OutcomeClassifierConfig"),
-                         _builtin("dynaguide.dynamics", "OutcomeClassifier"))
 
 
 def _kind_of(model: nn.Module) -> str:

@@ -2,9 +2,9 @@
 :func:`export_hdf5_to_lerobot` (``dynaguide dataset export-lerobot``) writes our HDF5 segments as a LeRobotDataset
 with LeRobot's own writer, so LeRobot's training code can train on our sim data.
 
-:func:`lerobot_episodes` yields one :class:`~dynaguide.data.Demo` per episode; :func:`write_lerobot_as_hdf5`
+:func:`lerobot_episodes` yields one :class:`~dynaguide.data.schema.Demo` per episode; :func:`write_lerobot_as_hdf5`
 streams them (optionally cut into fixed windows, :func:`window_segments`) into our layout with
-:func:`dynaguide.data.write_demo`, so the rest of training (embedding cache, ``DynamicsDataset``, noise
+:func:`dynaguide.data.writer.write_demo`, so the rest of training (embedding cache, ``DynamicsDataset``, noise
 augmentation) is the same code as for our own data.
 
 Reading.  The dataset is opened with LeRobot's own ``LeRobotDataset(repo_id, root=DIR)`` (metadata, episode
@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dynaguide.data import Demo, DemoSource, read_hdf5_array
+from dynaguide.data.schema import Demo, read_hdf5_array
+from dynaguide.data.source import DemoSource
 from dynaguide.inputs import InputError, atomic_output
 
 
@@ -206,7 +207,7 @@ def write_lerobot_as_hdf5(root: str | Path, out: str | Path, keys: LeRobotKeys |
     "frames"}``.  The camera is stored under its LeRobot key (``obs/observation.images.top``)."""
     import h5py
 
-    from dynaguide.data import write_demo
+    from dynaguide.data.writer import write_demo
 
     if segment not in ("episode", "window"):
         raise ValueError(f"segment must be 'episode' or 'window', got {segment!r}")
@@ -315,7 +316,7 @@ def export_hdf5_to_lerobot(sources: list[str | Path], out: str | Path, *, camera
         raise ExternalDatasetError(f"{out} exists and is not a LeRobotDataset; remove it or pass overwrite")
     if out.exists() and not out.is_dir():
         raise ExternalDatasetError(f"--out {out} is a file, not a dataset directory")
-    # every input's layout and sizes are checked before anything is written (dynaguide.data.DemoSource)
+    # every input's layout and sizes are checked before anything is written (dynaguide.data.source.DemoSource)
     sources_ok = [DemoSource(f) for f in files]
     first = sources_ok[0]
     if camera not in first.cameras(first.names[0]):

@@ -9,15 +9,15 @@ step (``T`` steps, ``D`` = model width).  The CPU config average-pools the patch
 
 Actions given to the model are **normalised to [-1, 1]** with the same min/max as the policy (stored
 here as buffers); proprio is raw and normalised inside.  The chunk starts at the current step and is
-padded by repeating the last action (see :mod:`dynaguide.data`).
+padded by repeating the last action (see :mod:`dynaguide.data.datasets`).
 
-Both models split into ``encode_context`` (observation only: fixed while a chunk is denoised, so guidance
+The model splits into ``encode_context`` (observation only: fixed while a chunk is denoised, so guidance
 computes it once per chunk) and ``predict_from_context`` (the action-dependent part, run at every guided
 step); ``forward`` is the two in sequence.
 
-Also: :class:`OutcomeClassifier` (categorical outcome head for the toy experiment; optionally reads image
-features along the chunk when actions are image-plane positions) and :func:`noise_actions_for_dynamics`
-(the paper's noise augmentation).
+Also: :func:`noise_actions_for_dynamics` (the paper's noise augmentation) and :func:`check_action_space`,
+shared with any other outcome model trained on the same chunks (BlockTouch's outcome classifier,
+``dynaguide_experiments.blocktouch.classifier``).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from torch import nn
 from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.distributed import Rows, batch_size_drawn, take_rows
-from dynaguide.normalization import MinMaxNormalizer
-from dynaguide.policy.vision import ImageEncoder
+from dynaguide.normalization import ActionProprioNormalizers
 
 
 # ---------------------------------------------------------------------------- noise augmentation
@@ -110,7 +109,7 @@ class LatentDynamicsConfig:
     grid by that factor per side; ``model_dim`` is the transformer width (must be divisible by ``horizon``
     and ``n_heads``).
 
-    ``embedder``: the :func:`dynaguide.embedders.embedder_identity` of the embedder whose tokens the model
+    ``embedder``: the :func:`dynaguide.embedders.identity.embedder_identity` of the embedder whose tokens the model
     was trained on (saved with the checkpoint's JSON config), or ``None`` (older checkpoints: unknown, no
     check possible).  When set, its grid and dim must equal ``embed_tokens``/``embed_dim``, and
     :attr:`embedder_id` lets the runtime refuse tokens of another embedder.
@@ -141,7 +140,7 @@ class LatentDynamicsConfig:
             raise ValueError(f"dropout must be in [0, 1) and geometric_p in (0, 1], got {self.dropout}, "
                              f"{self.geometric_p}")
         if self.embedder is not None:
-            from dynaguide.embedders import embedder_id_from_identity
+            from dynaguide.embedders.identity import embedder_id_from_identity
 
             embedder_id_from_identity(self.embedder)  # ValueError unless it looks like an identity
             grid, dim = self.embedder.get("grid"), self.embedder.get("dim")
@@ -166,10 +165,11 @@ class LatentDynamicsConfig:
 
     @property
     def embedder_id(self) -> str | None:
-        """Short id of the recorded embedder (:func:`dynaguide.embedders.embedder_id`), ``None`` if unrecorded."""
+        """Short id of the recorded embedder (:func:`dynaguide.embedders.identity.embedder_id`), ``None`` if
+        unrecorded."""
         if self.embedder is None:
             return None
-        from dynaguide.embedders import embedder_id_from_identity
+        from dynaguide.embedders.identity import embedder_id_from_identity
 
         return embedder_id_from_identity(self.embedder)
 
@@ -178,7 +178,7 @@ class LatentDynamicsConfig:
         """Preset ``"cpu"``/``"paper"`` sized for ``embedder``'s tokens (``embed_tokens``/``embed_dim``) and
         recording its identity.  The cpu preset pools the grid to 4x4 tokens when the side is a multiple
         of 4 (16x16 → pool 4, 8x8 → pool 2), else keeps it unpooled."""
-        from dynaguide.embedders import embedder_identity
+        from dynaguide.embedders.identity import embedder_identity
 
         if preset not in ("cpu", "paper"):
             raise ValueError(f"preset must be 'cpu' or 'paper', got {preset!r}")
@@ -211,7 +211,7 @@ class LatentDynamicsConfig:
         return cls(**base)
 
 
-class LatentDynamicsModel(nn.Module):
+class LatentDynamicsModel(ActionProprioNormalizers, nn.Module):
     """See module docstring.  ``forward(obs_tokens (B, N, D), proprio (B, P), actions (B, T, A)) → (B, N_out, D)``."""
 
     checkpoint_kind = "latent_dynamics"
@@ -234,22 +234,8 @@ class LatentDynamicsModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.final_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.embed_dim)
-        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
-        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
+        self._init_normalizers(cfg.action_dim, cfg.proprio_dim)  # set_normalizer_stats: use the policy's action stats
         self.noise_scheduler = make_ddim_scheduler(cfg.ddim)
-
-    def set_normalizer_stats(self, action_min, action_max, proprio_min=None, proprio_max=None) -> None:
-        """Raw-unit min/max of actions ``(A,)`` and proprio ``(P,)`` — use the policy's action stats."""
-        self.action_normalizer.set_stats(action_min, action_max)
-        if self.proprio_normalizer is not None:
-            if proprio_min is None or proprio_max is None:
-                raise ValueError("proprio_min/proprio_max are required when proprio_dim > 0")
-            self.proprio_normalizer.set_stats(proprio_min, proprio_max)
-
-    @property
-    def normalizers_fitted(self) -> bool:
-        proprio_ok = self.proprio_normalizer is None or self.proprio_normalizer.is_fitted
-        return self.action_normalizer.is_fitted and proprio_ok
 
     def check_compatible_with(self, policy, atol: float = 1e-6) -> None:
         """Raise ``ValueError`` unless ``policy`` produces chunks this model understands: same horizon,
@@ -342,148 +328,3 @@ class LatentDynamicsModel(nn.Module):
         pred = self(batch["obs_tokens"].float(), batch.get("proprio"), actions)
         target = self.outcome_latent(batch["target_tokens"].float())
         return F.mse_loss(pred, target)
-
-
-# ---------------------------------------------------------------------------- classifier head
-@dataclass
-class OutcomeClassifierConfig:
-    """Categorical outcome predictor from the current image, proprio and (noisy) action chunk."""
-
-    num_classes: int = 4
-    image_size: int = 64
-    backbone: str = "small_cnn"
-    num_keypoints: int = 16
-    cnn_width: int = 32
-    hidden_dim: int = 256
-    proprio_dim: int = 2
-    action_dim: int = 2
-    horizon: int = 16
-    noised_fraction: float = 0.5
-    geometric_p: float = 0.05
-    path_features: int = 0
-    """When > 0: the actions are image-plane positions ``(x, y)`` in [-1, 1] (raw units, as in BlockTouch),
-    and this many image-feature channels are sampled (bilinearly, differentiably in the actions) at every
-    point of the chunk and fed to the head besides the flattened actions — "what lies along this path".
-    0: the generic head (image keypoints + flattened actions), for actions in any space."""
-    ddim: DDIMConfig = field(default_factory=DDIMConfig)
-
-    def __post_init__(self) -> None:
-        check_ranges(self, {"num_classes": (2, 65536), "image_size": (1, 4096), "num_keypoints": (1, 4096),
-                            "cnn_width": (1, 4096), "hidden_dim": (1, 65536), "proprio_dim": (0, 65536),
-                            "action_dim": (1, 4096), "horizon": (1, 4096), "noised_fraction": (0.0, 1.0),
-                            "geometric_p": (0.0, 1.0), "path_features": (0, 4096)})
-        if self.geometric_p <= 0.0:
-            raise ValueError(f"geometric_p must be in (0, 1], got {self.geometric_p}")
-        if self.path_features < 0:
-            raise ValueError(f"path_features must be >= 0, got {self.path_features}")
-        if self.path_features and self.action_dim != 2:
-            raise ValueError("path_features needs 2-D image-plane actions (action_dim 2)")
-        if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {self.num_classes}")
-        for name in ("image_size", "hidden_dim", "action_dim", "horizon", "num_keypoints"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive")
-        if self.proprio_dim < 0:
-            raise ValueError("proprio_dim must be >= 0")
-
-
-def sample_along_path(feature_map: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of ``feature_map (B, C, h, w)`` at ``points (B, T, 2)`` → ``(B, T, C)``.
-
-    ``points`` are image-plane ``(x, y)`` in [-1, 1]: x = −1 is the left edge of the image, y = −1 the top
-    (``grid_sample`` with ``align_corners=False``; outside points read the border).  Differentiable in
-    ``points``, so a guidance gradient can move the path towards or away from what the map shows.
-    """
-    if feature_map.ndim != 4 or points.ndim != 3 or points.shape[-1] != 2 or points.shape[0] != feature_map.shape[0]:
-        raise ValueError(f"need feature_map (B, C, h, w) and points (B, T, 2), got {tuple(feature_map.shape)} "
-                         f"and {tuple(points.shape)}")
-    sampled = F.grid_sample(feature_map, points.unsqueeze(1), mode="bilinear", padding_mode="border",
-                            align_corners=False)  # (B, C, 1, T)
-    return sampled.squeeze(2).transpose(1, 2)
-
-
-class OutcomeClassifier(nn.Module):
-    """``forward(image (B, 3, H, W) in [0, 1], proprio (B, P) raw, actions (B, T, A) normalised) → logits (B, C)``.
-
-    Split like :class:`LatentDynamicsModel`: :meth:`encode_context` (image and proprio, fixed while a chunk
-    is denoised) and :meth:`predict_from_context` (the part that depends on the actions).
-    """
-
-    checkpoint_kind = "outcome_classifier"
-
-    def __init__(self, cfg: OutcomeClassifierConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.horizon = cfg.horizon
-        self.action_dim = cfg.action_dim
-        self.image_encoder = ImageEncoder(cfg.backbone, cfg.num_keypoints, cfg.image_size, cfg.cnn_width)
-        in_dim = self.image_encoder.out_dim + cfg.proprio_dim + cfg.horizon * cfg.action_dim
-        self.path_head: nn.Module | None = None
-        if cfg.path_features:
-            self.path_head = nn.Conv2d(self.image_encoder.backbone.out_channels, cfg.path_features, 1)
-            in_dim += cfg.horizon * cfg.path_features
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, cfg.hidden_dim), nn.Mish(),
-            nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.Mish(),
-            nn.Linear(cfg.hidden_dim, cfg.num_classes),
-        )
-        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
-        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
-        self.noise_scheduler = make_ddim_scheduler(cfg.ddim)
-
-    set_normalizer_stats = LatentDynamicsModel.set_normalizer_stats
-    normalizers_fitted = LatentDynamicsModel.normalizers_fitted
-    check_compatible_with = LatentDynamicsModel.check_compatible_with
-
-    def encode_context(self, image: torch.Tensor, proprio: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """``{"features": (B, F)}`` (image keypoints [+ normalised proprio]) and, with ``path_features``,
-        ``"path_map": (B, C_p, h, w)``; ``image (B, 3, H, W)`` in [0, 1], ``proprio (B, P)`` raw."""
-        cfg = self.cfg
-        fmap = self.image_encoder.feature_map(image.float())
-        parts = [self.image_encoder.keypoints(fmap)]
-        if self.proprio_normalizer is not None:
-            if proprio is None or proprio.ndim != 2 or proprio.shape[1] != cfg.proprio_dim:
-                shape = None if proprio is None else tuple(proprio.shape)
-                raise ValueError(f"proprio must be (B, {cfg.proprio_dim}), got {shape}")
-            if proprio.shape[0] != image.shape[0] and 1 not in (proprio.shape[0], image.shape[0]):
-                raise ValueError(f"proprio batch {proprio.shape[0]} does not match image batch {image.shape[0]}")
-            proprio_n = self.proprio_normalizer.normalize(proprio.float())
-            b = max(parts[0].shape[0], proprio_n.shape[0])
-            parts = [parts[0].expand(b, -1), proprio_n.expand(b, -1)]
-        context = {"features": torch.cat(parts, dim=-1)}
-        if self.path_head is not None:
-            context["path_map"] = self.path_head(fmap)
-        return context
-
-    def predict_from_context(self, context: dict[str, torch.Tensor], actions: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, C)`` from :meth:`encode_context`'s output (batch B or 1) and ``actions (B, T, A)``
-        normalised."""
-        cfg = self.cfg
-        if actions.ndim != 3 or actions.shape[1:] != (cfg.horizon, cfg.action_dim):
-            raise ValueError(f"actions must be (B, {cfg.horizon}, {cfg.action_dim}), got {tuple(actions.shape)}")
-        feats = context["features"]
-        b = max(feats.shape[0], actions.shape[0])
-        if feats.shape[0] != actions.shape[0] and 1 not in (feats.shape[0], actions.shape[0]):
-            raise ValueError(f"actions batch {actions.shape[0]} does not match context batch {feats.shape[0]}")
-        parts = [feats.expand(b, -1), actions.reshape(actions.shape[0], -1).expand(b, -1)]
-        if self.path_head is not None:
-            points = self.action_normalizer.unnormalize(actions).expand(b, -1, -1)
-            parts.append(sample_along_path(context["path_map"].expand(b, -1, -1, -1), points).reshape(b, -1))
-        return self.mlp(torch.cat(parts, dim=-1))
-
-    def forward(self, image: torch.Tensor, proprio: torch.Tensor | None, actions: torch.Tensor) -> torch.Tensor:
-        return self.predict_from_context(self.encode_context(image, proprio), actions)
-
-    def compute_loss(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
-                     augment: bool = True, rows: Rows | None = None) -> torch.Tensor:
-        """Cross-entropy.  ``batch``: ``image (B, 3, H, W)``, ``proprio (B, P)``, ``actions (B, T, A)`` raw,
-        ``label (B,)`` long."""
-        if not self.normalizers_fitted:
-            raise ValueError("normaliser stats are not set: call set_normalizer_stats (training does it from the data)")
-        actions = self.action_normalizer.normalize(batch["actions"].float())
-        if augment:
-            actions, _ = noise_actions_for_dynamics(
-                actions, self.noise_scheduler, generator, self.cfg.noised_fraction, self.cfg.geometric_p, rows
-            )
-        logits = self(batch["image"], batch.get("proprio"), actions)
-        return F.cross_entropy(logits, batch["label"].long())

@@ -80,3 +80,37 @@ class MinMaxNormalizer(nn.Module):
     def _check(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.num_features:
             raise ValueError(f"expected last dimension {self.num_features}, got shape {tuple(x.shape)}")
+
+
+class ActionProprioNormalizers:
+    """Mixin for an ``nn.Module`` that normalises actions ``(..., A)`` and proprio ``(..., P)`` with min/max stats.
+
+    The policy, the latent dynamics model and outcome classifiers share it.  :meth:`_init_normalizers`
+    registers the submodules ``action_normalizer`` (``A`` features) and ``proprio_normalizer`` (``P`` features,
+    ``None`` when ``P == 0``); their buffers are saved in the checkpoint under those names
+    (``action_normalizer.min`` …).  A model that scores a policy's chunks must use the policy's action stats
+    (:func:`dynaguide.dynamics.check_action_space`).
+    """
+
+    action_normalizer: MinMaxNormalizer
+    proprio_normalizer: MinMaxNormalizer | None
+
+    def _init_normalizers(self, action_dim: int, proprio_dim: int) -> None:
+        """Register ``action_normalizer`` then ``proprio_normalizer`` (unfitted); call from ``__init__``."""
+        self.action_normalizer = MinMaxNormalizer(action_dim)
+        self.proprio_normalizer = MinMaxNormalizer(proprio_dim) if proprio_dim > 0 else None
+
+    def set_normalizer_stats(self, action_min, action_max, proprio_min=None, proprio_max=None) -> None:
+        """Store raw-unit min/max of actions ``(A,)`` and proprio ``(P,)`` (saved in the checkpoint); the proprio
+        stats are required when ``P > 0``."""
+        self.action_normalizer.set_stats(action_min, action_max)
+        if self.proprio_normalizer is not None:
+            if proprio_min is None or proprio_max is None:
+                raise ValueError("proprio_min/proprio_max are required when proprio_dim > 0")
+            self.proprio_normalizer.set_stats(proprio_min, proprio_max)
+
+    @property
+    def normalizers_fitted(self) -> bool:
+        """Whether the action stats (and the proprio stats, when there is proprio) have been set."""
+        proprio_ok = self.proprio_normalizer is None or self.proprio_normalizer.is_fitted
+        return self.action_normalizer.is_fitted and proprio_ok

@@ -153,7 +153,7 @@ class GraphPolicySettings:
     action_dt: float
     replan_period_s: float
     camera_size: int
-    embedder: Any  # dynaguide.embedders.EmbedderConfig
+    embedder: Any  # dynaguide.embedders.factory.EmbedderConfig
 
 
 def _section(data: dict, node: str, path: Path) -> dict:
@@ -170,7 +170,7 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
 
     ``checkpoints``: a directory with ``policy/`` and ``dynamics/`` (an export of ``dynaguide calvin train``)
     replacing the file's ``models`` / ``runner.*_checkpoint`` values."""
-    from dynaguide.embedders import EmbedderConfig
+    from dynaguide.embedders.factory import EmbedderConfig
     from dynaguide.runtime import RunnerConfig
 
     path = Path(path)
@@ -262,7 +262,7 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
     them alike), and replay each variant's compute times on the wall clock.  Returns the JSON entry."""
     import torch
 
-    from dynaguide.embedders import make_embedder
+    from dynaguide.embedders.factory import make_embedder
     from dynaguide.guidance.goals import GuidanceConfig
     from dynaguide.runtime import GuidedPolicyRunner
 

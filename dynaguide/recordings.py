@@ -1,8 +1,8 @@
 """``dynaguide dataset from-mcap`` — a recording of the ROS graph (``dynaguide record``) → our HDF5 training layout.
 
 Reads the MCAP file with the PyPI ``mcap`` reader and ``mcap-ros2-support``'s decoder (the schemas in the
-file, no ROS installation needed) and writes segments with :func:`dynaguide.data.write_demo` (layout in
-:mod:`dynaguide.data`)::
+file, no ROS installation needed) and writes segments with :func:`dynaguide.data.writer.write_demo` (layout in
+:mod:`dynaguide.data.schema`)::
 
     data/demo_i/actions          (L, A) float32   the action executed at each control step, raw units
     data/demo_i/obs/<camera>     (L, H, W, 3) uint8  latest frame of that camera at or before the step
@@ -366,7 +366,8 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
     file next to ``out`` and renamed when complete; an error, Ctrl-C or SIGTERM removes the temp file."""
     import h5py
 
-    from dynaguide.data import Demo, write_demo
+    from dynaguide.data.schema import Demo
+    from dynaguide.data.writer import write_demo
     from dynaguide.inputs import atomic_output, refuse_overwrite
 
     cfg = cfg or FromMcapConfig()

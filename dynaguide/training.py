@@ -15,7 +15,7 @@ summation order: ``batch_size`` is the global batch, each process trains on its 
 micro-batches each), and every sample gets the noise it would get in one process.  The main process alone
 writes checkpoints, ``metrics.jsonl`` and the plot, keeps the EMA weights, validates and shows progress.
 
-Any ``torch.utils.data.Dataset`` returning dicts of tensors works (see :mod:`dynaguide.data` for the
+Any ``torch.utils.data.Dataset`` returning dicts of tensors works (see :mod:`dynaguide.data.datasets` for the
 item keys each model expects); normaliser min/max are fitted from the training data when the model
 has none yet (``dataset.stats()`` when available, else one pass over the items).
 """
@@ -416,7 +416,7 @@ def _policy_loss(model, batch, generator, rows=None):
 
 def train_policy(policy, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path, val_data: Dataset | None = None,
                  resume: bool = True, accelerator: Any = None) -> TrainResult:
-    """Train a :class:`~dynaguide.policy.DiffusionPolicy` on :class:`~dynaguide.data.PolicyDataset`-style items
+    """Train a :class:`~dynaguide.policy.DiffusionPolicy` on :class:`~dynaguide.data.datasets.PolicyDataset`-style items
     (a goal-conditioned one too: its items carry the goal image)."""
     return train_model(policy, policy.cfg, _policy_loss, train_data, cfg, out_dir, val_data, resume, "policy",
                        accelerator)
@@ -456,7 +456,8 @@ def _classifier_loss(model, batch, generator, rows=None):
 
 def train_classifier(model, train_data: Dataset, cfg: TrainConfig, out_dir: str | Path,
                      val_data: Dataset | None = None, resume: bool = True, accelerator: Any = None) -> TrainResult:
-    """Train an :class:`~dynaguide.dynamics.OutcomeClassifier` on items with ``image``, ``proprio``, ``actions``
-    and ``label`` (noise augmentation on; off for validation)."""
+    """Train an outcome classifier (a model with ``cfg`` and ``compute_loss(batch, generator, augment=...)``, e.g.
+    BlockTouch's ``dynaguide_experiments.blocktouch.classifier.OutcomeClassifier``) on items with ``image``,
+    ``proprio``, ``actions`` and ``label`` (noise augmentation on; off for validation)."""
     return train_model(model, model.cfg, _classifier_loss, train_data, cfg, out_dir, val_data, resume, "classifier",
                        accelerator)

@@ -3,7 +3,7 @@
 LeRobot's training components — is :mod:`dynaguide.lerobot_training`.
 
 Inputs: our HDF5 layout (``dynaguide dataset from-mcap`` output, ``dynaguide calvin collect`` files, any
-robomimic-like file, :mod:`dynaguide.data`) or a LeRobotDataset directory (v3.0, LeRobot 0.4.x;
+robomimic-like file, :mod:`dynaguide.data.schema`) or a LeRobotDataset directory (v3.0, LeRobot 0.4.x;
 :mod:`dynaguide.datasets_external`)::
 
     dynaguide train dynamics --data data.h5 --camera rgb_static --out runs/dyn
@@ -14,7 +14,8 @@ robomimic-like file, :mod:`dynaguide.data`) or a LeRobotDataset directory (v3.0,
 Steps: (1) the data become segments in our layout — used in place for an HDF5 file segmented as given, else
 written to ``<out>/prepared.h5`` (LeRobot episodes, fixed windows, other keys); the final frame of a segment is
 its outcome; (2) every frame of the camera is embedded once with the chosen embedder into an embedding cache
-next to that file (:func:`dynaguide.data.build_embedding_cache`; reused while the data and embedder match);
+next to that file (:func:`dynaguide.data.embedding_cache.build_embedding_cache`; reused while the data and
+embedder match);
 (3) :func:`dynaguide.training.train_dynamics` trains :meth:`LatentDynamicsConfig.for_embedder` (the model
 records the embedder's identity) with the same noise augmentation as every other dynamics model here
 (``noised_fraction`` of the chunks noised to a geometric DDIM step,
@@ -114,7 +115,7 @@ class TrainDynamicsJob:
 
     data: DynamicsDataConfig
     out: str
-    embedder: Any = None   # dynaguide.embedders.EmbedderConfig
+    embedder: Any = None   # dynaguide.embedders.factory.EmbedderConfig
     preset: str = "cpu"
     horizon: int = 0
     model_overrides: dict = field(default_factory=dict)
@@ -128,7 +129,9 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
     import h5py
     import numpy as np
 
-    from dynaguide.data import Demo, DemoSource, read_hdf5_array, write_demo
+    from dynaguide.data.schema import Demo, read_hdf5_array
+    from dynaguide.data.source import DemoSource
+    from dynaguide.data.writer import write_demo
     from dynaguide.datasets_external import window_segments
 
     path = Path(cfg.path).expanduser()
@@ -202,10 +205,13 @@ def train_dynamics_job(job: TrainDynamicsJob) -> dict:
     import torch
 
     from dynaguide.checkpoint import model_skeleton, save_checkpoint
-    from dynaguide.data import DemoSource, DynamicsDataset, build_embedding_cache, split_demos
+    from dynaguide.data.datasets import DynamicsDataset
+    from dynaguide.data.embedding_cache import build_embedding_cache
+    from dynaguide.data.source import DemoSource, split_demos
     from dynaguide.distributed import make_accelerator
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+    from dynaguide.embedders.identity import embedder_id
     from dynaguide.training import TrainConfig, dataset_stats, train_dynamics
 
     t0 = time.monotonic()

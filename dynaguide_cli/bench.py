@@ -16,8 +16,8 @@ from pathlib import Path
 from dynaguide_cli.parsers import LazyDefaultsParser
 
 GUIDANCE_DESCRIPTION = "``dynaguide bench guidance``: how fast is a guided chunk, and does it match the official loop?"
-EMBEDDER_DESCRIPTION = ("Embedding cost: ms per image of :func:`dynaguide.embedders.make_embedder` for ``kind`` at "
-                        "``image_size``.")
+EMBEDDER_DESCRIPTION = ("Embedding cost: ms per image of :func:`dynaguide.embedders.factory.make_embedder` for "
+                        "``kind`` at ``image_size``.")
 REALTIME_DESCRIPTION = ("Does a guided policy keep up with the robot?  Latency budget and wall-clock schedule (no "
                         "ROS).")
 

@@ -23,7 +23,7 @@ def _parse_overrides(items: list[str] | None) -> dict:
 
 
 def _run_dynamics(args) -> int:
-    from dynaguide.embedders import EmbedderConfig
+    from dynaguide.embedders.factory import EmbedderConfig
     from dynaguide.training import TrainConfig
     from dynaguide.training_runs import DynamicsDataConfig, TrainDynamicsJob, train_dynamics_job
 

@@ -2,9 +2,9 @@
 
 Subscribes ``image`` (sensor_msgs/Image), publishes ``embedding`` (dynaguide_msgs/PatchEmbedding) at
 most ``max_rate_hz``; serves ``embed_images`` (dynaguide_msgs/EmbedImages) so goal images and
-observations are embedded by one and the same model.  The model is :func:`dynaguide.embedders.make_embedder`
+observations are embedded by one and the same model.  The model is :func:`dynaguide.embedders.factory.make_embedder`
 (``embedder.*`` parameters: kind ``efficientnet_lite0`` by default, ``image_size``, ``stride``, …); every
-message carries ``embedder_id`` = :func:`dynaguide.embedders.embedder_id` of that model (kind, geometry and a
+message carries ``embedder_id`` = :func:`dynaguide.embedders.identity.embedder_id` of that model (kind, geometry and a
 hash of its weights), which the policy node checks against the dynamics checkpoint's recorded embedder.
 """
 
@@ -20,7 +20,9 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
-from dynaguide.embedders import EmbedderConfig, embedder_id, make_embedder, resize_images
+from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+from dynaguide.embedders.identity import embedder_id
+from dynaguide.embedders.protocol import resize_images
 from dynaguide_msgs.msg import PatchEmbedding
 from dynaguide_msgs.srv import EmbedImages
 from dynaguide_ros.conversions import MessageError, embedding_to_msg, rgb_from_image_msg
@@ -56,7 +58,7 @@ class EmbeddingNode(Node):
     def embed(self, rgbs: list[np.ndarray]) -> np.ndarray:
         """``[(H, W, 3) uint8]`` → ``(B, N, D) float32``.  Each image is resized to the embedder's input size
         with the embedder's own resize (bicubic, antialiased), so tokens equal the offline ones
-        (:func:`dynaguide.data.build_embedding_cache`) for the same frame."""
+        (:func:`dynaguide.data.embedding_cache.build_embedding_cache`) for the same frame."""
         size = self.embedder.image_size
         batch = []
         for rgb in rgbs:

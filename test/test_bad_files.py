@@ -148,8 +148,10 @@ def test_a_killed_writers_temp_file_is_removed_by_the_next_run(tmp_path):
 
 
 def test_embedding_cache_build_leaves_no_temp_file_next_to_the_dataset(tmp_path):
-    from dynaguide.data import Demo, build_embedding_cache, write_hdf5_dataset
-    from dynaguide.embedders import EmbedderConfig, make_embedder
+    from dynaguide.data.embedding_cache import build_embedding_cache
+    from dynaguide.data.schema import Demo
+    from dynaguide.data.writer import write_hdf5_dataset
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
 
     rng = np.random.default_rng(0)
     demos = [Demo(actions=rng.normal(size=(5, 2)), images={"rgb": rng.integers(0, 255, (5, 28, 28, 3), np.uint8)},
@@ -558,7 +560,8 @@ def test_a_bad_lerobot_policy_directory_is_refused_before_reading_outside_or_all
 # ------------------------------------------------------------------------------------------- command lines
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    from dynaguide.data import Demo, write_hdf5_dataset
+    from dynaguide.data.schema import Demo
+    from dynaguide.data.writer import write_hdf5_dataset
 
     rng = np.random.default_rng(0)
     demos = [Demo(actions=rng.normal(size=(6, 2)), images={"rgb": rng.integers(0, 255, (6, 28, 28, 3), np.uint8)},

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dynaguide_cli.main import main
-from dynaguide.dynamics import OutcomeClassifier, OutcomeClassifierConfig
+from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, OutcomeClassifierConfig
 from dynaguide_experiments.blocktouch.config import BlockTouchConfig
 from dynaguide_experiments.blocktouch.layouts import LAYOUT_NAMES
 from dynaguide_experiments.blocktouch.methods import METHOD_NAMES, class_weights
@@ -48,7 +48,7 @@ def test_classifier_context_split_equals_the_classifier(path_features):
 
 def test_path_features_sample_the_map_at_image_plane_points():
     """x indexes columns, y rows, [-1, 1] spans the whole image: a point at a cell centre reads that cell."""
-    from dynaguide.dynamics import sample_along_path
+    from dynaguide_experiments.blocktouch.classifier import sample_along_path
 
     fmap = torch.arange(2 * 4 * 6, dtype=torch.float32).reshape(1, 2, 4, 6)  # h = 4 rows, w = 6 columns
     cells = [(0, 0), (3, 5), (1, 4), (2, 1)]  # (row, col)

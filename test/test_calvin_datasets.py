@@ -57,15 +57,16 @@ def test_dataset_layout(tiny_dataset):
 
 
 def test_dataset_loads_through_method_core(tiny_dataset):
-    data = pytest.importorskip("dynaguide.data")
+    source = pytest.importorskip("dynaguide.data.source")
+    datasets = pytest.importorskip("dynaguide.data.datasets")
     path, _ = tiny_dataset
-    src = data.DemoSource(path)
+    src = source.DemoSource(path)
     assert len(src.names) == 2 and set(src.behavior.values()) <= {"button_on", "button_off"}
-    ds = data.PolicyDataset(path, image_keys=["third_person", "eye_in_hand"], n_obs_steps=2, horizon=8)
+    ds = datasets.PolicyDataset(path, image_keys=["third_person", "eye_in_hand"], n_obs_steps=2, horizon=8)
     item = ds[0]
     assert tuple(item["third_person"].shape) == (2, 3, 32, 32)
     assert tuple(item["actions"].shape) == (8, 7) and tuple(item["proprio"].shape) == (2, 15)
-    dyn = data.DynamicsDataset(path, camera="third_person", horizon=8, class_names=["button_on", "button_off"])
+    dyn = datasets.DynamicsDataset(path, camera="third_person", horizon=8, class_names=["button_on", "button_off"])
     assert int(dyn[0]["label"]) in (0, 1)
 
 

@@ -20,7 +20,7 @@ from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import target_point
 from dynaguide.checkpoint import save_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.embedders import EmbedderConfig, make_embedder
+from dynaguide.embedders.factory import EmbedderConfig, make_embedder
 from dynaguide_experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
                                                  TrainingConfig)
 from dynaguide_experiments.calvin.evaluate import run_experiment
@@ -300,8 +300,8 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
     """Same observation, goals and noise: ``GuidedPolicyRunner.act`` (the policy node's code path, goal and
     observation tokens embedded as the embedding node does) gives the harness's DynaGuide chunk — also for a
     dynamics model fitted on other action min/max (the shipped pair), whose chunks both map the same way."""
-    from dynaguide.data import to_image_tensor
-    from dynaguide.embedders import resize_images
+    from dynaguide.data.datasets import to_image_tensor
+    from dynaguide.embedders.protocol import resize_images
     from dynaguide.guidance.objectives import action_transform_for
     from dynaguide_experiments.calvin.evaluate import load_models
     from dynaguide_experiments.calvin.harness import Observation, Planners, load_goal_images

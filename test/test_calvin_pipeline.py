@@ -6,7 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from dynaguide.data import Demo, DemoSource, write_hdf5_dataset
+from dynaguide.data.schema import Demo
+from dynaguide.data.source import DemoSource
+from dynaguide.data.writer import write_hdf5_dataset
 from dynaguide_experiments.calvin.config import CalvinExperimentConfig, EvalConfig
 from dynaguide_experiments.calvin.pipeline import merge_segments
 

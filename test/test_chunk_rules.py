@@ -11,7 +11,7 @@ from arx5_driver.backends import load_sdk_configs
 from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
-from dynaguide.execution import ActionSchedule
+from dynaguide.execution import ActionSchedule, check_chunk_stamp
 from dynaguide_ros.conversions import MessageError, chunk_from_msg, chunk_to_msg, seconds_to_time
 
 NOW = 5.0
@@ -109,3 +109,30 @@ def test_observation_history_keeps_one_entry_per_stamp():
     assert history.padded(2) == ["b again", "c"] and len(history) == 2
     with pytest.raises(ValueError, match="maxlen"):
         StampedHistory(0)
+
+
+@pytest.mark.parametrize("clock, stamp", [
+    (1000.0, 1005.0),                        # lockstep: sim time + 5 s
+    (1.7e9, float(2**31 - 1)),               # wall clock: sec = 2^31 - 1
+])
+def test_schedule_rejects_future_stamps_and_keeps_accepting_current_ones(clock, stamp):
+    s = ActionSchedule(2, 0.1, max_future_s=0.1)
+    with pytest.raises(ValueError, match="in the future"):
+        s.add_chunk(np.ones((4, 2)), stamp=stamp, dt=0.1, now=clock)
+    assert len(s) == 0 and s.stats.rejected == 1
+    s.add_chunk(np.ones((4, 2)), stamp=clock, dt=0.1, now=clock)     # not "not newer than" the future one
+    assert len(s) == 4
+    assert s.next_action(clock + 0.1) is not None                      # the world moves on
+    s.add_chunk(np.ones((4, 2)), stamp=clock + 0.05, dt=0.1, now=clock)  # within max_future_s: fine
+
+
+def test_stamp_rule_is_shared_and_names_the_reason():
+    check_chunk_stamp(10.0, 10.0, 9.0)
+    check_chunk_stamp(10.05, 10.0, 9.0)
+    with pytest.raises(ValueError, match="not newer"):
+        check_chunk_stamp(9.0, 10.0, 9.0)
+    with pytest.raises(ValueError, match="not finite"):
+        check_chunk_stamp(float("nan"), 10.0, 9.0)
+    with pytest.raises(ValueError, match=r"0\.500 s in the future"):
+        check_chunk_stamp(10.5, 10.0, 9.0)
+    check_chunk_stamp(1e12, None, 9.0)  # no clock: only the order is checked (as before)

@@ -70,7 +70,7 @@ def small_dynamics():
 
 @pytest.fixture(scope="module")
 def embedder():
-    from dynaguide.embedders import RandomPatchEmbedder
+    from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
     return RandomPatchEmbedder(image_size=28, patch_size=7, dim=24, seed=0)  # 16 tokens x 24
 
@@ -208,7 +208,7 @@ def test_dynaguide_objective_offset_feeds_chunk_from_current_step(small_dynamics
 
 
 def test_classifier_objective_weighted_log_probabilities():
-    from dynaguide.dynamics import OutcomeClassifier, OutcomeClassifierConfig
+    from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, OutcomeClassifierConfig
 
     torch.manual_seed(0)
     clf = OutcomeClassifier(OutcomeClassifierConfig(num_classes=4, image_size=32, hidden_dim=16, horizon=T,

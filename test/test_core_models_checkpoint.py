@@ -6,8 +6,8 @@ import pickle
 import pytest
 import torch
 
-from dynaguide.checkpoint import load_checkpoint, load_training_state, read_checkpoint_meta, save_checkpoint
-from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
+from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
+from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import EMA
 
@@ -64,32 +64,6 @@ def test_dynamics_round_trip(tmp_path, make_cfg):
     loaded, cfg2 = load_checkpoint(tmp_path / "dyn")
     assert cfg2 == cfg and isinstance(loaded, LatentDynamicsModel)
     _assert_same_state(loaded, model)
-
-
-def test_classifier_round_trip_and_optimizer_state(tmp_path):
-    torch.manual_seed(0)
-    cfg = OutcomeClassifierConfig(num_classes=3, image_size=32)
-    model = OutcomeClassifier(cfg)
-    model.set_normalizer_stats(-torch.ones(2), torch.ones(2), -torch.ones(2), torch.ones(2))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = {"image": torch.rand(4, 3, 32, 32), "proprio": torch.randn(4, 2), "actions": torch.rand(4, 16, 2),
-             "label": torch.tensor([0, 1, 2, 0])}
-    for _ in range(2):
-        opt.zero_grad()
-        model.compute_loss(batch, torch.Generator().manual_seed(0)).backward()
-        opt.step()
-    save_checkpoint(tmp_path / "cls", model, cfg, optimizer=opt, step=2)
-    loaded, _ = load_checkpoint(tmp_path / "cls")
-    _assert_same_state(loaded, model)
-    fresh = OutcomeClassifier(cfg)
-    opt2 = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
-    meta = load_training_state(tmp_path / "cls", fresh, optimizer=opt2)
-    assert meta["step"] == 2
-    s1, s2 = opt.state_dict(), opt2.state_dict()
-    for idx in s1["state"]:
-        for name, value in s1["state"][idx].items():
-            assert torch.equal(value, s2["state"][idx][name])
-    assert s1["param_groups"][0]["lr"] == s2["param_groups"][0]["lr"]
 
 
 def test_pickles_are_refused_with_a_clear_error(tmp_path):

@@ -5,20 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from dynaguide.data import (
-    Demo,
-    DemoSource,
-    DynamicsDataset,
-    EmbeddingCache,
-    PolicyDataset,
-    action_chunk,
-    build_embedding_cache,
-    embed_demos,
-    split_demos,
-    write_demo,
-    write_hdf5_dataset,
-)
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset, action_chunk
+from dynaguide.data.embedding_cache import EmbeddingCache, build_embedding_cache, embed_demos
+from dynaguide.data.schema import Demo
+from dynaguide.data.source import DemoSource, split_demos
+from dynaguide.data.writer import write_demo, write_hdf5_dataset
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
 
 

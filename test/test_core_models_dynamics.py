@@ -1,4 +1,4 @@
-"""Latent dynamics model, classifier head and the noise augmentation distribution."""
+"""Latent dynamics model and the noise augmentation distribution."""
 
 import pytest
 import torch
@@ -7,8 +7,6 @@ from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.dynamics import (
     LatentDynamicsConfig,
     LatentDynamicsModel,
-    OutcomeClassifier,
-    OutcomeClassifierConfig,
     noise_actions_for_dynamics,
     sample_geometric_steps,
 )
@@ -103,20 +101,6 @@ def test_noise_augmentation_share_steps_and_scheduler_noise():
     assert abs(eps.std().item() - 1.0) < 0.35 and not torch.allclose(noisy[b], actions[b])
     with pytest.raises(ValueError, match="noised_fraction"):
         noise_actions_for_dynamics(actions[:2], scheduler, g, noised_fraction=1.5)
-
-
-def test_outcome_classifier_shapes_and_dependence_on_actions():
-    torch.manual_seed(0)
-    cfg = OutcomeClassifierConfig(num_classes=3, image_size=32, proprio_dim=2, action_dim=2)
-    c = OutcomeClassifier(cfg)
-    img, prop = torch.rand(4, 3, 32, 32), torch.randn(4, 2)
-    a = torch.randn(4, 16, 2, requires_grad=True)
-    logits = c(img, prop, a)
-    assert logits.shape == (4, 3)
-    grad, = torch.autograd.grad(torch.log_softmax(logits, -1)[:, 0].sum(), a)
-    assert grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="num_classes"):
-        OutcomeClassifierConfig(num_classes=1)
 
 
 def test_compatibility_check_between_dynamics_and_policy():

@@ -5,16 +5,11 @@ import torch
 import torch.nn.functional as F
 from transformers import Dinov2Config, Dinov2Model
 
-from dynaguide.embedders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    DinoV2Embedder,
-    EmbedderConfig,
-    PatchEmbedder,
-    RandomPatchEmbedder,
-    embedder_fingerprint,
-    make_embedder,
-)
+from dynaguide.embedders.dinov2 import DinoV2Embedder
+from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+from dynaguide.embedders.identity import embedder_fingerprint
+from dynaguide.embedders.protocol import IMAGENET_MEAN, IMAGENET_STD, PatchEmbedder
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
 
 

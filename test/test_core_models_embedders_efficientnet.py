@@ -11,20 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from dynaguide.embedders import (
-    LITE0_WEIGHTS_FILE,
-    LITE0_WEIGHTS_SHA256,
-    EfficientNetLite0,
-    EfficientNetLite0Embedder,
-    EmbedderConfig,
-    PatchEmbedder,
-    RandomPatchEmbedder,
-    embedder_fingerprint,
-    embedder_id,
-    embedder_identity,
-    make_embedder,
-    resize_images,
-)
+from dynaguide.embedders.efficientnet import (LITE0_WEIGHTS_FILE, LITE0_WEIGHTS_SHA256, EfficientNetLite0,
+                                               EfficientNetLite0Embedder)
+from dynaguide.embedders.factory import EmbedderConfig, make_embedder
+from dynaguide.embedders.identity import embedder_fingerprint, embedder_id, embedder_identity
+from dynaguide.embedders.protocol import PatchEmbedder, resize_images
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
 # weights_sha256 of EfficientNetLite0Embedder.pretrained(): pins the shipped weights and the hashing scheme
 # (a change here changes every embedder id recorded in dynamics checkpoints)

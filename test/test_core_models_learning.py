@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from dynaguide.data import Demo, DynamicsDataset, PolicyDataset, embed_demos
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.embedding_cache import embed_demos
+from dynaguide.data.schema import Demo
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_dynamics, train_policy
 

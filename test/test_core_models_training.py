@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
-from dynaguide.data import Demo, DynamicsDataset, PolicyDataset, embed_demos
-from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.embedding_cache import embed_demos
+from dynaguide.data.schema import Demo
+from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import (
     TrainConfig,
@@ -22,6 +24,7 @@ from dynaguide.training import (
     train_model,
     train_policy,
 )
+from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, OutcomeClassifierConfig
 
 
 

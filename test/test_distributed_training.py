@@ -19,12 +19,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dynaguide.data import Demo, DynamicsDataset, PolicyDataset, write_hdf5_dataset
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.schema import Demo
+from dynaguide.data.writer import write_hdf5_dataset
 from dynaguide.distributed import Rows, micro_batches
-from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel, OutcomeClassifier, OutcomeClassifierConfig
-from dynaguide.embedders import RandomPatchEmbedder
+from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.training import TrainConfig, train_classifier, train_dynamics, train_policy
+from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, OutcomeClassifierConfig
 
 ATOL = 1e-6
 LR = 1e-4

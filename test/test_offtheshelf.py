@@ -29,7 +29,8 @@ except ImportError as exc:  # CI installs the extra: there a missing LeRobot is 
     pytest.skip(f"LeRobot is not installed ({exc})", allow_module_level=True)
 
 from calvin_bridge.config import CalvinEnvConfig  # noqa: E402
-from dynaguide.data import Demo, write_demo  # noqa: E402
+from dynaguide.data.schema import Demo  # noqa: E402
+from dynaguide.data.writer import write_demo  # noqa: E402
 from dynaguide.datasets_external import export_hdf5_to_lerobot, lerobot_episodes, resize_frames  # noqa: E402
 
 A, P = 7, 15
@@ -118,7 +119,7 @@ def harness_setup(tmp_path_factory):
 
     from dynaguide.checkpoint import save_checkpoint
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import EmbedderConfig, make_embedder
+    from dynaguide.embedders.factory import EmbedderConfig, make_embedder
     from dynaguide_experiments.calvin.config import (CalvinExperimentConfig, DataConfig, EvalConfig, ModelConfig,
                                                      TrainingConfig)
 

@@ -30,7 +30,9 @@ def ros_args():
 
 
 def test_embedding_node_ids_its_model_and_reads_stride(ros_args):
-    from dynaguide.embedders import EfficientNetLite0Embedder, embedder_id, resize_images
+    from dynaguide.embedders.efficientnet import EfficientNetLite0Embedder
+    from dynaguide.embedders.identity import embedder_id
+    from dynaguide.embedders.protocol import resize_images
     from dynaguide_msgs.srv import EmbedImages
     from dynaguide_ros.conversions import embedding_from_msg, rgb_to_image_msg
     from dynaguide_ros.embedding_node import EmbeddingNode
@@ -62,7 +64,8 @@ def test_embedding_node_ids_its_model_and_reads_stride(ros_args):
 def test_policy_node_refuses_embeddings_and_guidance_of_another_embedder(ros_args, tmp_path):
     from dynaguide.checkpoint import save_checkpoint
     from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-    from dynaguide.embedders import RandomPatchEmbedder, embedder_id
+    from dynaguide.embedders.identity import embedder_id
+    from dynaguide.embedders.random_patch import RandomPatchEmbedder
     from dynaguide_msgs.msg import GuidanceSet
     from dynaguide_ros.conversions import embedding_to_msg
     from dynaguide_ros.policy_node import PolicyNode

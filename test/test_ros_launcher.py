@@ -1,7 +1,7 @@
 """The pip launcher: trained models by default from any directory, configuration mistakes as one clear line.
 
 A node that cannot start with its configuration exits with ``EXIT_CONFIG`` and is not restarted (the bounded
-restart budget for nodes that crash while running is covered in test_hardening.py); misspelt keys are refused
+restart budget for nodes that crash while running is covered in test_launcher_restarts.py); misspelt keys are refused
 before anything starts; the real arm backend refuses untrained models and the random embedder.
 """
 

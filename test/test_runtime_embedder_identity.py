@@ -10,7 +10,8 @@ import torch
 
 from dynaguide.checkpoint import load_checkpoint, save_checkpoint
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.embedders import RandomPatchEmbedder, embedder_id, embedder_identity
+from dynaguide.embedders.identity import embedder_id, embedder_identity
+from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
 

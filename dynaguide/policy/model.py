@@ -16,7 +16,7 @@ from torch import nn
 from dynaguide.config import check_ranges
 from dynaguide.diffusion import DDIMConfig, make_ddim_scheduler
 from dynaguide.distributed import Rows, batch_size_drawn, take_rows
-from dynaguide.normalization import MinMaxNormalizer
+from dynaguide.normalization import ActionProprioNormalizers
 from dynaguide.policy.unet import ConditionalUnet1D
 from dynaguide.policy.vision import ImageEncoder
 
@@ -89,7 +89,7 @@ class DiffusionPolicyConfig:
         return cls(**base)
 
 
-class DiffusionPolicy(nn.Module):
+class DiffusionPolicy(ActionProprioNormalizers, nn.Module):
     """Epsilon-prediction diffusion policy implementing :class:`dynaguide.interfaces.NoisePredictionPolicy`.
 
     Observation dict: every key in ``cfg.image_keys`` → ``(B, To, 3, H, W)`` float in [0, 1];
@@ -124,24 +124,10 @@ class DiffusionPolicy(nn.Module):
         self.noise_net = ConditionalUnet1D(
             cfg.action_dim, self.cond_dim, cfg.down_dims, cfg.kernel_size, cfg.n_groups, cfg.step_embed_dim
         )
-        self.action_normalizer = MinMaxNormalizer(cfg.action_dim)
-        self.proprio_normalizer = MinMaxNormalizer(cfg.proprio_dim) if cfg.proprio_dim > 0 else None
+        self._init_normalizers(cfg.action_dim, cfg.proprio_dim)
         self._train_scheduler = make_ddim_scheduler(cfg.ddim)
 
-    # ---------------------------------------------------------------- normalisation
-    def set_normalizer_stats(self, action_min, action_max, proprio_min=None, proprio_max=None) -> None:
-        """Store min/max of raw actions ``(A,)`` and proprio ``(P,)`` (saved in the checkpoint)."""
-        self.action_normalizer.set_stats(action_min, action_max)
-        if self.proprio_normalizer is not None:
-            if proprio_min is None or proprio_max is None:
-                raise ValueError("proprio_min/proprio_max are required when proprio_dim > 0")
-            self.proprio_normalizer.set_stats(proprio_min, proprio_max)
-
-    @property
-    def normalizers_fitted(self) -> bool:
-        proprio_ok = self.proprio_normalizer is None or self.proprio_normalizer.is_fitted
-        return self.action_normalizer.is_fitted and proprio_ok
-
+    # ---------------------------------------------------------------- normalisation (stats: ActionProprioNormalizers)
     def normalize_actions(self, actions: torch.Tensor) -> torch.Tensor:
         """Raw ``(..., A)`` → ``(..., A)`` in [-1, 1]."""
         return self.action_normalizer.normalize(actions)

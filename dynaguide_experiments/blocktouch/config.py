@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dynaguide.dynamics import LatentDynamicsConfig, OutcomeClassifierConfig
-from dynaguide.embedders import EmbedderConfig
+from dynaguide.dynamics import LatentDynamicsConfig
+from dynaguide.embedders.factory import EmbedderConfig
 from dynaguide.guidance import GuidanceConfig
 from dynaguide.policy import DiffusionPolicyConfig
 from dynaguide.training import TrainConfig
 
+from .classifier import OutcomeClassifierConfig
 from .env import BlockTouchEnvConfig
 from .layouts import LAYOUT_NAMES
 from .methods import METHOD_NAMES

@@ -32,13 +32,14 @@ from tqdm import tqdm
 
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta
 from dynaguide.config import to_dict
-from dynaguide.dynamics import LatentDynamicsModel, OutcomeClassifier
-from dynaguide.embedders import make_embedder
+from dynaguide.dynamics import LatentDynamicsModel
+from dynaguide.embedders.factory import make_embedder
 from dynaguide.guidance import GoalLatents
 from dynaguide.policy import DiffusionPolicy
 from dynaguide.training import train_classifier, train_dynamics, train_policy
 
 from . import dataset as ds
+from .classifier import OutcomeClassifier
 from .config import BlockTouchConfig
 from .env import NUM_BLOCKS, BlockTouchEnv
 from .evaluation import rollout, wilson_interval

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from calvin_bridge.config import DATASET_CAMERAS
 from dynaguide.config import load_config
-from dynaguide.embedders import EmbedderConfig
+from dynaguide.embedders.factory import EmbedderConfig
 from dynaguide.guidance.goals import GuidanceConfig
 from dynaguide.guidance.rtc import RTCConfig
 

@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import torch
 
-from dynaguide.data import action_chunk, to_image_tensor
-from dynaguide.embedders import make_embedder
+from dynaguide.data.datasets import action_chunk, to_image_tensor
+from dynaguide.embedders.factory import make_embedder
 from dynaguide_experiments.calvin.config import CalvinExperimentConfig
 from dynaguide_experiments.calvin.evaluate import check_embedder, load_models
 from dynaguide_experiments.calvin.harness import label_of, load_goal_images

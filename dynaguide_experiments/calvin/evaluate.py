@@ -24,7 +24,8 @@ import torch
 from calvin_bridge.config import CalvinEnvConfig
 from dynaguide.checkpoint import load_checkpoint
 from dynaguide.config import to_dict
-from dynaguide.embedders import embedder_id, make_embedder
+from dynaguide.embedders.factory import make_embedder
+from dynaguide.embedders.identity import embedder_id
 from dynaguide.guidance.objectives import action_transform_for
 from dynaguide_experiments.calvin.config import (ARTICULATED_TARGETS, METHODS, MOVABLE_TARGETS,
                                                  MULTI_OBJECTIVE_SETUPS, CalvinExperimentConfig)

@@ -42,7 +42,7 @@ from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import scene_for_behaviours, target_point
 from calvin_bridge.labels import LABELS
 from dynaguide.baselines import goal_conditioned_sample, sampling_baseline
-from dynaguide.data import to_image_tensor
+from dynaguide.data.datasets import to_image_tensor
 from dynaguide.guidance.goals import GoalLatents
 from dynaguide.guidance.objectives import DynaGuideObjective, PositionGuidanceObjective
 from dynaguide.guidance.rtc import prefix_weights, shift_prefix

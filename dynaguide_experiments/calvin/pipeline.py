@@ -26,10 +26,13 @@ from torch.utils.data import Dataset
 
 from calvin_bridge.config import DATASET_CAMERAS
 from dynaguide.checkpoint import load_checkpoint, read_checkpoint_meta, save_checkpoint
-from dynaguide.data import DynamicsDataset, PolicyDataset, build_embedding_cache, split_demos
+from dynaguide.data.datasets import DynamicsDataset, PolicyDataset
+from dynaguide.data.embedding_cache import build_embedding_cache
+from dynaguide.data.source import split_demos
 from dynaguide.distributed import make_accelerator
 from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
-from dynaguide.embedders import embedder_identity, make_embedder
+from dynaguide.embedders.factory import make_embedder
+from dynaguide.embedders.identity import embedder_identity
 from dynaguide_experiments.calvin.config import CalvinExperimentConfig
 from dynaguide_experiments.calvin.harness import POLICY_CAMERA
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig

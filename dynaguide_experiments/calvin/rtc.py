@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dynaguide.embedders import make_embedder
+from dynaguide.embedders.factory import make_embedder
 from dynaguide.guidance.objectives import action_transform_for
 from dynaguide_experiments.calvin.config import CalvinExperimentConfig
 from dynaguide_experiments.calvin.evaluate import (check_embedder, env_config_for,

@@ -1,4 +1,5 @@
-"""Foundation: the interfaces build, and content crosses real DDS between two of our processes intact."""
+"""The ROS interfaces: DDS stays on localhost unless opted in, messages convert both ways and refuse malformed
+content, and content crosses real DDS between two of our processes intact (and only over loopback)."""
 
 from __future__ import annotations
 
