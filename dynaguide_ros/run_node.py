@@ -40,4 +40,7 @@ if __name__ == "__main__":  # python -m dynaguide_ros.run_node NAME [--ros-args 
     if len(sys.argv) < 2:
         raise SystemExit(f"usage: python -m dynaguide_ros.run_node NAME [--ros-args ...]; "
                          f"NAME: {sorted(NODE_ENTRY_POINTS)}")
-    sys.exit(run(sys.argv[1], sys.argv[2:]))
+    try:
+        sys.exit(run(sys.argv[1], sys.argv[2:]))
+    except KeyboardInterrupt:   # stopped while still importing, before rclpy's handlers: nothing to clean up
+        sys.exit(130)

@@ -203,3 +203,16 @@ def test_nodes_end_when_the_launcher_is_killed(tmp_path):
     finally:
         if _alive(node_pid):
             os.kill(node_pid, signal.SIGKILL)
+
+
+def test_a_node_interrupted_while_it_starts_exits_without_a_traceback(tmp_path):
+    """The launcher's Ctrl-C can reach a node still importing (before rclpy's handlers exist, seconds on a busy
+    machine): it ends quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "dynaguide_ros.run_node", "guidance_manager", "--ros-args",
+                             "-p", f"state_dir:={tmp_path / 'state'}"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+    time.sleep(0.2)                      # well inside the imports (rclpy alone takes longer)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0), out[-2000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
