@@ -10,11 +10,23 @@ STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: install demo lint test test-slow bench clean
+.PHONY: install demo lint test test-slow bench clean FORCE
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs/msg/*.msg dynaguide_msgs/srv/*.srv)
+# The editable install maps every module to its file when it runs: a module added, moved or removed since (e.g. a
+# pull that splits one) needs the install again, so the list of modules is a prerequisite (rewritten only on change).
+LAYOUT := $(VENV)/.module-layout
+PACKAGES := dynaguide calvin_bridge dynaguide_experiments dynaguide_ros dynaguide_cli arx5_driver
+
+$(LAYOUT): FORCE
+	@mkdir -p $(VENV)
+	@find $(PACKAGES) -name '*.py' -not -path '*/__pycache__/*' | LC_ALL=C sort > $@.new
+	@cmp -s $@.new $@ && rm -f $@.new || mv $@.new $@
+
+FORCE:
+
+$(STAMP): pyproject.toml dynaguide_msgs/CMakeLists.txt $(wildcard dynaguide_msgs/msg/*.msg dynaguide_msgs/srv/*.srv) $(LAYOUT)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# build requirements of dynaguide_msgs (ROS 2 build tools from PyPI), read from pyproject.toml
