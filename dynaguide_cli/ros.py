@@ -102,9 +102,11 @@ def register_demo(subparsers) -> None:
                         "CALVIN protocol): the same world time for guided and unguided runs, whatever the compute")
     p.add_argument("--duration", type=float, default=1800.0,
                    help="wall-clock cap per run (s), after the graph has started")
-    # unset/0 = the guidance manager's default, i.e. GuidanceConfig's (dynaguide/guidance/goals.py): one source
+    # unset/0 = the guidance manager's default: config/calvin_sim.yaml's (the protocol's s = 10 for the shipped
+    # models), else GuidanceConfig's (dynaguide/guidance/goals.py)
     p.add_argument("--scale", type=float, default=None,
-                   help="guidance scale s (default: GuidanceConfig's; 0: no guidance, unguided chunks)")
+                   help="guidance scale s (default: the graph's, config/calvin_sim.yaml, chosen for the shipped "
+                        "models; 0: no guidance, unguided chunks)")
     p.add_argument("--sigma", type=float, default=0.0, help="distance temperature sigma (0: GuidanceConfig's default)")
     p.add_argument("--stochastic-steps", type=int, default=0,
                    help="M (0: GuidanceConfig's default); compute time grows with M on a CPU")

@@ -218,12 +218,15 @@ def test_wall_clock_rtc_chunks_say_which_actions_were_frozen(procs, probe):
         state.header.stamp = stamp
         state_pub.publish(state)
 
-    timer = probe.create_timer(0.1, feed)
     chunks, status = [], []
     subs = [probe.create_subscription(ActionChunk, f"{ns}/action_chunk", chunks.append, RELIABLE),
             probe.create_subscription(DiagnosticArray, "/diagnostics", status.append, RELIABLE)]
+    timer = None
     try:
         proc.wait_for_log("policy node ready", timeout=180)
+        # inputs only once the chunk topic is matched: the first chunk must not go out before we listen
+        assert spin_until(probe, lambda: subs[0].get_publisher_count() > 0, 60), proc.log()[-3000:]
+        timer = probe.create_timer(0.1, feed)
         assert spin_until(probe, lambda: len(chunks) >= 6, 120), f"too few chunks:\n{proc.log()[-3000:]}"
         assert chunks[0].frozen_steps == 0                      # nothing to agree with yet
         frozen_counts = [c.frozen_steps for c in chunks[1:]]
@@ -244,6 +247,7 @@ def test_wall_clock_rtc_chunks_say_which_actions_were_frozen(procs, probe):
         assert checked >= 3
         alive(proc)
     finally:
-        probe.destroy_timer(timer)
+        if timer is not None:
+            probe.destroy_timer(timer)
         for s in subs:
             probe.destroy_subscription(s)

@@ -210,7 +210,9 @@ def test_a_node_interrupted_while_it_starts_exits_without_a_traceback(tmp_path):
     machine): it ends quietly."""
     proc = subprocess.Popen([sys.executable, "-m", "dynaguide_ros.run_node", "guidance_manager", "--ros-args",
                              "-p", f"state_dir:={tmp_path / 'state'}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+                            stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
+                            # as the launcher starts its nodes: SIGINT not ignored, even if it is for pytest
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.2)                      # well inside the imports (rclpy alone takes longer)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
