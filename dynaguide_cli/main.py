@@ -120,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if isinstance(exc, InputError) else f" ({type(exc).__name__}; --debug shows the traceback)"
         print(f"dynaguide: error: {one_line(exc)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        from dynaguide.distributed import end_process_group
+
+        end_process_group()   # a launched training run: its process group, before the interpreter exits
     return int(result or 0)
 
 
