@@ -76,7 +76,7 @@ def _lerobot_policy(out: Path) -> Path:
 def test_lerobot_dataset_episodes_decode_and_train(tmp_path):
     from dynaguide.checkpoint import load_checkpoint
     from dynaguide.datasets_external import ExternalDatasetError, LeRobotKeys, lerobot_episodes
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     root = tmp_path / "tiny"
     _lerobot_dataset(root)
