@@ -397,7 +397,7 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
             images = {cam: np.stack([rec.frames[cam][1][j] for j in steps.frame_index[cam][s:e]])
                       for cam in rec.frames}
             demo = Demo(actions=steps.actions[s:e], images=images, proprio=steps.proprio[s:e],
-                        states=None if steps.scene is None else steps.scene[s:e], behavior=behaviour)
+                        states=None if steps.scene is None else steps.scene[s:e], behaviour=behaviour)
             write_demo(data, demo, f"demo_{i}", attrs={
                 "t_start": float(steps.stamps[s]), "t_end": float(steps.stamps[e - 1]),
                 "guided_fraction": float(steps.guided[s:e].mean()), "held_steps": int(steps.held[s:e].sum()),

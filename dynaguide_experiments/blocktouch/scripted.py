@@ -188,7 +188,7 @@ def write_episode(data: h5py.Group, name: str, ep: Episode) -> h5py.Group:
     ``num_samples``), then what only BlockTouch stores: ``final_obs/*`` and ``plan_tail``.  Returns the group."""
     comp = dict(compression="gzip", compression_opts=4)
     demo = Demo(actions=ep.actions, images={"image": ep.images}, proprio=ep.proprio, states=ep.states,
-                behavior=COLOR_NAMES[ep.touched])
+                behaviour=COLOR_NAMES[ep.touched])
     group = write_demo(data, demo, name, attrs={"touched": ep.touched, "target": ep.target}, **comp)
     group.create_dataset("final_obs/image", data=ep.final_image, **comp)
     group.create_dataset("final_obs/proprio", data=ep.final_proprio.astype(np.float32))
