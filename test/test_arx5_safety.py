@@ -1,7 +1,7 @@
 """Safety layer + chunk executor: property test over adversarial chunks, watchdog, e-stop, shutdown.
 
 The arm is the real ``SdkBackend`` on the installed SDK's config objects with the CAN-connected
-controller replaced by :class:`arx5_driver.standin.StandInJointController`.
+controller replaced by :class:`_arx5_standin.StandInJointController` (test/_arx5_standin.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from arx5_driver.chunk_executor import ExecutorChunk
 from arx5_driver.config import ExecutorConfig, SafetyConfig
 from arx5_driver.controller import ArmController
 from arx5_driver.safety import Action, Mode
-from arx5_driver.standin import StandInJointController
+
+from _arx5_standin import StandInJointController
 
 Q_START = np.array([0.0, 0.8, 0.8, 0.0, 0.0, 0.0])
 
