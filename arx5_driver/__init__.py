@@ -4,13 +4,13 @@ Everything except :mod:`arx5_driver.node` imports without ROS.
 """
 
 from arx5_driver.backends import ArmBackend, ArmState, SdkBackend, SimBackend, load_sdk_configs
-from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected
+from arx5_driver.chunk_executor import ChunkExecutor, ChunkRejected, ExecutorChunk
 from arx5_driver.config import DriverConfig, ExecutorConfig, SafetyConfig
 from arx5_driver.controller import ArmController, ChunkResult
 from arx5_driver.safety import Action, Mode, SafeCommand, SafetyLayer
 
 __all__ = [
-    "ActionChunk", "Action", "ArmBackend", "ArmController", "ArmState", "ChunkExecutor", "ChunkRejected",
-    "ChunkResult", "DriverConfig", "ExecutorConfig", "Mode", "SafeCommand", "SafetyConfig", "SafetyLayer",
+    "Action", "ArmBackend", "ArmController", "ArmState", "ChunkExecutor", "ChunkRejected", "ChunkResult",
+    "DriverConfig", "ExecutorChunk", "ExecutorConfig", "Mode", "SafeCommand", "SafetyConfig", "SafetyLayer",
     "SdkBackend", "SimBackend", "load_sdk_configs",
 ]

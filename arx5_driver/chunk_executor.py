@@ -26,8 +26,8 @@ the target is linearly interpolated between waypoints and stays at the last wayp
 Chunks that are malformed, contain NaN/inf, are older than ``max_chunk_age_s``, stamped in the
 future, not newer than the last accepted chunk, or have no action left in the future are rejected
 with :class:`ChunkRejected`.  The content and stamp rules shared with the simulation bridge
-(:func:`dynaguide.execution.chunk_from_flat`, :func:`~dynaguide.execution.check_chunk`,
-:func:`~dynaguide.execution.check_chunk_stamp` with this executor's ``max_future_s``) are applied from
+(:func:`dynaguide.chunk_execution.chunk_from_flat`, :func:`~dynaguide.chunk_execution.check_chunk`,
+:func:`~dynaguide.chunk_execution.check_chunk_stamp` with this executor's ``max_future_s``) are applied from
 there; the action spaces, ``max_horizon`` and ``max_chunk_age_s`` are this executor's own.
 """
 
@@ -41,7 +41,7 @@ import numpy as np
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
 from arx5_driver.transforms import rotvec_to_matrix
-from dynaguide.execution import check_chunk, check_chunk_stamp, chunk_from_flat
+from dynaguide.chunk_execution import check_chunk, check_chunk_stamp, chunk_from_flat
 from dynaguide.text import short_repr
 
 EXECUTABLE_SPACES = ("ee_delta", "joint_position")
@@ -52,8 +52,9 @@ class ChunkRejected(ValueError):
 
 
 @dataclass(frozen=True)
-class ActionChunk:
-    """ROS-free mirror of ``dynaguide_msgs/ActionChunk``: ``actions (T, A)`` float, times in s."""
+class ExecutorChunk:
+    """The executor's ROS-free form of a ``dynaguide_msgs/ActionChunk`` message (a distinct name from it):
+    ``actions (T, A)`` float, times in s."""
 
     stamp: float
     action_space: str
@@ -67,7 +68,7 @@ class ActionChunk:
 
     @classmethod
     def from_flat(cls, stamp: float, action_space: str, horizon: int, action_dim: int, actions: Any,
-                  start_index: int, dt: float, frame_id: str = "", frozen_steps: int = 0) -> ActionChunk:
+                  start_index: int, dt: float, frame_id: str = "", frozen_steps: int = 0) -> ExecutorChunk:
         """Build from the message's flat row-major ``actions``; ChunkRejected if sizes disagree."""
         try:
             rows = chunk_from_flat(actions, horizon, action_dim)
@@ -86,7 +87,7 @@ class JointWaypoints:
     gripper: np.ndarray
 
 
-class StateHistory:
+class JointStateBuffer:
     """Ring buffer of measured ``(time, joint_pos (dof,), gripper)`` to look up the state at a chunk's stamp."""
 
     def __init__(self, dof: int, capacity: int):
@@ -130,7 +131,7 @@ class ChunkExecutor:
         self._traj: JointWaypoints | None = None
 
     # ---------------------------------------------------------------- planning
-    def plan(self, chunk: ActionChunk, now: float, reference: tuple[np.ndarray, float] | None) -> JointWaypoints:
+    def plan(self, chunk: ExecutorChunk, now: float, reference: tuple[np.ndarray, float] | None) -> JointWaypoints:
         """Validate ``chunk`` and convert its future actions to joint waypoints.
 
         ``reference``: measured ``(joint_pos (dof,), gripper)`` at ``chunk.stamp`` (needed by ``ee_delta``).

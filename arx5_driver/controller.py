@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from arx5_driver.backends import ArmBackend, ArmState
-from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected, StateHistory
+from arx5_driver.chunk_executor import ChunkExecutor, ChunkRejected, ExecutorChunk, JointStateBuffer
 from arx5_driver.config import ExecutorConfig, SafetyConfig
 from arx5_driver.kinematics import Kinematics
 from arx5_driver.safety import Action, Mode, SafeCommand, SafetyLayer
@@ -35,7 +35,7 @@ class ArmController:
         self.safety = SafetyLayer(backend.robot_config, self.kinematics, safety_config, backend.control_dt)
         self.executor = ChunkExecutor(backend.robot_config, self.kinematics, executor_config)
         capacity = int(np.ceil(executor_config.history_s / backend.control_dt)) + 1
-        self.history = StateHistory(backend.dof, capacity)
+        self.history = JointStateBuffer(backend.dof, capacity)
         self._lock = threading.RLock()
         self.latest_state: ArmState = backend.read_state()
         self.last_command: SafeCommand = SafeCommand(Action.DAMP, None, None, "not started")
@@ -52,7 +52,7 @@ class ArmController:
     def mode(self) -> Mode:
         return self.safety.mode
 
-    def submit_chunk(self, chunk: ActionChunk, now: float) -> ChunkResult:
+    def submit_chunk(self, chunk: ExecutorChunk, now: float) -> ChunkResult:
         """Plan and (if safe) start executing ``chunk``; ``now`` in the same clock as ``chunk.stamp``."""
         with self._lock:
             try:

@@ -37,7 +37,7 @@ from dynaguide.config import from_dict
 from dynaguide_msgs.msg import ActionChunk as ActionChunkMsg
 
 from arx5_driver.backends import ArmBackend, SdkBackend, SimBackend
-from arx5_driver.chunk_executor import ActionChunk, ChunkRejected
+from arx5_driver.chunk_executor import ChunkRejected, ExecutorChunk
 from arx5_driver.config import DriverConfig
 from arx5_driver.controller import ArmController
 from arx5_driver.kinematics import Kinematics
@@ -200,7 +200,7 @@ class Arx5DriverNode(Node):
         now = self._now()
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         try:
-            chunk = ActionChunk.from_flat(stamp, msg.action_space, int(msg.horizon), int(msg.action_dim),
+            chunk = ExecutorChunk.from_flat(stamp, msg.action_space, int(msg.horizon), int(msg.action_dim),
                                           np.asarray(msg.actions, dtype=float), int(msg.start_index), float(msg.dt),
                                           msg.header.frame_id, int(msg.frozen_steps))
         except ChunkRejected as exc:

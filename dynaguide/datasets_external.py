@@ -155,7 +155,7 @@ def decode_video_frames(path: Path, timestamps: np.ndarray, tolerance_s: float) 
 
 def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Iterator[Demo]:
     """One :class:`Demo` per episode of the LeRobotDataset at ``root``: ``images {"<camera key>": (L, H, W, 3)}``
-    uint8, ``proprio (L, P)``, ``actions (L, A)`` float32 raw; ``behavior`` = the episode's first task string."""
+    uint8, ``proprio (L, P)``, ``actions (L, A)`` float32 raw; ``behaviour`` = the episode's first task string."""
     root = Path(root)
     ds = _open(root)
     meta = ds.meta
@@ -196,7 +196,7 @@ def lerobot_episodes(root: str | Path, keys: LeRobotKeys | None = None) -> Itera
                 images = images.transpose(0, 2, 3, 1)
         tasks = ep.get("tasks") or []
         yield Demo(actions=actions, images={keys.camera: np.ascontiguousarray(images)}, proprio=proprio,
-                   behavior=str(tasks[0]) if tasks else None, name=f"episode_{int(ep['episode_index'])}")
+                   behaviour=str(tasks[0]) if tasks else None, name=f"episode_{int(ep['episode_index'])}")
 
 
 def write_lerobot_as_hdf5(root: str | Path, out: str | Path, keys: LeRobotKeys | None = None,
@@ -230,7 +230,7 @@ def write_lerobot_as_hdf5(root: str | Path, out: str | Path, keys: LeRobotKeys |
             ranges = [(0, len(demo))] if segment == "episode" else window_segments(len(demo), window, stride)
             for s, e in ranges:
                 part = Demo(actions=demo.actions[s:e], images={camera: demo.images[camera][s:e]},
-                            proprio=demo.proprio[s:e], behavior=demo.behavior)
+                            proprio=demo.proprio[s:e], behaviour=demo.behaviour)
                 write_demo(data, part, f"demo_{n_seg}", attrs={"episode": demo.name, "start": s, "end": e},
                            compression=compression, compression_opts=1 if compression else None)
                 n_seg += 1

@@ -17,7 +17,7 @@ re-publishes an unchanged stamp while the world waits for the policy; those repe
 Step ``k`` is the observation at stamp ``t_k``; the action executed from it is the one due at ``t_k + dt``.
 
 Executed actions are reconstructed from the recorded chunks with the executor's own rules — the chunks are
-replayed through :class:`dynaguide.execution.ActionSchedule`: each chunk's action ``i`` (``i >= start_index``)
+replayed through :class:`dynaguide.chunk_execution.ActionSchedule`: each chunk's action ``i`` (``i >= start_index``)
 is scheduled at ``stamp + (i - start_index + 1) * dt``, the newest chunk wins from its first action still in
 the future when it arrives (after its ``frozen_steps``, which real-time chunking made agree with the previous
 chunk's queued actions), actions already due on arrival are never queued, and a step with nothing due
@@ -151,7 +151,7 @@ def read_recording(path: str | Path, cfg: FromMcapConfig) -> _Recording:
     from mcap.reader import make_reader
     from mcap_ros2.decoder import DecoderFactory
 
-    from dynaguide.execution import chunk_from_flat
+    from dynaguide.chunk_execution import chunk_from_flat
 
     path = Path(path)
     if not path.is_file():
@@ -237,8 +237,8 @@ class Steps:
 
 def reconstruct_steps(rec: _Recording, cfg: FromMcapConfig) -> Steps:
     """Control steps from the robot states, and the action executed at each by replaying the chunks through
-    :class:`~dynaguide.execution.ActionSchedule` (module docstring)."""
-    from dynaguide.execution import ActionSchedule
+    :class:`~dynaguide.chunk_execution.ActionSchedule` (module docstring)."""
+    from dynaguide.chunk_execution import ActionSchedule
 
     # one step per distinct stamp (first message of each)
     steps: list[tuple[int, float, np.ndarray, np.ndarray | None]] = []
@@ -397,7 +397,7 @@ def convert_mcap(path: str | Path, out: str | Path, cfg: FromMcapConfig | None =
             images = {cam: np.stack([rec.frames[cam][1][j] for j in steps.frame_index[cam][s:e]])
                       for cam in rec.frames}
             demo = Demo(actions=steps.actions[s:e], images=images, proprio=steps.proprio[s:e],
-                        states=None if steps.scene is None else steps.scene[s:e], behavior=behaviour)
+                        states=None if steps.scene is None else steps.scene[s:e], behaviour=behaviour)
             write_demo(data, demo, f"demo_{i}", attrs={
                 "t_start": float(steps.stamps[s]), "t_end": float(steps.stamps[e - 1]),
                 "guided_fraction": float(steps.guided[s:e].mean()), "held_steps": int(steps.held[s:e].sum()),

@@ -170,11 +170,11 @@ def _prepare_hdf5(cfg: DynamicsDataConfig, out_dir: Path) -> tuple[Path, str, di
                 images = read_hdf5_array(src._camera_dataset(name, camera), f"{where}/obs/{camera}")
                 length = len(actions)
                 ranges = [(0, length)] if cfg.segment == "episode" else window_segments(length, cfg.window, cfg.stride)
-                behavior = src.behavior[name]
+                behaviour = src.behaviour[name]
                 for s, e in ranges:
                     write_demo(data, Demo(actions=actions[s:e], images={camera: images[s:e]},
                                           proprio=proprio[s:e] if proprio is not None else
-                                          np.zeros((e - s, 0), np.float32), behavior=behavior),
+                                          np.zeros((e - s, 0), np.float32), behaviour=behaviour),
                                f"demo_{n}", attrs={"source_demo": name, "start": s, "end": e})
                     n += 1
             if n == 0:  # inside: the temp file is removed, no empty prepared.h5 is left

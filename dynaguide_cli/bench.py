@@ -1,5 +1,5 @@
 """``dynaguide bench embedder | guidance | realtime``: the performance benchmarks (:mod:`dynaguide.bench`,
-:mod:`dynaguide.realtime`).
+:mod:`dynaguide.realtime_bench`).
 
 The libraries import torch; they are imported when a benchmark runs, not when the command line is built.
 """
@@ -118,7 +118,7 @@ def run_embedder_bench(args: argparse.Namespace) -> int:
 
 def run_realtime_bench(args: argparse.Namespace) -> int:
     """``dynaguide bench realtime``: compute p50/p95 per guided chunk against the execution budget."""
-    from dynaguide.realtime import bench_graph, load_graph_policy
+    from dynaguide.realtime_bench import bench_graph, load_graph_policy
 
     report = {}
     checkpoints = args.checkpoints or ["none"] * len(args.config)

@@ -56,17 +56,20 @@ def command_line(args: argparse.Namespace) -> str:
 def run_stage(stage: str, cfg: BlockTouchConfig, force: bool = False, command: str = "") -> None:
     import torch
 
-    from dynaguide_experiments.blocktouch import pipeline, report
+    from dynaguide_experiments.blocktouch import report
+    from dynaguide_experiments.blocktouch.stages.collect import stage_collect
+    from dynaguide_experiments.blocktouch.stages.evaluate import stage_eval
+    from dynaguide_experiments.blocktouch.stages.training import stage_train_dynamics, stage_train_policy
 
     torch.set_num_threads(max(1, cfg.threads))
     if stage in ("collect", "run"):
-        pipeline.stage_collect(cfg, force)
+        stage_collect(cfg, force)
     if stage in ("train-policy", "run"):
-        pipeline.stage_train_policy(cfg, force)
+        stage_train_policy(cfg, force)
     if stage in ("train-dynamics", "run"):
-        pipeline.stage_train_dynamics(cfg, force)
+        stage_train_dynamics(cfg, force)
     if stage in ("eval", "run"):
-        pipeline.stage_eval(cfg, force, command)
+        stage_eval(cfg, force, command)
     if stage in ("report", "run"):
         for path in report.write_report(cfg):
             print(f"wrote {path}")
@@ -78,17 +81,18 @@ def _main(args: argparse.Namespace) -> int:
     if args.stage in ("sweep", "diagnose"):  # validation-scene studies on trained checkpoints
         import torch
 
-        from dynaguide_experiments.blocktouch import pipeline
+        from dynaguide_experiments.blocktouch.stages.diagnose import stage_diagnose
+        from dynaguide_experiments.blocktouch.stages.sweep import stage_sweep
 
         torch.set_num_threads(max(1, cfg.threads))
         given = tuple(args.methods.split(",")) if args.methods else None
         if args.stage == "sweep":
             scales = [float(x) for x in args.scales.split(",")]
-            pipeline.stage_sweep(cfg, scales, given or ("dynaguide_classifier",), cfg.eval.layouts,
-                                 cfg.eval.rollouts, command=command_line(args))
+            stage_sweep(cfg, scales, given or ("dynaguide_classifier",), cfg.eval.layouts,
+                        cfg.eval.rollouts, command=command_line(args))
         else:
-            pipeline.stage_diagnose(cfg, given or ("base", "dynaguide_classifier", "sampling"), cfg.eval.layouts,
-                                    cfg.eval.rollouts, command=command_line(args))
+            stage_diagnose(cfg, given or ("base", "dynaguide_classifier", "sampling"), cfg.eval.layouts,
+                           cfg.eval.rollouts, command=command_line(args))
         return 0
     run_stage(args.stage, cfg, args.force, command_line(args))
     print(f"blocktouch {args.stage}: done in {time.perf_counter() - t0:.0f} s "

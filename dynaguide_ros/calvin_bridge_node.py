@@ -1,7 +1,7 @@
 """``calvin_bridge`` node — the PyBullet play table as a ROS 2 robot.
 
 Executes ``action_chunk`` (dynaguide_msgs/ActionChunk, action space ``calvin_rel_ee``) at the
-simulation's control rate (30 Hz) with :class:`dynaguide.execution.ActionSchedule` (late actions dropped
+simulation's control rate (30 Hz) with :class:`dynaguide.chunk_execution.ActionSchedule` (late actions dropped
 by timestamp, hold when nothing is due), publishes ``camera/rgb_static`` and ``camera/rgb_gripper``
 (sensor_msgs/Image, sensor-data QoS) at ``camera_hz``, ``joint_states``, ``calvin/state`` (CalvinState)
 and ``calvin/behaviour`` events (e.g. "drawer_open detected"); serves ``calvin/reset`` (ResetScene).
@@ -32,7 +32,7 @@ from std_srvs.srv import Trigger
 from calvin_bridge.config import CalvinEnvConfig
 from calvin_bridge.env import CalvinEnv
 from calvin_bridge.experts import scene_for_behaviours
-from dynaguide.execution import DEFAULT_MAX_FUTURE_S, ActionSchedule
+from dynaguide.chunk_execution import DEFAULT_MAX_FUTURE_S, ActionSchedule
 from dynaguide.text import short_repr
 from dynaguide_msgs.msg import ActionChunk, BehaviourEvent, CalvinState
 from dynaguide_msgs.srv import ResetScene

@@ -14,7 +14,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import Image
 
-from dynaguide.execution import check_chunk, chunk_from_flat
+from dynaguide.chunk_execution import check_chunk, chunk_from_flat
 from dynaguide.image_msgs import SUPPORTED_ENCODINGS, MessageError, rgb_from_image_msg  # noqa: F401  (the nodes import them here)
 from dynaguide_msgs.msg import ActionChunk, PatchEmbedding
 
@@ -84,8 +84,8 @@ def chunk_to_msg(actions: np.ndarray, action_space: str, stamp: Time, dt: float,
 
 
 def chunk_from_msg(msg: ActionChunk) -> np.ndarray:
-    """``ActionChunk`` → ``(T, A) float32``; raises :class:`MessageError` if inconsistent or non-finite
-    (the rules of :func:`dynaguide.execution.chunk_from_flat` and :func:`~dynaguide.execution.check_chunk`)."""
+    """``ActionChunk`` → ``(T, A) float32``; raises :class:`MessageError` if inconsistent or non-finite (the rules
+    of :func:`dynaguide.chunk_execution.chunk_from_flat` and :func:`~dynaguide.chunk_execution.check_chunk`)."""
     try:
         actions = chunk_from_flat(np.frombuffer(msg.actions, dtype=np.float32), msg.horizon, msg.action_dim,
                                   dtype=np.float32).copy()

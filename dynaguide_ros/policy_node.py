@@ -3,7 +3,7 @@
 Inputs: camera images (one topic per policy camera: ``camera/<key>``), proprioception
 (``calvin/state`` robot_obs, or ``joint_states``), the policy-camera embedding (``embedding``) and the
 guidance in force (``guidance/set``, transient-local).  Every ``replan_period_s`` it builds the
-observation (staleness-checked), runs :class:`dynaguide.runtime.GuidedPolicyRunner` and publishes
+observation (staleness-checked), runs :class:`dynaguide.guided_runner.GuidedPolicyRunner` and publishes
 ``action_chunk`` stamped with the observation time, ``policy/diagnostics`` and
 ``policy/predicted_path`` (rviz markers of the chunk's integrated end-effector path; it starts at the
 end effector: ``calvin/state`` robot_obs[:3], or ``ee_pose`` with ``proprio_source: joint_states``).
@@ -17,18 +17,18 @@ Real time: sampling runs on its own thread, so in wall-clock mode the robot exec
 the next one is computed; the next chunk starts as soon as the newest observation is ``replan_period_s`` newer
 than the last one used, or as soon as the sampler is free when a chunk takes longer than that (back-to-back).
 The executor (bridge or driver) splices it in from its first action still in the future
-(:mod:`dynaguide.execution`), so every executed action comes from an observation c to c + ``replan_period_s``
+(:mod:`dynaguide.chunk_execution`), so every executed action comes from an observation c to c + ``replan_period_s``
 old (c = compute time).  ``policy/diagnostics`` carries the compute p95 over the last 20 chunks against the
 execution budget ``n_action_steps · action_dt`` and a WARN is logged while it is over budget;
 ``dynaguide bench realtime --config <graph.yaml>`` measures the same before a robot is involved
-(:mod:`dynaguide.realtime`).
+(:mod:`dynaguide.realtime_bench`).
 
 Real-time chunking (``runner.rtc.enabled``): each chunk is sampled to agree with the previous chunk's actions that
 run while it is computed — d = ceil(p95 observation-to-publication latency / ``action_dt``), measured on the node's
-clock (0 under a lockstep simulator: unchanged there; :class:`dynaguide.runtime.RTCSchedule`).  How many leading
+clock (0 under a lockstep simulator: unchanged there; :class:`dynaguide.guided_runner.RTCSchedule`).  How many leading
 actions were frozen is published with the chunk (``ActionChunk.frozen_steps``, 0 without RTC) and in the
 ``/diagnostics`` status; the executor keeps the previous chunk's actions at those times and switches to the new
-chunk at its first free action (:mod:`dynaguide.execution`).
+chunk at its first free action (:mod:`dynaguide.chunk_execution`).
 
 The guidance signal (:mod:`dynaguide.guidance.signal`): for every chunk sampled while goals are set (guided, or
 s = 0), ``policy/guidance_signal`` (``diagnostic_msgs/DiagnosticArray``, stamped with the chunk's observation
@@ -53,9 +53,9 @@ from visualization_msgs.msg import Marker, MarkerArray
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, PoseStamped
 
-from dynaguide.execution import StampedHistory
-from dynaguide.realtime import LatencyMonitor
-from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RTCSchedule, RunnerConfig
+from dynaguide.chunk_execution import ObservationHistory
+from dynaguide.realtime_bench import LatencyMonitor
+from dynaguide.guided_runner import EmbedderMismatchError, GuidedPolicyRunner, RTCSchedule, RunnerConfig
 from dynaguide_msgs.msg import ActionChunk, CalvinState, GuidanceSet, PatchEmbedding, PolicyDiagnostics
 from dynaguide_ros.conversions import (MessageError, chunk_to_msg, embedding_from_msg, rgb_from_image_msg,
                                        seconds_to_time, time_to_seconds)
@@ -130,7 +130,7 @@ class PolicyNode(Node):
         else:
             self.get_logger().info(f"dynamics model trained on embedder {self.runner.expected_embedder_id}")
         self.n_obs = self.runner.policy.n_obs_steps
-        # compute against the time the chunk's committed actions last (dynaguide.realtime)
+        # compute against the time the chunk's committed actions last (dynaguide.realtime_bench)
         self.latency = LatencyMonitor(self.runner.policy.n_action_steps * self.cfg.action_dt * 1e3)
         self.rtc_schedule = RTCSchedule(self.cfg.action_dt)   # real-time chunking's delay and shift (runner.rtc)
         # the actions executed before the next replan (a lockstep simulator runs exactly these, then waits): the
@@ -139,8 +139,8 @@ class PolicyNode(Node):
         self.commit_steps = min(horizon_left, max(1, round(self.cfg.replan_period_s / self.cfg.action_dt)))
         self._lock = threading.Lock()
         # one entry per distinct stamp: a lockstep sim republishes its last frame and state while it waits
-        self.frames = {k: StampedHistory(self.n_obs) for k in self.runner.policy.cfg.image_keys}
-        self.proprio = StampedHistory(self.n_obs)
+        self.frames = {k: ObservationHistory(self.n_obs) for k in self.runner.policy.cfg.image_keys}
+        self.proprio = ObservationHistory(self.n_obs)
         self.tcp_xyz = np.zeros(3)
         self.embedding: tuple[float, np.ndarray, str] | None = None
         self.guidance_revision = 0

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arx5_driver.backends import load_sdk_configs
-from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected, StateHistory
+from arx5_driver.chunk_executor import ChunkExecutor, ChunkRejected, ExecutorChunk, JointStateBuffer
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
 from arx5_driver.transforms import rotvec_to_matrix
@@ -34,7 +34,7 @@ def test_schedule_follows_message_convention_and_drops_passed_actions(setup):
     ex = make_executor(setup)
     acts = joint_rows(8)
     # start_index 2: action i is due at stamp + (i - 2 + 1) * dt
-    chunk = ActionChunk(10.0, "joint_position", acts, 2, 0.1)
+    chunk = ExecutorChunk(10.0, "joint_position", acts, 2, 0.1)
     wp = ex.plan(chunk, now=10.0, reference=None)
     np.testing.assert_allclose(wp.times, 10.0 + np.arange(1, 7) * 0.1)
     np.testing.assert_allclose(wp.joint_pos, acts[2:, :6])
@@ -48,7 +48,7 @@ def test_schedule_follows_message_convention_and_drops_passed_actions(setup):
 def test_interpolation_starts_at_current_command_and_holds_last(setup):
     ex = make_executor(setup)
     acts = joint_rows(4)
-    chunk = ActionChunk(0.0, "joint_position", acts, 0, 0.1)
+    chunk = ExecutorChunk(0.0, "joint_position", acts, 0, 0.1)
     current = Q0 - 0.02
     ex.accept(chunk.stamp, ex.plan(chunk, 0.05, None), 0.05, current, 0.0)
     q, g = ex.sample(0.05)
@@ -64,7 +64,7 @@ def test_interpolation_starts_at_current_command_and_holds_last(setup):
 
 def test_latency_shifts_actions_earlier(setup):
     ex = make_executor(setup, action_latency_s=0.04)
-    wp = ex.plan(ActionChunk(1.0, "joint_position", joint_rows(3), 0, 0.1), 1.0, None)
+    wp = ex.plan(ExecutorChunk(1.0, "joint_position", joint_rows(3), 0, 0.1), 1.0, None)
     np.testing.assert_allclose(wp.times, [1.06, 1.16, 1.26])
 
 
@@ -84,25 +84,25 @@ def test_rejections(setup, change, match):
     base = dict(stamp=5.0, action_space="joint_position", actions=joint_rows(4), start_index=0, dt=0.1)
     base.update(change)
     with pytest.raises(ChunkRejected, match=match):
-        ex.plan(ActionChunk(**base), now=5.0, reference=None)
+        ex.plan(ExecutorChunk(**base), now=5.0, reference=None)
 
 
 def test_out_of_order_rejected_after_accept(setup):
     ex = make_executor(setup)
-    c1 = ActionChunk(5.0, "joint_position", joint_rows(4), 0, 0.1)
+    c1 = ExecutorChunk(5.0, "joint_position", joint_rows(4), 0, 0.1)
     ex.accept(c1.stamp, ex.plan(c1, 5.0, None), 5.0, Q0, 0.0)
     for stamp in (5.0, 4.99):
         with pytest.raises(ChunkRejected, match="out of order"):
-            ex.plan(ActionChunk(stamp, "joint_position", joint_rows(4), 0, 0.1), 5.01, None)
-    ex.plan(ActionChunk(5.001, "joint_position", joint_rows(4), 0, 0.1), 5.01, None)
+            ex.plan(ExecutorChunk(stamp, "joint_position", joint_rows(4), 0, 0.1), 5.01, None)
+    ex.plan(ExecutorChunk(5.001, "joint_position", joint_rows(4), 0, 0.1), 5.01, None)
 
 
 def test_from_flat_checks_sizes():
     flat = np.arange(14, dtype=np.float32)
-    chunk = ActionChunk.from_flat(1.0, "joint_position", 2, 7, flat, 0, 0.1)
+    chunk = ExecutorChunk.from_flat(1.0, "joint_position", 2, 7, flat, 0, 0.1)
     assert chunk.actions.shape == (2, 7) and chunk.actions[1, 0] == 7
     with pytest.raises(ChunkRejected, match="expected horizon"):
-        ActionChunk.from_flat(1.0, "joint_position", 3, 7, flat, 0, 0.1)
+        ExecutorChunk.from_flat(1.0, "joint_position", 3, 7, flat, 0, 0.1)
 
 
 @pytest.mark.parametrize("frame", ["", "base_link", "eef_link"])
@@ -111,7 +111,7 @@ def test_ee_delta_chains_steps_from_observed_pose(setup, frame):
     ex = make_executor(setup)
     rng = np.random.default_rng(3)
     steps = np.hstack([rng.normal(0, 0.01, (5, 3)), rng.normal(0, 0.03, (5, 3)), np.full((5, 1), 0.02)])
-    chunk = ActionChunk(2.0, "ee_delta", steps, 1, 0.1, frame)
+    chunk = ExecutorChunk(2.0, "ee_delta", steps, 1, 0.1, frame)
     wp = ex.plan(chunk, 2.0, reference=(Q0, 0.0))
     p, r = kin.fk(Q0)
     expected = []
@@ -133,31 +133,31 @@ def test_ee_delta_tool_and_base_frames_differ(setup):
     ex = make_executor(setup)
     q_yawed = Q0 + np.array([0.8, 0, 0, 0, 0, 0])  # base joint turned: tool x points 0.9 rad off base x
     step = np.array([[0.02, 0.0, 0.0, 0, 0, 0, 0.0]])
-    base = ex.plan(ActionChunk(1.0, "ee_delta", step, 0, 0.1, "base_link"), 1.0, (q_yawed, 0.0)).joint_pos[0]
-    tool = ex.plan(ActionChunk(1.0, "ee_delta", step, 0, 0.1, "eef_link"), 1.0, (q_yawed, 0.0)).joint_pos[0]
+    base = ex.plan(ExecutorChunk(1.0, "ee_delta", step, 0, 0.1, "base_link"), 1.0, (q_yawed, 0.0)).joint_pos[0]
+    tool = ex.plan(ExecutorChunk(1.0, "ee_delta", step, 0, 0.1, "eef_link"), 1.0, (q_yawed, 0.0)).joint_pos[0]
     kin = setup[1]
     p0, r0 = kin.fk(q_yawed)
     np.testing.assert_allclose(kin.fk_position(base) - p0, [0.02, 0, 0], atol=2e-3)
     np.testing.assert_allclose(kin.fk_position(tool) - p0, r0 @ [0.02, 0, 0], atol=2e-3)
     assert np.linalg.norm(r0 @ [0.02, 0, 0] - [0.02, 0, 0]) > 0.01  # the two conventions really differ here
     with pytest.raises(ChunkRejected, match="frame_id"):
-        ex.plan(ActionChunk(1.0, "ee_delta", step, 0, 0.1, "camera"), 1.0, (q_yawed, 0.0))
+        ex.plan(ExecutorChunk(1.0, "ee_delta", step, 0, 0.1, "camera"), 1.0, (q_yawed, 0.0))
 
 
 def test_ee_delta_unreachable_is_cut_or_rejected(setup):
     ex = make_executor(setup)
     steps = np.zeros((4, 7))
     steps[:, 0] = [0.01, 0.01, 2.0, 0.01]  # the third step leaves the reachable space
-    wp = ex.plan(ActionChunk(1.0, "ee_delta", steps, 0, 0.1), 1.0, (Q0, 0.0))
+    wp = ex.plan(ExecutorChunk(1.0, "ee_delta", steps, 0, 0.1), 1.0, (Q0, 0.0))
     assert len(wp.joint_pos) == 2
     with pytest.raises(ChunkRejected, match="unreachable"):
-        ex.plan(ActionChunk(1.1, "ee_delta", steps[2:], 0, 0.1), 1.1, (Q0, 0.0))
+        ex.plan(ExecutorChunk(1.1, "ee_delta", steps[2:], 0, 0.1), 1.1, (Q0, 0.0))
     with pytest.raises(ChunkRejected, match="no measured state"):
-        ex.plan(ActionChunk(1.2, "ee_delta", steps[:1], 0, 0.1), 1.2, None)
+        ex.plan(ExecutorChunk(1.2, "ee_delta", steps[:1], 0, 0.1), 1.2, None)
 
 
 def test_state_history_lookup():
-    h = StateHistory(6, capacity=5)
+    h = JointStateBuffer(6, capacity=5)
     for k in range(8):
         h.append(k * 0.1, np.full(6, k), 0.01 * k)
     q, g = h.at(0.52)

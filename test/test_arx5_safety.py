@@ -1,7 +1,7 @@
 """Safety layer + chunk executor: property test over adversarial chunks, watchdog, e-stop, shutdown.
 
 The arm is the real ``SdkBackend`` on the installed SDK's config objects with the CAN-connected
-controller replaced by :class:`arx5_driver.standin.StandInJointController`.
+controller replaced by :class:`_arx5_standin.StandInJointController` (test/_arx5_standin.py).
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from arx5_driver.backends import SdkBackend
-from arx5_driver.chunk_executor import ActionChunk
+from arx5_driver.chunk_executor import ExecutorChunk
 from arx5_driver.config import ExecutorConfig, SafetyConfig
 from arx5_driver.controller import ArmController
 from arx5_driver.safety import Action, Mode
-from arx5_driver.standin import StandInJointController
+
+from _arx5_standin import StandInJointController
 
 Q_START = np.array([0.0, 0.8, 0.8, 0.0, 0.0, 0.0])
 
@@ -35,7 +36,7 @@ def make_controller(safety: SafetyConfig | None = None, alpha: float = 1.0, q0=Q
 def joint_chunk(stamp, q_rows, gripper=0.04, dt=0.1, start_index=0):
     q_rows = np.atleast_2d(q_rows)
     acts = np.hstack([q_rows, np.full((len(q_rows), 1), gripper)])
-    return ActionChunk(stamp, "joint_position", acts, start_index, dt)
+    return ExecutorChunk(stamp, "joint_position", acts, start_index, dt)
 
 
 def run_ticks(ctrl, now, seconds):
@@ -128,17 +129,17 @@ def test_property_adversarial_chunks_never_leave_limits_or_workspace():
                 acts[:, 2] = -0.02
             acts[:, 6] = rng.uniform(-0.05, 0.15)
             frame = rng.choice(["", "base_link", "eef_link"])
-            chunk = ActionChunk(stamp, "ee_delta", acts, 0, 0.1, str(frame))
+            chunk = ExecutorChunk(stamp, "ee_delta", acts, 0, 0.1, str(frame))
         elif kind == "malformed":
             choice = rng.integers(4)
             if choice == 0:
-                chunk = ActionChunk(stamp, "joint_position", np.zeros((horizon, 5)), 0, 0.02)
+                chunk = ExecutorChunk(stamp, "joint_position", np.zeros((horizon, 5)), 0, 0.02)
             elif choice == 1:
                 chunk = joint_chunk(stamp, q_meas, dt=float(rng.choice([0.0, -0.1, np.nan])))
             elif choice == 2:
                 chunk = joint_chunk(stamp, np.tile(q_meas, (horizon, 1)), start_index=horizon)
             else:
-                chunk = ActionChunk(stamp, "calvin_rel_ee", np.zeros((horizon, 7)), 0, 0.02)
+                chunk = ExecutorChunk(stamp, "calvin_rel_ee", np.zeros((horizon, 7)), 0, 0.02)
         elif kind == "silence":
             # long enough for the watchdog to hold (0.02 s) or to damp (0.06 s)
             start = now
@@ -279,7 +280,7 @@ def test_workspace_holds_at_the_table():
     assert z0 > 0.32
     down = np.zeros((16, 7))
     down[:, 2] = -0.01  # 16 cm down in 0.32 s: through the table at 0.30 m
-    assert ctrl.submit_chunk(ActionChunk(now, "ee_delta", down, 0, 0.02), now).accepted
+    assert ctrl.submit_chunk(ExecutorChunk(now, "ee_delta", down, 0, 0.02), now).accepted
     now, log = run_ticks(ctrl, now, 0.45)
     zs = [ctrl.kinematics.fk_position(c.joint_pos)[2] for _, c in log if c.joint_pos is not None]
     assert min(zs) >= 0.30 and min(zs) < 0.31

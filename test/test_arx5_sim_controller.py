@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from arx5_driver.backends import SimBackend
-from arx5_driver.chunk_executor import ActionChunk
+from arx5_driver.chunk_executor import ExecutorChunk
 from arx5_driver.config import ExecutorConfig, SafetyConfig
 from arx5_driver.controller import ArmController
 from arx5_driver.safety import Action
@@ -40,7 +40,7 @@ def test_sim_follows_chunk_stream_then_watchdog_stops_it(sim_controller):
             stamp = now - 0.03
             ts = stamp + 0.05 * np.arange(1, 17)
             rows = np.hstack([np.array([reference(t) for t in ts]), np.full((16, 1), 0.03)])
-            assert ctrl.submit_chunk(ActionChunk(stamp, "joint_position", rows, 0, 0.05), now).accepted
+            assert ctrl.submit_chunk(ExecutorChunk(stamp, "joint_position", rows, 0, 0.05), now).accepted
         cmd = ctrl.tick(now)
         log.append((now, cmd, sim.read_state()))
         now += dt

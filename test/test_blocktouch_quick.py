@@ -10,7 +10,7 @@ from dynaguide_experiments.blocktouch.classifier import OutcomeClassifier, Outco
 from dynaguide_experiments.blocktouch.config import BlockTouchConfig
 from dynaguide_experiments.blocktouch.layouts import LAYOUT_NAMES
 from dynaguide_experiments.blocktouch.methods import METHOD_NAMES, class_weights
-from dynaguide_experiments.blocktouch.pipeline import _unit_stats
+from dynaguide_experiments.blocktouch.stages.models import unit_stats
 
 
 def test_class_weights_are_the_papers():
@@ -29,7 +29,7 @@ def test_classifier_context_split_equals_the_classifier(path_features):
     clf = OutcomeClassifier(OutcomeClassifierConfig(image_size=32, num_keypoints=4, cnn_width=8, hidden_dim=16,
                                                     proprio_dim=2, action_dim=2, horizon=16,
                                                     path_features=path_features)).eval()
-    _unit_stats(clf)
+    unit_stats(clf)
     image, proprio, actions = torch.rand(5, 3, 32, 32), torch.rand(5, 2) * 2 - 1, torch.randn(5, 16, 2)
     context = clf.encode_context(image, proprio)
     assert torch.allclose(clf.predict_from_context(context, actions), clf(image, proprio, actions), atol=1e-6)

@@ -61,7 +61,7 @@ def test_dataset_loads_through_method_core(tiny_dataset):
     datasets = pytest.importorskip("dynaguide.data.datasets")
     path, _ = tiny_dataset
     src = source.DemoSource(path)
-    assert len(src.names) == 2 and set(src.behavior.values()) <= {"button_on", "button_off"}
+    assert len(src.names) == 2 and set(src.behaviour.values()) <= {"button_on", "button_off"}
     ds = datasets.PolicyDataset(path, image_keys=["third_person", "eye_in_hand"], n_obs_steps=2, horizon=8)
     item = ds[0]
     assert tuple(item["third_person"].shape) == (2, 3, 32, 32)

@@ -305,7 +305,7 @@ def test_the_graphs_runner_steers_a_chunk_exactly_as_the_harness_planner(tiny_se
     from dynaguide.guidance.objectives import action_transform_for
     from dynaguide_experiments.calvin.evaluate import load_models
     from dynaguide_experiments.calvin.harness import Observation, Planners, load_goal_images
-    from dynaguide.runtime import GuidedPolicyRunner
+    from dynaguide.guided_runner import GuidedPolicyRunner
 
     root, cfg = tiny_setup
     policy, dynamics = load_models(cfg)

@@ -16,7 +16,7 @@ from dynaguide_experiments.calvin.pipeline import merge_segments
 def _demos(n: int, behaviour: str, offset: float) -> list[Demo]:
     return [Demo(actions=np.full((3 + i, 7), offset + i, np.float32),
                  images={"third_person": np.zeros((3 + i, 8, 8, 3), np.uint8)},
-                 proprio=np.zeros((3 + i, 15), np.float32), behavior=behaviour) for i in range(n)]
+                 proprio=np.zeros((3 + i, 15), np.float32), behaviour=behaviour) for i in range(n)]
 
 
 def test_merge_keeps_every_segment_in_order_and_is_idempotent(tmp_path):
@@ -26,7 +26,7 @@ def test_merge_keeps_every_segment_in_order_and_is_idempotent(tmp_path):
     assert merge_segments((str(a), str(b)), out) == {"demos": 5, "skipped": False}
     src = DemoSource(out)
     assert src.names == [f"demo_{i}" for i in range(5)]
-    assert [src.behavior[n] for n in src.names] == ["switch_on"] * 3 + ["drawer_open"] * 2
+    assert [src.behaviour[n] for n in src.names] == ["switch_on"] * 3 + ["drawer_open"] * 2
     assert src.actions["demo_3"][0, 0] == 100.0 and src.length("demo_4") == 4
     with h5py.File(out) as f:
         assert f["data/demo_4"].attrs["source"] == "b.h5:demo_1"

@@ -1,5 +1,5 @@
 """One set of chunk rules: the simulation bridge's schedule, the ROS message decoder and the ARX5 chunk
-executor reject the same bad chunk for the same reason (``dynaguide.execution``), and the ARX5 executor
+executor reject the same bad chunk for the same reason (``dynaguide.chunk_execution``), and the ARX5 executor
 keeps its own ``max_future_s``."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from arx5_driver.backends import load_sdk_configs
-from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor, ChunkRejected
+from arx5_driver.chunk_executor import ChunkExecutor, ChunkRejected, ExecutorChunk
 from arx5_driver.config import ExecutorConfig
 from arx5_driver.kinematics import Kinematics
-from dynaguide.execution import ActionSchedule, check_chunk_stamp
+from dynaguide.chunk_execution import ActionSchedule, check_chunk_stamp
 from dynaguide_ros.conversions import MessageError, chunk_from_msg, chunk_to_msg, seconds_to_time
 
 NOW = 5.0
@@ -47,7 +47,7 @@ def _reasons(arx5, actions: np.ndarray, stamp: float, dt: float, start_index: in
         out["message"] = str(exc)
     ex = ChunkExecutor(arx5[0], arx5[1], ExecutorConfig(max_future_s=max_future_s))
     try:
-        ex.plan(ActionChunk(stamp, "joint_position", actions, start_index, dt, frozen_steps=frozen_steps), NOW, None)
+        ex.plan(ExecutorChunk(stamp, "joint_position", actions, start_index, dt, frozen_steps=frozen_steps), NOW, None)
         out["arx5"] = ""
     except ChunkRejected as exc:
         out["arx5"] = str(exc)
@@ -88,16 +88,16 @@ def test_stamp_rules_are_shared_and_max_future_s_is_kept(arx5):
                                                                           "arx5": ""}
     with pytest.raises(ChunkRejected, match="out of order: chunk stamp 5.000000 is not newer"):
         ex = ChunkExecutor(arx5[0], arx5[1], ExecutorConfig())
-        chunk = ActionChunk(NOW, "joint_position", _rows(), 0, 0.1)
+        chunk = ExecutorChunk(NOW, "joint_position", _rows(), 0, 0.1)
         ex.accept(chunk.stamp, ex.plan(chunk, NOW, None), NOW, np.zeros(6), 0.0)
         ex.plan(chunk, NOW + 0.01, None)
 
 
 def test_observation_history_keeps_one_entry_per_stamp():
     """A lockstep sim republishes frame t while it waits: the history must stay [t-1, t], not become [t, t]."""
-    from dynaguide.execution import StampedHistory
+    from dynaguide.chunk_execution import ObservationHistory
 
-    history = StampedHistory(2)
+    history = ObservationHistory(2)
     history.append(1.0, "a")
     assert history.padded(2) == ["a", "a"]                 # fewer than n seen: the oldest is repeated
     history.append(2.0, "b")
@@ -108,7 +108,7 @@ def test_observation_history_keeps_one_entry_per_stamp():
     history.append(3.0, "c")
     assert history.padded(2) == ["b again", "c"] and len(history) == 2
     with pytest.raises(ValueError, match="maxlen"):
-        StampedHistory(0)
+        ObservationHistory(0)
 
 
 @pytest.mark.parametrize("clock, stamp", [

@@ -70,7 +70,7 @@ def test_pairs_round_trip_and_nearest_goal_of_either_kind():
 
 
 def test_the_runner_returns_the_signal_when_goals_are_set_also_with_scale_zero():
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     runner = GuidedPolicyRunner.from_config(RunnerConfig(embed_tokens=16, embed_dim=8))
     rng = np.random.default_rng(0)

@@ -14,14 +14,14 @@ from dynaguide.embedders.random_patch import RandomPatchEmbedder
 
 
 
-def _demo(length, offset, behavior, a_dim=2):
+def _demo(length, offset, behaviour, a_dim=2):
     """Frame s of demo with offset o has every pixel = o + s, action s = [o + s, -(o + s)], proprio = o + s + 0.5."""
     steps = np.arange(length, dtype=np.float32) + offset
     images = np.broadcast_to(steps.astype(np.uint8)[:, None, None, None], (length, 8, 8, 3)).copy()
     actions = np.stack([steps, -steps], axis=1)[:, :a_dim]
     proprio = (steps + 0.5)[:, None].repeat(2, axis=1)
     return Demo(actions=actions, images={"rgb": images, "wrist": 255 - images}, proprio=proprio,
-                states=steps[:, None], behavior=behavior)
+                states=steps[:, None], behaviour=behaviour)
 
 
 @pytest.fixture
@@ -114,7 +114,7 @@ def test_bad_inputs_raise(tmp_path, h5_path):
     with pytest.raises(ValueError, match="no camera 'depth'"):
         PolicyDataset(h5_path, ["depth"])[0]
     with pytest.raises(ValueError, match="matched nothing"):
-        DynamicsDataset(h5_path, "rgb", behaviors=["jump"])
+        DynamicsDataset(h5_path, "rgb", behaviours=["jump"])
     with pytest.raises(ValueError, match=r"\(L=3, H, W, 3\) uint8"):
         Demo(actions=np.zeros((3, 2)), images={"rgb": np.zeros((3, 8, 8, 3), np.float32)}, proprio=np.zeros((3, 1)))
     with pytest.raises(ValueError, match="no 'data' group"):

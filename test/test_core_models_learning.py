@@ -38,7 +38,7 @@ def _demos(n=8, length=10):
             actions=np.stack([np.full(length, direction), np.zeros(length)], 1),
             images={"rgb": np.stack([_frame(row, c) for c in cols])},
             proprio=np.stack([cols, np.full(length, row)], 1),
-            behavior="right" if upper else "left",
+            behaviour="right" if upper else "left",
         ))
     return demos
 
@@ -83,7 +83,7 @@ def test_dynamics_predicts_the_outcome_better_than_the_current_frame(tmp_path):
     assert err_model < 0.25 * err_copy, (err_model, err_copy)
     # and the prediction is closer to its own demo's final frame than to the opposite demo's
     right_final, left_final = torch.from_numpy(tokens["demo_0"][-1]), torch.from_numpy(tokens["demo_1"][-1])
-    labels = [ds.source.behavior[n] for n, _ in ds.index]
+    labels = [ds.source.behaviour[n] for n, _ in ds.index]
     d_right = (pred - right_final).flatten(1).norm(dim=1)
     d_left = (pred - left_final).flatten(1).norm(dim=1)
     correct = [(dr < dl) == (lab == "right") for dr, dl, lab in zip(d_right, d_left, labels)]

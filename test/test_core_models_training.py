@@ -41,7 +41,7 @@ def _demos(n=6, length=12, size=16, seed=0):
         actions = np.stack([np.full(length, direction), rng.normal(0, 0.1, length)], 1)
         proprio = np.stack([pos, np.zeros(length)], 1)
         demos.append(Demo(actions=actions, images={"rgb": images}, proprio=proprio,
-                          behavior="right" if direction > 0 else "left"))
+                          behaviour="right" if direction > 0 else "left"))
     return demos
 
 

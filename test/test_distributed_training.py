@@ -39,7 +39,7 @@ TINY = ["--embedder", "random", "--embedder-image-size", "28", "--embedder-patch
 def _data(path: Path) -> Path:
     rng = np.random.default_rng(0)
     demos = [Demo(actions=rng.normal(size=(20, 3)), images={"rgb": rng.integers(0, 255, (20, 32, 32, 3), np.uint8)},
-                  proprio=rng.normal(size=(20, 4)), behavior=f"b{i % 2}") for i in range(8)]
+                  proprio=rng.normal(size=(20, 4)), behaviour=f"b{i % 2}") for i in range(8)]
     return write_hdf5_dataset(path, demos)
 
 
@@ -134,7 +134,7 @@ def _demos(n=6, length=12, size=16):
     rng = np.random.default_rng(0)
     return [Demo(actions=np.stack([np.full(length, 1.0 - 2 * (i % 2)), rng.normal(0, 0.1, length)], 1),
                  images={"rgb": rng.integers(0, 255, (length, size, size, 3), np.uint8)},
-                 proprio=rng.normal(size=(length, 2)), behavior="right" if i % 2 == 0 else "left") for i in range(n)]
+                 proprio=rng.normal(size=(length, 2)), behaviour="right" if i % 2 == 0 else "left") for i in range(n)]
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -18,7 +18,7 @@ def test_client_strings_are_cut_before_they_are_echoed():
 def test_conversion_and_executor_errors_do_not_echo_megabytes():
     from sensor_msgs.msg import Image
 
-    from arx5_driver.chunk_executor import ActionChunk, ChunkExecutor
+    from arx5_driver.chunk_executor import ChunkExecutor, ExecutorChunk
     from dynaguide_ros.conversions import MessageError, rgb_from_image_msg
 
     huge = "e" * 1_000_000
@@ -30,4 +30,4 @@ def test_conversion_and_executor_errors_do_not_echo_megabytes():
     with pytest.raises(ValueError) as exc:
         executor._ee_delta_to_joints(np.zeros((1, 7)), np.zeros(6), "f" * 1_000_000)
     assert len(str(exc.value)) < 300
-    del ActionChunk
+    del ExecutorChunk

@@ -76,12 +76,12 @@ def _lerobot_policy(out: Path) -> Path:
 def test_lerobot_dataset_episodes_decode_and_train(tmp_path):
     from dynaguide.checkpoint import load_checkpoint
     from dynaguide.datasets_external import ExternalDatasetError, LeRobotKeys, lerobot_episodes
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     root = tmp_path / "tiny"
     _lerobot_dataset(root)
     demos = list(lerobot_episodes(root, LeRobotKeys(camera="observation.images.top")))
-    assert [len(d) for d in demos] == [20, 20, 20] and [d.behavior for d in demos] == ["task 0", "task 1", "task 0"]
+    assert [len(d) for d in demos] == [20, 20, 20] and [d.behaviour for d in demos] == ["task 0", "task 1", "task 0"]
     for ep, d in enumerate(demos):  # the frame at each row's timestamp, decoded from the shared video file
         assert np.allclose(d.actions[:, 0], ep + np.arange(20) / 100) and np.allclose(d.proprio[:, 0], np.arange(20))
         means = d.images["observation.images.top"].reshape(20, -1).mean(1)

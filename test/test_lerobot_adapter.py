@@ -216,7 +216,7 @@ def test_guidance_through_the_adapter_steers_the_chunk(adapter):
 def test_runner_drives_the_adapter_like_our_own_policy(saved_dir, adapter):
     """GuidedPolicyRunner (the policy node's core) with the adapter: unguided = LeRobot select_action for the
     runner's noise; goal tokens steer it."""
-    from dynaguide.runtime import GuidedPolicyRunner
+    from dynaguide.guided_runner import GuidedPolicyRunner
 
     runner = GuidedPolicyRunner(adapter, _dynamics(), trained=True, seed=7)
     assert runner.action_offset == TO - 1

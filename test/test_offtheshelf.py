@@ -44,7 +44,7 @@ def _write_h5(path, lengths=(20, 24), size=48, seed=0, fail_last=False):
         for i, n in enumerate(lengths):
             demo = Demo(actions=rng.uniform(-1, 1, (n, A)).astype(np.float32),
                         images={"third_person": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)},
-                        proprio=rng.normal(size=(n, P)).astype(np.float32), behavior=f"b{i % 2}")
+                        proprio=rng.normal(size=(n, P)).astype(np.float32), behaviour=f"b{i % 2}")
             success = not (fail_last and i == len(lengths) - 1)
             write_demo(data, demo, f"demo_{i}", attrs={"success": success})
             demos.append(demo)
@@ -72,7 +72,7 @@ def test_export_writes_a_lerobot_dataset_lerobot_reads_back(tmp_path):
     got = (item["observation.images.rgb_static"].numpy().transpose(1, 2, 0) * 255).round().astype(np.uint8)
     np.testing.assert_array_equal(got, want)           # PNG: lossless
     episodes = list(lerobot_episodes(out))              # our reader agrees
-    assert [len(e) for e in episodes] == [20, 24] and episodes[0].behavior == "b0"
+    assert [len(e) for e in episodes] == [20, 24] and episodes[0].behaviour == "b0"
 
     again = export_hdf5_to_lerobot([tmp_path / "a.h5"], out, image_size=32, progress=False)
     assert "skipped" in again                           # an existing dataset is kept (rerun = resume)

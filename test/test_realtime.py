@@ -1,4 +1,4 @@
-"""Latency budget and wall-clock schedule (dynaguide.realtime, ``dynaguide bench realtime``)."""
+"""Latency budget and wall-clock schedule (dynaguide.realtime_bench, ``dynaguide bench realtime``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dynaguide.execution import ActionSchedule
-from dynaguide.realtime import bench_graph, default_variants, load_graph_policy, simulate_wall_clock
+from dynaguide.chunk_execution import ActionSchedule
+from dynaguide.realtime_bench import bench_graph, default_variants, load_graph_policy, simulate_wall_clock
 
 ROOT = Path(__file__).resolve().parents[1]
 DT = 1 / 30

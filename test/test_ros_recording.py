@@ -274,7 +274,7 @@ def test_dynamics_model_trains_from_the_recording(trained):
 
 def test_trained_model_loads_and_guides_in_the_runner(trained):
     """Loaded the way the policy node does: the runner expects the model's embedder and guides with it."""
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     rc, out = trained
     assert rc == 0

@@ -184,7 +184,7 @@ def test_delay_steps_is_ceil_of_compute_over_dt(compute_ms, dt, expected):
 
 
 def test_rtc_schedule_estimates_shift_and_delay_online():
-    from dynaguide.runtime import RTCSchedule
+    from dynaguide.guided_runner import RTCSchedule
 
     schedule = RTCSchedule(dt=0.1)
     assert schedule.request(1.0) == (None, 0)                       # nothing published yet
@@ -200,7 +200,7 @@ def test_rtc_schedule_estimates_shift_and_delay_online():
 def test_runner_freezes_the_previous_chunks_actions_that_run_during_the_delay(mode, jacobian):
     import numpy as np
 
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     runner = GuidedPolicyRunner.from_config(RunnerConfig(rtc=RTCConfig(enabled=True, mode=mode, jacobian=jacobian)))
     rng = np.random.default_rng(0)

@@ -13,7 +13,7 @@ from dynaguide.dynamics import LatentDynamicsConfig, LatentDynamicsModel
 from dynaguide.embedders.identity import embedder_id, embedder_identity
 from dynaguide.embedders.random_patch import RandomPatchEmbedder
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
-from dynaguide.runtime import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
+from dynaguide.guided_runner import EmbedderMismatchError, GuidedPolicyRunner, RunnerConfig
 
 
 def _embedder(seed: int = 0) -> RandomPatchEmbedder:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dynaguide.execution import ActionSchedule
+from dynaguide.chunk_execution import ActionSchedule
 
 
 def test_schedule_times_late_drop_replacement_and_hold():
@@ -60,7 +60,7 @@ def test_guidance_store_round_trip(tmp_path):
 def test_runner_guidance_keeps_previous_on_bad_tokens_and_scale_zero_equals_unguided():
     import torch
 
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     runner = GuidedPolicyRunner.from_config(RunnerConfig(embed_tokens=16, embed_dim=8))
     assert not runner.trained

@@ -17,7 +17,7 @@ def test_guidance_config_rejects_unusable_sigma(sigma):
 
 @pytest.fixture(scope="module")
 def runner_and_inputs():
-    from dynaguide.runtime import GuidedPolicyRunner, RunnerConfig
+    from dynaguide.guided_runner import GuidedPolicyRunner, RunnerConfig
 
     runner = GuidedPolicyRunner.from_config(RunnerConfig(embed_tokens=16, embed_dim=8))
     rng = np.random.default_rng(0)

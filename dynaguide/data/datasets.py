@@ -36,8 +36,9 @@ def action_chunk(actions: np.ndarray, start: int, horizon: int) -> np.ndarray:
 
 
 class _IndexedDemos(Dataset):
-    def __init__(self, source, demos, behaviors, preload_images) -> None:
-        self.source = source if isinstance(source, DemoSource) else DemoSource(source, demos, behaviors, preload_images)
+    def __init__(self, source, demos, behaviours, preload_images) -> None:
+        self.source = (source if isinstance(source, DemoSource)
+                       else DemoSource(source, demos, behaviours, preload_images))
         self.index: list[tuple[str, int]] = [(n, t) for n in self.source.names for t in range(self.source.length(n))]
 
     def __len__(self) -> int:
@@ -61,13 +62,13 @@ class PolicyDataset(_IndexedDemos):
     """
 
     def __init__(self, source, image_keys: Sequence[str], n_obs_steps: int = 2, horizon: int = 16,
-                 demos: Iterable[str] | None = None, behaviors: Iterable[str] | None = None,
+                 demos: Iterable[str] | None = None, behaviours: Iterable[str] | None = None,
                  goal_key: str | None = None, goal_camera: str | None = None, preload_images: bool = False) -> None:
         if n_obs_steps <= 0 or horizon <= 0:
             raise ValueError("n_obs_steps and horizon must be positive")
         if not image_keys:
             raise ValueError("image_keys must name at least one camera")
-        super().__init__(source, demos, behaviors, preload_images)
+        super().__init__(source, demos, behaviours, preload_images)
         self.image_keys = tuple(image_keys)
         self.n_obs_steps = n_obs_steps
         self.horizon = horizon
@@ -95,20 +96,20 @@ class DynamicsDataset(_IndexedDemos):
     action repeated; and either (no ``tokens``) ``"image" (3, H, W)`` frame ``t`` and ``"target_image"``
     the demo's final frame, or (with ``tokens``: an :class:`~dynaguide.data.embedding_cache.EmbeddingCache` or a
     mapping demo name → ``(L, N, D)`` array) ``"obs_tokens" (N, D)`` and ``"target_tokens" (N, D)``.  With
-    ``class_names``, ``"label"`` = index of the demo's ``behavior`` in it (demos with other behaviours are
+    ``class_names``, ``"label"`` = index of the demo's ``behaviour`` in it (demos with other behaviours are
     dropped).
     ``with_images=True`` returns the images even when tokens are given (classifier training).
     """
 
     def __init__(self, source, camera: str, horizon: int = 16, demos: Iterable[str] | None = None,
-                 behaviors: Iterable[str] | None = None, tokens: Mapping[str, Any] | None = None,
+                 behaviours: Iterable[str] | None = None, tokens: Mapping[str, Any] | None = None,
                  class_names: Sequence[str] | None = None, with_images: bool = False,
                  preload_images: bool = False) -> None:
         if horizon <= 0:
             raise ValueError("horizon must be positive")
         if class_names is not None:
-            behaviors = list(class_names) if behaviors is None else [b for b in behaviors if b in class_names]
-        super().__init__(source, demos, behaviors, preload_images)
+            behaviours = list(class_names) if behaviours is None else [b for b in behaviours if b in class_names]
+        super().__init__(source, demos, behaviours, preload_images)
         self.camera = camera
         self.horizon = horizon
         self.tokens = tokens
@@ -135,5 +136,5 @@ class DynamicsDataset(_IndexedDemos):
             item["obs_tokens"] = torch.as_tensor(np.asarray(demo_tokens[t]), dtype=torch.float32)
             item["target_tokens"] = torch.as_tensor(np.asarray(demo_tokens[last]), dtype=torch.float32)
         if self.class_names is not None:
-            item["label"] = torch.tensor(self.class_names.index(src.behavior[name]), dtype=torch.long)
+            item["label"] = torch.tensor(self.class_names.index(src.behaviour[name]), dtype=torch.long)
         return item

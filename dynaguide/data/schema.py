@@ -33,13 +33,13 @@ from dynaguide.inputs import MAX_IN_MEMORY_BYTES, InputError, check_hdf5_dataset
 @dataclass
 class Demo:
     """One demonstration in memory: ``actions (L, A)``, ``images {camera: (L, H, W, 3) uint8}``,
-    ``proprio (L, P)``, optional ``states (L, S)`` and ``behavior`` label."""
+    ``proprio (L, P)``, optional ``states (L, S)`` and ``behaviour`` label."""
 
     actions: np.ndarray
     images: dict[str, np.ndarray]
     proprio: np.ndarray
     states: np.ndarray | None = None
-    behavior: str | None = None
+    behaviour: str | None = None
     name: str | None = None
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ class DemoSource:
     """
 
     def __init__(self, source: str | Path | h5py.File | Sequence[Demo], demos: Iterable[str] | None = None,
-                 behaviors: Iterable[str] | None = None, preload_images: bool = False) -> None:
+                 behaviours: Iterable[str] | None = None, preload_images: bool = False) -> None:
         self._file: h5py.File | None = None
         self._path: Path | None = None
         self._memory: dict[str, Demo] | None = None
@@ -54,17 +54,17 @@ class DemoSource:
             raise ValueError(f"demos not in the dataset: {missing[:5]}")
         self.actions: dict[str, np.ndarray] = {}
         self.proprio: dict[str, np.ndarray] = {}
-        self.behavior: dict[str, str | None] = {}
-        wanted = set(behaviors) if behaviors is not None else None
+        self.behaviour: dict[str, str | None] = {}
+        wanted = set(behaviours) if behaviours is not None else None
         self.names: list[str] = []
         for name in names:
-            actions, proprio, behavior = self._read_small(name)
-            if wanted is not None and behavior not in wanted:
+            actions, proprio, behaviour = self._read_small(name)
+            if wanted is not None and behaviour not in wanted:
                 continue
             if len(actions) == 0:
                 continue
             self.names.append(name)
-            self.actions[name], self.proprio[name], self.behavior[name] = actions, proprio, behavior
+            self.actions[name], self.proprio[name], self.behaviour[name] = actions, proprio, behaviour
         if not self.names:
             raise ValueError("no demonstrations selected (empty dataset or behaviour filter matched nothing)")
         self._preloaded: dict[tuple[str, str], np.ndarray] = {}
@@ -104,7 +104,7 @@ class DemoSource:
     def _read_small(self, name: str) -> tuple[np.ndarray, np.ndarray, str | None]:
         if self._memory is not None:
             d = self._memory[name]
-            return d.actions, d.proprio, d.behavior
+            return d.actions, d.proprio, d.behaviour
         g = self._h5()["data"][name]
         if not isinstance(g, h5py.Group) or "actions" not in g or "obs" not in g \
                 or not isinstance(g["obs"], h5py.Group):
@@ -118,10 +118,10 @@ class DemoSource:
         for values, key in ((actions, "actions"), (proprio, "obs/proprio")):
             if not np.isfinite(values).all():
                 raise InputError(f"{where}/{key} contains NaN or infinite values")
-        behavior = g.attrs.get("behavior")
-        if isinstance(behavior, bytes):
-            behavior = behavior.decode()
-        return actions, proprio, (str(behavior) if behavior is not None else None)
+        behaviour = g.attrs.get("behavior")
+        if isinstance(behaviour, bytes):
+            behaviour = behaviour.decode()
+        return actions, proprio, (str(behaviour) if behaviour is not None else None)
 
     def length(self, name: str) -> int:
         return self.actions[name].shape[0]

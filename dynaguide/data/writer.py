@@ -30,8 +30,8 @@ def write_demo(data: h5py.Group, demo: Demo, name: str, attrs: Mapping[str, Any]
     obs.create_dataset("proprio", data=demo.proprio)
     if demo.states is not None:
         obs.create_dataset("states", data=demo.states)
-    if demo.behavior is not None:
-        g.attrs["behavior"] = demo.behavior
+    if demo.behaviour is not None:
+        g.attrs["behavior"] = demo.behaviour
     for key, value in (attrs or {}).items():
         g.attrs[key] = value
     g.attrs["num_samples"] = len(demo)

@@ -70,7 +70,7 @@ def chunk_for_dynamics(actions: torch.Tensor, offset: int, length: int) -> torch
     ``offset`` is the index of the *current* step in the policy's chunk: the policy's
     ``action_offset``.  This project's :class:`~dynaguide.policy.DiffusionPolicy` predicts chunks that
     start at the current step, so its ``action_offset`` is 0 (the whole chunk, no shift; that is what
-    :class:`~dynaguide.runtime.GuidedPolicyRunner` passes).  Only a diffusion_policy-style model whose
+    :class:`~dynaguide.guided_runner.GuidedPolicyRunner` passes).  Only a diffusion_policy-style model whose
     chunk starts To − 1 steps in the past needs ``offset = To − 1``.  Missing steps at the end are
     padded by repeating the last action — the same rule as dynamics-model training.
 

@@ -65,7 +65,7 @@ class EvalConfig:
                                                                                            stochastic_mode="renoise"))
     latent_scale_match: bool = True
     """Replace ``latent_guidance.scale`` by the value matching (a)'s gradient strength (see
-    ``pipeline.calibrate_latent_scale``; computed on training frames, never on evaluation scenes)."""
+    ``stages.calibration.calibrate_latent_scale``; computed on training frames, never on evaluation scenes)."""
     latent_negatives: bool = True
     goals_per_class: int = 16
     """Goal images per colour and layout: final frames of scripted episodes in that layout that touched it."""

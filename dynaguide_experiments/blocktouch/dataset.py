@@ -17,6 +17,8 @@ import h5py
 import numpy as np
 import torch
 
+from dynaguide.data.source import DemoSource
+
 
 @dataclass
 class DemoArrays:
@@ -61,6 +63,8 @@ class DemoArrays:
 def load_demos(path: str | Path | Sequence[str | Path], max_demos: int | None = None) -> DemoArrays:
     """Read the collector's HDF5 file(s) (see :mod:`.scripted`) into one :class:`DemoArrays`.
 
+    The shared layout (actions, camera ``image``, proprio) is read through :class:`dynaguide.data.source.DemoSource`
+    (checked reads); BlockTouch's own datasets (``final_obs``, ``plan_tail``, attr ``touched``) next to it.
     Several paths (e.g. demonstrations + failures) are concatenated in order; ``max_demos`` caps each file.
     """
     paths = [Path(path)] if isinstance(path, (str, Path)) else [Path(p) for p in path]
@@ -73,15 +77,16 @@ def load_demos(path: str | Path | Sequence[str | Path], max_demos: int | None = 
         with h5py.File(path, "r") as f:
             if "data" not in f:
                 raise ValueError(f"{path} has no 'data' group; not a demonstration file")
-            names = sorted(f["data"].keys(), key=lambda n: int(n.split("_")[-1]))
-            if max_demos is not None:
-                names = names[:max_demos]
+            if not len(f["data"]):  # e.g. a failures file with no failures
+                continue
+            source = DemoSource(f)
+            names = source.names if max_demos is None else source.names[:max_demos]
             for name in names:
                 g = f["data"][name]
-                n = int(g["actions"].shape[0])
-                images.append(g["obs/image"][()])
-                proprio.append(g["obs/proprio"][()])
-                actions.append(g["actions"][()])
+                n = source.length(name)
+                images.append(source.frames(name, "image", range(n)))
+                proprio.append(source.proprio[name])
+                actions.append(source.actions[name])
                 episode.append(np.full(n, len(start)))
                 start.append(offset)
                 length.append(n)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from .config import BlockTouchConfig  # noqa: E402
 from .env import COLOR_NAMES, COLOR_RGB, render_static  # noqa: E402
-from .pipeline import Paths  # noqa: E402
+from .stages.workdir import Paths  # noqa: E402
 
 GUIDED = ("dynaguide_classifier", "dynaguide_latent")
 TARGET_MEAN = 0.85

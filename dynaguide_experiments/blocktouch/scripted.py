@@ -13,7 +13,9 @@ wrong block, which the demonstrations never show: :func:`collect_demos` can writ
 that touched *another* block after ``min_steps`` to a second file (same layout, ``touched != target``),
 the "failures".  The policy never trains on them.
 
-HDF5 layout (robomimic / official DynaGuide compatible)::
+HDF5 layout: the shared one of :mod:`dynaguide.data.schema` (robomimic / official DynaGuide compatible; written by
+:func:`dynaguide.data.writer.write_demo`) with camera ``image``, plus BlockTouch's ``final_obs/*``, ``plan_tail`` and
+attrs ``touched``/``target``::
 
     data/demo_<i>/actions           (T, 2)        float32, absolute targets in [-1, 1]
     data/demo_<i>/obs/image         (T, S, S, 3)  uint8 RGB, the observation *before* action t
@@ -39,6 +41,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dynaguide.config import to_dict
+from dynaguide.data.schema import Demo
+from dynaguide.data.writer import write_demo
 
 from .env import COLOR_NAMES, NUM_BLOCKS, BlockTouchEnv, BlockTouchEnvConfig, px_to_unit
 from .layouts import Scenes, sample_random_scenes
@@ -178,20 +182,19 @@ def is_failure(ep: Episode, cfg: CollectorConfig) -> bool:
     return ep.touched >= 0 and ep.touched != ep.target and len(ep.actions) >= cfg.min_steps
 
 
-def write_episode(group: h5py.Group, ep: Episode) -> None:
+def write_episode(data: h5py.Group, name: str, ep: Episode) -> h5py.Group:
+    """Write ``ep`` as group ``data/<name>``: the shared layout through :func:`dynaguide.data.writer.write_demo`
+    (actions, camera ``image`` gzip-compressed, proprio, states; attrs ``behavior``, ``touched``, ``target``,
+    ``num_samples``), then what only BlockTouch stores: ``final_obs/*`` and ``plan_tail``.  Returns the group."""
     comp = dict(compression="gzip", compression_opts=4)
-    group.create_dataset("actions", data=ep.actions.astype(np.float32))
-    group.create_dataset("obs/image", data=ep.images, chunks=(1,) + ep.images.shape[1:], **comp)
-    group.create_dataset("obs/proprio", data=ep.proprio.astype(np.float32))
-    group.create_dataset("obs/states", data=ep.states.astype(np.float32))
+    demo = Demo(actions=ep.actions, images={"image": ep.images}, proprio=ep.proprio, states=ep.states,
+                behaviour=COLOR_NAMES[ep.touched])
+    group = write_demo(data, demo, name, attrs={"touched": ep.touched, "target": ep.target}, **comp)
     group.create_dataset("final_obs/image", data=ep.final_image, **comp)
     group.create_dataset("final_obs/proprio", data=ep.final_proprio.astype(np.float32))
     group.create_dataset("final_obs/states", data=ep.final_state.astype(np.float32))
     group.create_dataset("plan_tail", data=ep.plan_tail.astype(np.float32))
-    group.attrs["behavior"] = COLOR_NAMES[ep.touched]
-    group.attrs["touched"] = ep.touched
-    group.attrs["target"] = ep.target
-    group.attrs["num_samples"] = len(ep.actions)
+    return group
 
 
 def _finish_attrs(data: h5py.Group, lengths: list[int], cfg: CollectorConfig, env_cfg: BlockTouchEnvConfig) -> None:
@@ -232,11 +235,11 @@ def collect_demos(path: str | Path, cfg: CollectorConfig, env_cfg: BlockTouchEnv
             for ep in simulate_scripted_batch(rng, targets, cfg, env_cfg):
                 tried += int(kept.sum() < cfg.num_demos)
                 if fail_data is not None and is_failure(ep, cfg) and len(fail_lengths) < cfg.num_failures:
-                    write_episode(fail_data.create_group(f"demo_{len(fail_lengths)}"), ep)
+                    write_episode(fail_data, f"demo_{len(fail_lengths)}", ep)
                     fail_lengths.append(len(ep.actions))
                 if not keep_episode(ep, cfg) or kept[ep.target] >= per_color:
                     continue
-                write_episode(data.create_group(f"demo_{int(kept.sum())}"), ep)
+                write_episode(data, f"demo_{int(kept.sum())}", ep)
                 kept[ep.target] += 1
                 lengths.append(len(ep.actions))
                 bar.update(1)

@@ -1,9 +1,9 @@
 """Does a guided policy keep up with the robot?  Latency budget and wall-clock schedule (no ROS).
 
 ``dynaguide bench realtime --config config/calvin_sim.yaml`` (:func:`dynaguide_cli.bench.run_realtime_bench`) builds the
-policy node's :class:`~dynaguide.runtime.GuidedPolicyRunner` from a graph's parameter file, times guided
+policy node's :class:`~dynaguide.guided_runner.GuidedPolicyRunner` from a graph's parameter file, times guided
 chunks on this machine with the configured guidance (K goals, M, mode), and replays the measured compute
-times through the executor the bridge and drivers use (:class:`~dynaguide.execution.ActionSchedule`) on a
+times through the executor the bridge and drivers use (:class:`~dynaguide.chunk_execution.ActionSchedule`) on a
 virtual wall clock (:func:`simulate_wall_clock`).  It reports:
 
 * ``p50_ms`` / ``p95_ms`` — compute per chunk (``GuidedPolicyRunner.act``: observation in, actions out);
@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from dynaguide.config import ConfigError, from_dict, load_yaml, unflatten
-from dynaguide.execution import ActionSchedule
+from dynaguide.chunk_execution import ActionSchedule
 
 #: keeps up only if fewer control ticks than this go without a fresh action
 MAX_DROPPED_FRACTION = 0.01
@@ -149,7 +149,7 @@ class GraphPolicySettings:
     """What the policy node of a graph parameter file (``config/*.yaml``) runs, as the bench needs it."""
 
     name: str
-    runner: Any  # dynaguide.runtime.RunnerConfig
+    runner: Any  # dynaguide.guided_runner.RunnerConfig
     action_dt: float
     replan_period_s: float
     camera_size: int
@@ -171,7 +171,7 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
     ``checkpoints``: a directory with ``policy/`` and ``dynamics/`` (an export of ``dynaguide calvin train``)
     replacing the file's ``models`` / ``runner.*_checkpoint`` values."""
     from dynaguide.embedders.factory import EmbedderConfig
-    from dynaguide.runtime import RunnerConfig
+    from dynaguide.guided_runner import RunnerConfig
 
     path = Path(path)
     data = load_yaml(path)
@@ -264,7 +264,7 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
 
     from dynaguide.embedders.factory import make_embedder
     from dynaguide.guidance.goals import GuidanceConfig
-    from dynaguide.runtime import GuidedPolicyRunner
+    from dynaguide.guided_runner import GuidedPolicyRunner
 
     base = GuidedPolicyRunner.from_config(settings.runner)
     policy, dynamics = base.policy, base.dynamics

@@ -37,7 +37,7 @@ from dynaguide.guidance.objectives import DynaGuideObjective, action_transform_f
 from dynaguide.guidance.rtc import RTCConfig, delay_steps, prefix_weights, shift_prefix
 from dynaguide.guidance.sampler import guided_ddim_sample
 from dynaguide.guidance.signal import GuidanceSignal, guidance_signal
-from dynaguide.realtime import LatencyMonitor
+from dynaguide.realtime_bench import LatencyMonitor
 from dynaguide.policy import DiffusionPolicy, DiffusionPolicyConfig
 from dynaguide.policy.lerobot_adapter import POLICY_KINDS, LeRobotAdapterConfig, load_policy
 

@@ -184,7 +184,7 @@ class ActionSchedule:
         return len(self._queue)
 
 
-class StampedHistory:
+class ObservationHistory:
     """The last ``maxlen`` observations of one stream, one per distinct time stamp, oldest first.
 
     A lockstep simulator republishes its last camera frame and robot state while the world waits for the policy.

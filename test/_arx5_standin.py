@@ -1,4 +1,4 @@
-"""A CAN-less stand-in for ``arx5_interface.Arx5JointController`` (tests and dry runs).
+"""A CAN-less stand-in for ``arx5_interface.Arx5JointController``, for the tests of the ARX5 driver.
 
 It has the same methods as the real controller, takes and returns the SDK's real ``JointState`` /
 ``Gain`` objects, and models the arm as first-order tracking of the command while stiff
