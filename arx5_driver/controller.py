@@ -20,7 +20,8 @@ from arx5_driver.safety import Action, Mode, SafeCommand, SafetyLayer
 
 
 @dataclass(frozen=True)
-class ChunkResult:
+class ChunkVerdict:
+    """Whether a submitted chunk was taken (``accepted``) and why not (``reason``)."""
     accepted: bool
     reason: str
 
@@ -52,7 +53,7 @@ class ArmController:
     def mode(self) -> Mode:
         return self.safety.mode
 
-    def submit_chunk(self, chunk: ExecutorChunk, now: float) -> ChunkResult:
+    def submit_chunk(self, chunk: ExecutorChunk, now: float) -> ChunkVerdict:
         """Plan and (if safe) start executing ``chunk``; ``now`` in the same clock as ``chunk.stamp``."""
         with self._lock:
             try:
@@ -84,9 +85,9 @@ class ArmController:
                                      self.safety.last_gripper)
             except ChunkRejected as exc:
                 self.rejected_chunks += 1
-                return ChunkResult(False, str(exc))
+                return ChunkVerdict(False, str(exc))
             self.accepted_chunks += 1
-            return ChunkResult(True, "accepted")
+            return ChunkVerdict(True, "accepted")
 
     def tick(self, now: float) -> SafeCommand:
         """One control period at time ``now`` (s): measure, sample the chunk, filter, command, advance."""

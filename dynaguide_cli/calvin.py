@@ -339,6 +339,20 @@ def cmd_breakdown(args: argparse.Namespace) -> int:
     return _report(result, args.json)
 
 
+def cmd_offtheshelf(args: argparse.Namespace) -> int:
+    from dynaguide_experiments.calvin.offtheshelf import offtheshelf_results
+
+    extra = {}
+    for item in args.extra:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory:
+            raise SystemExit(f"--extra wants NAME=DIR, got {item!r}")
+        extra[name] = Path(directory)
+    result = offtheshelf_results(args.harness, args.out, args.training, args.note, args.policy, args.dynamics, extra)
+    print(json.dumps(result["targets"], indent=2))
+    return 0
+
+
 def cmd_rtc(args: argparse.Namespace) -> int:
     from dynaguide_experiments.calvin.rtc import run_rtc
 
@@ -523,6 +537,18 @@ def _register_experiments(sub) -> None:
                         "guidance settings, checked against the registered SHA-256s")
     p.add_argument("--out", type=Path, default=Path("results/calvin/underrepresented"))
     p.set_defaults(func=cmd_underrepresented)
+
+    p = sub.add_parser("offtheshelf", help="results/offtheshelf/: a LeRobot policy steered on CALVIN, summarised "
+                                           "from `dynaguide calvin eval` runs (results.json, results.md)")
+    p.add_argument("--harness", type=Path, required=True, help="the `dynaguide calvin eval --out` directory")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--training", type=Path, default=None, help="the `dynaguide train lerobot --out` directory")
+    p.add_argument("--policy", type=Path, default=None, help="the LeRobot pretrained_model directory evaluated")
+    p.add_argument("--dynamics", type=Path, default=None, help="the dynamics checkpoint used")
+    p.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
+                   help="another harness directory whose dynaguide cells are reported as NAME (repeatable)")
+    p.add_argument("--note", default="")
+    p.set_defaults(func=cmd_offtheshelf)
 
     p = sub.add_parser("breakdown", help="where evaluated trials go: target / its part the other way / other / none")
     p.add_argument("--cell", action="append", required=True, metavar="NAME=DIR:METHOD",

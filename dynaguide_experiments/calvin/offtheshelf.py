@@ -2,7 +2,7 @@
 
     dynaguide calvin eval --experiment articulated --methods base,dynaguide --targets switch_on,button_on \\
         --policy-kind lerobot --policy runs/lerobot_policy/pretrained_model --out results/offtheshelf/harness
-    python -m dynaguide_experiments.calvin.offtheshelf --harness results/offtheshelf/harness \\
+    dynaguide calvin offtheshelf --harness results/offtheshelf/harness \\
         --out results/offtheshelf --training runs/lerobot_policy
 
 writes ``results.json`` = ``{"lerobot_version", "targets": {target: {"base": {"rate", "n", "ci95"},
@@ -12,9 +12,7 @@ check: DynaGuide ≥ 3× base and ≥ 50 %) and ``results.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -120,25 +118,3 @@ def offtheshelf_results(harness: Path, out: Path, training: Path | None = None, 
         lines += [note, ""]
     (out / "results.md").write_text("\n".join(lines))
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--harness", type=Path, required=True, help="the `dynaguide calvin eval --out` directory")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--training", type=Path, default=None, help="the `dynaguide train lerobot --out` directory")
-    p.add_argument("--policy", type=Path, default=None, help="the LeRobot pretrained_model directory evaluated")
-    p.add_argument("--dynamics", type=Path, default=None, help="the dynamics checkpoint used")
-    p.add_argument("--extra", action="append", default=[], metavar="NAME=DIR",
-                   help="another harness directory whose dynaguide cells are reported as NAME (repeatable)")
-    p.add_argument("--note", default="")
-    args = p.parse_args(argv)
-    extra = dict(item.split("=", 1) for item in args.extra)
-    result = offtheshelf_results(args.harness, args.out, args.training, args.note, args.policy, args.dynamics,
-                                 {k: Path(v) for k, v in extra.items()})
-    print(json.dumps(result["targets"], indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
