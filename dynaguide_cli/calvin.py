@@ -339,6 +339,20 @@ def cmd_breakdown(args: argparse.Namespace) -> int:
     return _report(result, args.json)
 
 
+def cmd_same_trials(args: argparse.Namespace) -> int:
+    from dynaguide_experiments.calvin.reproduce import compare_trial_logs
+
+    result = compare_trial_logs(args.a, args.b)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    print(text if result["differences"] or result["only_in_a"] or result["only_in_b"] else
+          f"{result['identical']} of {result['trials']} trials identical ({', '.join(result['fields'])})")
+    same = not (result["differences"] or result["only_in_a"] or result["only_in_b"]) and result["trials"] > 0
+    return 0 if same else 1
+
+
 def cmd_offtheshelf(args: argparse.Namespace) -> int:
     from dynaguide_experiments.calvin.offtheshelf import offtheshelf_results
 
@@ -549,6 +563,13 @@ def _register_experiments(sub) -> None:
                    help="another harness directory whose dynaguide cells are reported as NAME (repeatable)")
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_offtheshelf)
+
+    p = sub.add_parser("same-trials", help="do two `calvin eval` runs give the same trials? (a code change that "
+                                           "must change no result); exit code 1 if not")
+    p.add_argument("a", type=Path, help="a `dynaguide calvin eval --out` directory")
+    p.add_argument("b", type=Path, help="another, from the same command (e.g. on another commit)")
+    p.add_argument("--json", type=Path, default=None)
+    p.set_defaults(func=cmd_same_trials)
 
     p = sub.add_parser("breakdown", help="where evaluated trials go: target / its part the other way / other / none")
     p.add_argument("--cell", action="append", required=True, metavar="NAME=DIR:METHOD",
