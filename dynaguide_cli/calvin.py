@@ -307,8 +307,22 @@ def cmd_protocol(args: argparse.Namespace) -> int:
 def cmd_ablation(args: argparse.Namespace) -> int:
     from dynaguide_experiments.calvin.ablation import run_ablation
 
-    result = run_ablation(_config(args), args.target, args.out, params=tuple(args.params.split(",")),
-                          command="dynaguide " + shlex.join(sys.argv[1:]))
+    cfg = _config(args)
+    policy_dir, dynamics_dir = args.policy, args.dynamics
+    if args.protocol:
+        from dynaguide_experiments.calvin.protocol import apply_protocol
+
+        if args.split != "validation" or args.policy or args.dynamics or args.trials or args.batch_envs or args.quick:
+            raise SystemExit("--protocol takes the models, guidance, N and data from the protocol file, and the "
+                             "ablation informs choices: run it with --split validation and drop --policy, "
+                             "--dynamics, --trials, --batch-envs and --quick (its evaluation seeds are run once, by "
+                             "`dynaguide calvin eval --protocol`)")
+        cfg, protocol = apply_protocol(cfg, args.protocol)
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, split="validation", seed=3_500_000))
+        policy_dir, dynamics_dir = protocol["models"]["policy"]["path"], protocol["models"]["dynamics"]["path"]
+    result = run_ablation(cfg, args.target, args.out, params=tuple(args.params.split(",")),
+                          command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=policy_dir,
+                          dynamics_dir=dynamics_dir)
     print(json.dumps({"grid": {p: [(q["value"], q["rate"]) for q in pts] for p, pts in result["grid"].items()},
                       "out": str(args.out)}, indent=2))
     return 0
@@ -529,9 +543,14 @@ def _register_experiments(sub) -> None:
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--batch-envs", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
+    p.add_argument("--split", choices=("evaluation", "validation"), default="evaluation",
+                   help="the seeds and start poses (validation: where an ablation informs a choice)")
+    p.add_argument("--policy", default=None, help="policy checkpoint dir (default: training.export_dir/policy)")
+    p.add_argument("--dynamics", default=None, help="dynamics checkpoint dir (default: training.export_dir/dynamics)")
     p.add_argument("--protocol", type=Path, default=None,
-                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, seeds, N and "
-                        "guidance settings, checked against the registered SHA-256s")
+                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, guidance "
+                        "settings around which the grid varies one parameter at a time, N and data, checked against "
+                        "the registered SHA-256s; with --split validation only")
     p.add_argument("--out", type=Path, default=Path("results/calvin/ablation"))
     p.set_defaults(func=cmd_ablation)
 
@@ -546,9 +565,6 @@ def _register_experiments(sub) -> None:
                    help="results dir of the shipped policy's ArticulatedParts cells, shown at its natural share")
     p.add_argument("--trials", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="2 trials of 120 steps per cell (CI smoke run)")
-    p.add_argument("--protocol", type=Path, default=None,
-                   help="a committed pre-registered protocol (dynaguide calvin protocol): its models, seeds, N and "
-                        "guidance settings, checked against the registered SHA-256s")
     p.add_argument("--out", type=Path, default=Path("results/calvin/underrepresented"))
     p.set_defaults(func=cmd_underrepresented)
 

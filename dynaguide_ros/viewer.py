@@ -257,6 +257,8 @@ def run_view(args) -> int:
     def _stop(_signum, _frame):
         raise KeyboardInterrupt   # SIGTERM ends the view like Ctrl-C: files finalised, servers stopped
     signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C also where SIGINT came ignored (a background job of a script or CI): else the servers outlive the view
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         name = Path(args.recording).name if args.recording else "live graph"
         rec = open_stream(outputs, processes, name)

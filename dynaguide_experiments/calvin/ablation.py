@@ -56,21 +56,25 @@ def settings(cfg: CalvinExperimentConfig, params: Sequence[str]) -> dict[str, di
 
 
 def run_ablation(cfg: CalvinExperimentConfig, target: str, out_dir: str | Path,
-                 params: Sequence[str] = tuple(ABLATION_GRID), command: str = "", progress: bool = True) -> dict:
-    """Run (or resume) the ablation cells of ``target`` and write ``results.json``, ``results.md``, ``ablation.png``."""
+                 params: Sequence[str] = tuple(ABLATION_GRID), command: str = "", progress: bool = True,
+                 policy_dir: str | None = None, dynamics_dir: str | None = None) -> dict:
+    """Run (or resume) the ablation cells of ``target`` and write ``results.json``, ``results.md``, ``ablation.png``.
+
+    ``policy_dir`` / ``dynamics_dir``: the models (None: the config's export directory)."""
     if target not in ARTICULATED_TARGETS:
         raise ValueError(f"the ablation runs on an ArticulatedParts target {ARTICULATED_TARGETS}, got {target!r}")
     out = Path(out_dir)
     cells = settings(cfg, params)
     summaries: dict[str, dict] = {}
     stages: dict[str, float] = {}
+    models = {"policy_dir": policy_dir, "dynamics_dir": dynamics_dir}
     base = run_experiment(cfg, "articulated", ["base"], out / "cells" / "base", targets=[target],
-                          command=command, progress=progress)
+                          command=command, progress=progress, **models)
     summaries["base"] = base["behaviours"][target]["base"]
     for name, cell in cells.items():
         cell_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, guidance=cell["guidance"]))
         result = run_experiment(cell_cfg, "articulated", ["dynaguide"], out / "cells" / name, targets=[target],
-                                command=command, progress=progress)
+                                command=command, progress=progress, **models)
         summaries[name] = result["behaviours"][target]["dynaguide"]
         stages.update({f"{name}/{k}": v for k, v in result["stages_s"].items()})
     default = cfg.eval.guidance

@@ -1,0 +1,29 @@
+"""``dynaguide calvin`` options that must not be silently ignored."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _calvin(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dynaguide_cli", "calvin", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("extra", [[], ["--split", "validation", "--trials", "3"],
+                                   ["--split", "validation", "--policy", "checkpoints/calvin_play_9k/policy"]])
+def test_ablation_with_a_protocol_runs_on_validation_seeds_with_the_protocols_settings_only(extra, tmp_path):
+    proc = _calvin("ablation", "--protocol", "results/calvin/protocol.json", *extra, "--out", str(tmp_path / "a"))
+    assert proc.returncode != 0 and "run it with --split validation" in proc.stderr, proc.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_underrepresented_has_no_protocol_option_it_would_ignore():
+    proc = _calvin("underrepresented", "--protocol", "results/calvin/protocol.json")
+    assert proc.returncode == 2 and "unrecognized arguments: --protocol" in proc.stderr, proc.stderr
