@@ -213,8 +213,13 @@ def test_a_node_interrupted_while_it_starts_exits_without_a_traceback(tmp_path):
                             stderr=subprocess.STDOUT, text=True, env=dict(os.environ),
                             # as the launcher starts its nodes: SIGINT not ignored, even if it is for pytest
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    time.sleep(0.2)                      # well inside the imports (rclpy alone takes longer)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        time.sleep(0.2)                  # well inside the imports (rclpy alone takes longer)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:          # never leave the node running after a failure
+            proc.kill()
+            proc.communicate()
     assert proc.returncode in (130, 0), out[-2000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-2000:]
