@@ -173,7 +173,9 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
     if rtc:
         overrides["rtc"] = dataclasses.replace(ev.rtc, **rtc)
     if getattr(args, "split", None) == "validation":
-        overrides["seed"] = 3_500_000
+        from dynaguide_experiments.calvin.config import VALIDATION_TRIAL_SEED
+
+        overrides["seed"] = VALIDATION_TRIAL_SEED
         overrides["split"] = "validation"
     if getattr(args, "negatives", None):
         overrides["negatives"] = args.negatives
@@ -310,6 +312,7 @@ def cmd_ablation(args: argparse.Namespace) -> int:
     cfg = _config(args)
     policy_dir, dynamics_dir = args.policy, args.dynamics
     if args.protocol:
+        from dynaguide_experiments.calvin.config import VALIDATION_TRIAL_SEED
         from dynaguide_experiments.calvin.protocol import apply_protocol
 
         if args.split != "validation" or args.policy or args.dynamics or args.trials or args.batch_envs or args.quick:
@@ -318,7 +321,8 @@ def cmd_ablation(args: argparse.Namespace) -> int:
                              "--dynamics, --trials, --batch-envs and --quick (its evaluation seeds are run once, by "
                              "`dynaguide calvin eval --protocol`)")
         cfg, protocol = apply_protocol(cfg, args.protocol)
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, split="validation", seed=3_500_000))
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, split="validation",
+                                                                    seed=VALIDATION_TRIAL_SEED))
         policy_dir, dynamics_dir = protocol["models"]["policy"]["path"], protocol["models"]["dynamics"]["path"]
     result = run_ablation(cfg, args.target, args.out, params=tuple(args.params.split(",")),
                           command="dynaguide " + shlex.join(sys.argv[1:]), policy_dir=policy_dir,

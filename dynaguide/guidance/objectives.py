@@ -41,11 +41,11 @@ def action_transform_for(policy, dynamics) -> Callable[[torch.Tensor], torch.Ten
     """
     from dynaguide.dynamics import check_action_space
 
+    check_action_space(dynamics, _ChunkShape(policy.horizon, policy.action_dim))   # never mapped: raises
     try:
-        check_action_space(dynamics, policy)
+        check_action_space(dynamics, policy)    # the same min/max too
         return None
     except ValueError:
-        check_action_space(dynamics, _ChunkShape(policy.horizon, policy.action_dim))  # shape: raises again
         theirs = getattr(policy, "action_normalizer", None)
         if not (dynamics.action_normalizer.is_fitted and theirs is not None and theirs.is_fitted):
             raise

@@ -24,6 +24,10 @@ SEED_RANGES = {
     "evaluation": (5_000_000, 6_000_000),    # harness trial seeds
 }
 
+#: the first trial seed of validation sweeps (``--split validation``): inside SEED_RANGES["validation"], above its
+#: start-pose collection seeds
+VALIDATION_TRIAL_SEED = 3_500_000
+
 ARTICULATED_TARGETS = ("switch_on", "switch_off", "drawer_open", "drawer_close", "door_left", "door_right",
                        "button_on", "button_off")
 #: MovableObjects: the paper's block behaviours; our labeller folds touch and displace into ``touch_<colour>``
