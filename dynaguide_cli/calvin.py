@@ -256,7 +256,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.experiment not in protocol["experiments"] or unregistered:
             raise SystemExit(f"the protocol registers experiments {protocol['experiments']} and methods "
                              f"{protocol['methods']}; asked for {args.experiment} with {args.methods}")
+        if args.gc_policy:
+            raise SystemExit("--protocol takes the goal-conditioned policy from the protocol file: drop --gc-policy")
+        if "goal_conditioned" in args.methods.split(",") and "gc_policy" not in protocol["models"]:
+            raise SystemExit("the protocol registers no gc_policy model for method goal_conditioned")
         args.policy, args.dynamics = protocol["models"]["policy"]["path"], protocol["models"]["dynamics"]["path"]
+        args.gc_policy = protocol["models"].get("gc_policy", {}).get("path")
     out = args.out or Path("results/calvin") / (args.experiment + ("_validation" if args.split == "validation" else "")
                                                 + ("_quick" if args.quick else ""))
     ray = None
@@ -299,9 +304,20 @@ def cmd_protocol(args: argparse.Namespace) -> int:
     args.split = "evaluation"
     cfg = _config(args)
     export = Path(cfg.training.export_dir)
+    extra = {}
+    for item in args.model:
+        name, sep, directory = item.partition("=")
+        if not sep or not name or not directory or name in ("policy", "dynamics") or name in extra:
+            raise SystemExit(f"--model wants a new NAME=DIR (not policy or dynamics, each name once), got {item!r}")
+        extra[name] = directory
+    if args.settings_from and any(getattr(args, k) is not None for k in (
+            "trials", "scale", "sigma", "stochastic_steps", "commit_steps", "rtc_mode", "rtc_beta", "rtc_jacobian")):
+        raise SystemExit("--settings-from carries the earlier protocol's settings over unchanged: drop the "
+                         "guidance/trial options")
     protocol = write_protocol(cfg, args.out, args.policy or str(export / "policy"),
                               args.dynamics or str(export / "dynamics"), args.experiments.split(","),
-                              args.methods.split(","), args.evidence or [], note=args.note)
+                              args.methods.split(","), args.evidence or [], note=args.note, extra_models=extra,
+                              settings_from=args.settings_from)
     print(json.dumps(protocol, indent=2))
     return 0
 
@@ -537,6 +553,11 @@ def _register_experiments(sub) -> None:
     p.add_argument("--commit-steps", type=int, default=None)
     rtc_options(p)
     p.add_argument("--evidence", nargs="*", default=None, help="the validation results the choice was made on")
+    p.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                   help="register a further model by name (gc_policy=DIR for goal_conditioned; an underrepresented "
+                        "policy <target>_<percent>pct[_seed<k>]=DIR); repeatable")
+    p.add_argument("--settings-from", default=None, metavar="PROTOCOL",
+                   help="carry an earlier protocol's guidance, seeds, N and data over unchanged")
     p.add_argument("--note", default="")
     p.set_defaults(func=cmd_protocol)
 

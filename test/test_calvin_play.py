@@ -190,7 +190,10 @@ def _protocol_setup(tmp_path):
                                                        action_dim=7))
     for name in ("policy", "dynamics"):
         save_checkpoint(tmp_path / name, policy, policy.cfg)
-    cfg = CalvinExperimentConfig(data=DataConfig(train=(), merged="", validation="val.h5", goals="goals.h5"))
+    for name in ("val.h5", "goals.h5"):   # the registered data files (hashed, not read)
+        (tmp_path / name).write_bytes(name.encode() * 100)
+    cfg = CalvinExperimentConfig(data=DataConfig(train=(), merged="", validation=str(tmp_path / "val.h5"),
+                                                 goals=str(tmp_path / "goals.h5")))
     return cfg
 
 
@@ -215,6 +218,32 @@ def test_a_protocol_freezes_models_and_settings(tmp_path):
     weights.write_bytes(bytes(data))
     with pytest.raises(ProtocolError, match="dynamics model"):
         apply_protocol(cfg, out, require_committed=False)
+
+
+def test_a_protocol_registers_further_models_and_its_data_files(tmp_path):
+    from dynaguide_experiments.calvin.protocol import ProtocolError, apply_protocol, write_protocol
+
+    cfg = _protocol_setup(tmp_path)
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=50, gpc_samples=7))
+    first = tmp_path / "first.json"
+    write_protocol(cfg, first, str(tmp_path / "policy"), str(tmp_path / "dynamics"), ["articulated"], ["base"], [])
+    # a second protocol carries the first one's settings over, whatever cfg says, and registers a further model
+    second = tmp_path / "second.json"
+    other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, trials=3, gpc_samples=1))
+    protocol = write_protocol(other, second, str(tmp_path / "policy"), str(tmp_path / "dynamics"), ["underspecified"],
+                              ["goal_conditioned"], [], extra_models={"gc_policy": str(tmp_path / "policy")},
+                              settings_from=str(first))
+    assert protocol["settings_from"] == str(first) and set(protocol["models"]) == {"policy", "dynamics", "gc_policy"}
+    loaded, _ = apply_protocol(other, second, require_committed=False)
+    assert (loaded.eval.trials, loaded.eval.gpc_samples) == (50, 7)
+    # regenerated start poses (other bytes) are refused, not evaluated on other start poses
+    (tmp_path / "val.h5").write_bytes(b"regenerated")
+    with pytest.raises(ProtocolError, match="start poses file .* is not the registered one"):
+        apply_protocol(cfg, second, require_committed=False)
+    (tmp_path / "val.h5").unlink()
+    with pytest.raises(ProtocolError, match="does not exist"):
+        write_protocol(cfg, tmp_path / "third.json", str(tmp_path / "policy"), str(tmp_path / "dynamics"),
+                       ["articulated"], ["base"], [])
 
 
 def test_an_uncommitted_protocol_is_refused(tmp_path, monkeypatch):

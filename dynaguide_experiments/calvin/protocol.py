@@ -7,6 +7,12 @@ validation results it was chosen on and the git commit it was chosen at.  Commit
 ``dynaguide calvin eval --protocol results/calvin/protocol.json --experiment articulated``: the evaluation
 takes every setting from the protocol, refuses models whose bytes differ from the registered ones and a
 protocol file that is not committed, and stamps the protocol's SHA-256 into its ``results.json``.
+
+A protocol may register further models by name (``--model gc_policy=DIR``, an UnderrepresentedBehaviors policy
+``--model switch_on_1pct=DIR``) and carry over the settings of an earlier protocol unchanged
+(``--settings-from results/calvin/protocol.json``: same guidance, seeds, N, data).  It also records the SHA-256
+of the start-pose and goal files: regenerated data (the play collection is not bit-identical across machines)
+is refused rather than silently evaluated on other start poses.
 """
 
 from __future__ import annotations
@@ -48,20 +54,51 @@ def git_commit(cwd: str | Path = ".") -> str | None:
     return out.stdout.strip()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of one data file's bytes (read in 16 MiB blocks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_protocol(cfg: CalvinExperimentConfig, out: str | Path, policy: str, dynamics: str,
-                   experiments: list[str], methods: list[str], evidence: list[str], note: str = "") -> dict:
-    """Freeze ``cfg.eval`` (must be the evaluation split) with the models' hashes into ``out``."""
-    if cfg.eval.split != "evaluation":
+                   experiments: list[str], methods: list[str], evidence: list[str], note: str = "",
+                   extra_models: dict[str, str] | None = None, settings_from: str | None = None) -> dict:
+    """Freeze ``cfg.eval`` (must be the evaluation split) with the models' and data files' hashes into ``out``.
+
+    ``extra_models``: further registered models, ``{name: checkpoint dir}``.  ``settings_from``: an earlier
+    protocol whose evaluation settings and data are carried over unchanged (``cfg.eval`` and ``cfg.data`` are
+    then ignored; the earlier protocol is named in ``settings_from``)."""
+    models = {"policy": policy, "dynamics": dynamics, **(extra_models or {})}
+    data = {"start_poses": cfg.data.validation, "goals": cfg.data.goals, "static_size": cfg.data.static_size}
+    ev = to_dict(cfg.eval)
+    if settings_from is not None:
+        try:
+            earlier = json.loads(Path(settings_from).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ProtocolError(f"cannot read protocol {settings_from}: {exc}") from None
+        if earlier.get("format") != FORMAT:
+            raise ProtocolError(f"{settings_from} is not a {FORMAT} file")
+        ev = to_dict(from_dict(EvalConfig, earlier["eval"]))
+        data = {k: earlier["data"][k] for k in ("start_poses", "goals", "static_size")}
+    if ev["split"] != "evaluation":
         raise ProtocolError("a protocol registers the evaluation split's seeds (eval.split: evaluation)")
+    for key in ("start_poses", "goals"):
+        if not Path(data[key]).is_file():
+            raise ProtocolError(f"the {key.replace('_', ' ')} file {data[key]} does not exist")
+        data[f"{key}_sha256"] = file_sha256(data[key])
     protocol = {
         "format": FORMAT,
-        "models": {"policy": {"path": policy, "sha256": checkpoint_sha256(policy)},
-                   "dynamics": {"path": dynamics, "sha256": checkpoint_sha256(dynamics)}},
-        "eval": to_dict(cfg.eval),
-        "data": {"start_poses": cfg.data.validation, "goals": cfg.data.goals, "static_size": cfg.data.static_size},
+        "models": {name: {"path": path, "sha256": checkpoint_sha256(path)} for name, path in models.items()},
+        "eval": ev,
+        "data": data,
         "experiments": list(experiments), "methods": list(methods),
         "chosen_on": list(evidence), "chosen_at_commit": git_commit(), "note": note,
     }
+    if settings_from is not None:
+        protocol["settings_from"] = str(settings_from)
     out = Path(out)
     if out.exists():
         raise ProtocolError(f"{out} exists: a protocol is registered once (write a new file for a new protocol)")
@@ -90,6 +127,11 @@ def apply_protocol(cfg: CalvinExperimentConfig, path: str | Path, require_commit
     for name, model in protocol["models"].items():
         if checkpoint_sha256(model["path"]) != model["sha256"]:
             raise ProtocolError(f"the {name} model at {model['path']} is not the registered one (SHA-256 differs)")
+    for key in ("start_poses", "goals"):
+        registered = protocol["data"].get(f"{key}_sha256")
+        if registered is not None and file_sha256(protocol["data"][key]) != registered:
+            raise ProtocolError(f"the {key.replace('_', ' ')} file {protocol['data'][key]} is not the registered "
+                                "one (SHA-256 differs; regenerated data give other start poses or goals)")
     ev = from_dict(EvalConfig, protocol["eval"])
     data = dataclasses.replace(cfg.data, validation=protocol["data"]["start_poses"], goals=protocol["data"]["goals"],
                                static_size=protocol["data"]["static_size"])
