@@ -185,7 +185,8 @@ def _config(args: argparse.Namespace) -> CalvinExperimentConfig:
                                   "export_dir": getattr(args, "export_dir", None),
                                   "device": getattr(args, "device", None),
                                   "mixed_precision": getattr(args, "mixed_precision", None),
-                                  "grad_accum": getattr(args, "grad_accum", None)}.items() if v is not None}
+                                  "grad_accum": getattr(args, "grad_accum", None),
+                                  "seed": getattr(args, "train_seed", None)}.items() if v is not None}
     share = getattr(args, "underrepresent", None)
     if share:
         behaviour, _, value = share.partition("=")
@@ -349,12 +350,40 @@ def cmd_ablation(args: argparse.Namespace) -> int:
 
 
 def cmd_underrepresented(args: argparse.Namespace) -> int:
-    from dynaguide_experiments.calvin.underrepresented import run_underrepresented
+    from dynaguide_experiments.calvin.underrepresented import SharePolicy, policy_dir, run_underrepresented
 
-    result = run_underrepresented(_config(args), args.target, [float(s) for s in args.shares.split(",")], args.out,
-                                  policies=args.policies, reference=args.reference,
-                                  methods=tuple(args.methods.split(",")),
-                                  command="dynaguide " + shlex.join(sys.argv[1:]))
+    try:
+        specs = [SharePolicy.parse(text) for text in args.shares.split(",")]
+    except ValueError as exc:
+        raise SystemExit(f"--shares: {exc}") from None
+    cfg = _config(args)
+    dynamics, natural = None, args.natural_policy
+    if args.protocol:
+        from dynaguide_experiments.calvin.protocol import apply_protocol
+
+        if args.trials is not None or args.quick or args.reference or args.natural_policy:
+            raise SystemExit("--protocol takes the models, guidance, N and data from the protocol file: drop "
+                             "--trials, --quick, --reference and --natural-policy")
+        cfg, protocol = apply_protocol(cfg, args.protocol)
+        unregistered = sorted(set(args.methods.split(",")) - set(protocol["methods"]))
+        if "underrepresented" not in protocol["experiments"] or unregistered:
+            raise SystemExit(f"the protocol registers experiments {protocol['experiments']} and methods "
+                             f"{protocol['methods']}; asked for underrepresented with {args.methods}")
+        registered = {Path(m["path"]).resolve() for m in protocol["models"].values()}
+        for spec in specs:
+            if spec.share is not None and policy_dir(args.policies, args.target, spec.share,
+                                                     spec.seed).resolve() not in registered:
+                raise SystemExit(f"the protocol registers no policy for share {spec.key} at "
+                                 f"{policy_dir(args.policies, args.target, spec.share, spec.seed)}")
+        dynamics, natural = protocol["models"]["dynamics"]["path"], protocol["models"]["policy"]["path"]
+    result = run_underrepresented(cfg, args.target, specs, args.out, policies=args.policies,
+                                  reference=args.reference, methods=tuple(args.methods.split(",")),
+                                  command="dynaguide " + shlex.join(sys.argv[1:]), dynamics_dir=dynamics,
+                                  natural_policy=natural)
+    if args.protocol:
+        result["protocol"] = {"path": str(args.protocol), "sha256": protocol["sha256"],
+                              "chosen_at_commit": protocol["chosen_at_commit"]}
+        (Path(args.out) / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({s: {m: c["rate"] for m, c in cells.items()} for s, cells in result["shares"].items()}, indent=2))
     return 0
 
@@ -456,6 +485,8 @@ def _register_experiments(sub) -> None:
     p.add_argument("--stage", default=None, help="comma-separated subset of merge,embed,policy,dynamics,export")
     p.add_argument("--underrepresent", default=None, metavar="BEHAVIOUR=SHARE",
                    help="UnderrepresentedBehaviors: the base policy sees BEHAVIOUR as SHARE of its training segments")
+    p.add_argument("--seed", dest="train_seed", type=int, default=None,
+                   help="seed of the initial weights and batch order (training.seed; default 0)")
     p.add_argument("--out-dir", default=None, help="override training.out_dir (resumable runs)")
     p.add_argument("--export-dir", default=None, help="override training.export_dir")
     p.add_argument("--device", default=None, help="override training.device: cpu, cuda or auto (accelerate launch: "
@@ -582,8 +613,16 @@ def _register_experiments(sub) -> None:
     p = sub.add_parser("underrepresented", help="steer a base policy trained with the target underrepresented")
     common(p)
     p.add_argument("--target", default="switch_on")
-    p.add_argument("--shares", default="0.01,0.02")
+    p.add_argument("--shares", default="0.01,0.02",
+                   help="SHARE, SHARE@SEED (the policy trained with --seed SEED) or natural (trained on every "
+                        "segment), comma-separated")
     p.add_argument("--methods", default="base,dynaguide,gpc")
+    p.add_argument("--protocol", type=Path, default=None,
+                   help="a committed pre-registered protocol that registers the experiment and every share's "
+                        "policy (dynaguide calvin protocol --model ...): its dynamics, guidance, N and data; "
+                        "natural is its policy")
+    p.add_argument("--natural-policy", default=None,
+                   help="the policy trained on every segment (default: training.export_dir/policy)")
     p.add_argument("--policies", default="checkpoints/calvin_underrepresented",
                    help="directory of <target>_<percent>pct/policy exports (dynaguide calvin train --underrepresent)")
     p.add_argument("--reference", default=None,

@@ -24,6 +24,13 @@ def test_ablation_with_a_protocol_runs_on_validation_seeds_with_the_protocols_se
     assert not (tmp_path / "a").exists()
 
 
-def test_underrepresented_has_no_protocol_option_it_would_ignore():
-    proc = _calvin("underrepresented", "--protocol", "results/calvin/protocol.json")
-    assert proc.returncode == 2 and "unrecognized arguments: --protocol" in proc.stderr, proc.stderr
+@pytest.mark.parametrize("extra, message", [
+    ([], "registers experiments"),                         # the ArticulatedParts protocol has no underrepresented
+    (["--trials", "3"], "drop --trials"),
+    (["--shares", "0.01@x"], "--shares: a share is SHARE, SHARE@SEED"),
+])
+def test_underrepresented_applies_a_protocol_or_refuses_it_in_one_line(extra, message, tmp_path):
+    proc = _calvin("underrepresented", "--protocol", "results/calvin/protocol.json", *extra,
+                   "--out", str(tmp_path / "u"))
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "u").exists()

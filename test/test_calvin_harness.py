@@ -255,6 +255,38 @@ def test_underrepresented_runs_each_share_with_its_own_policy_on_the_same_seeds(
         run_underrepresented(cfg, "switch_on", [0.2], tmp_path / "x", policies=policies, progress=False)
 
 
+def test_underrepresented_reports_each_training_seed_and_the_natural_policy(tiny_setup, tmp_path):
+    import shutil
+
+    from dynaguide.data.schema import Demo
+    from dynaguide.data.writer import write_hdf5_dataset
+    from dynaguide_experiments.calvin.underrepresented import policy_dir, run_underrepresented
+
+    root, cfg = tiny_setup
+    policies = tmp_path / "policies"
+    for share, seed in ((0.01, 0), (0.01, 1)):
+        shutil.copytree(root / "models" / "policy", policy_dir(policies, "switch_on", share, seed))
+    assert policy_dir(policies, "switch_on", 0.01, 1).parent.name == "switch_on_1pct_seed1"
+    # the natural share is counted in the training file: 1 switch_on segment of 4
+    demos = [Demo(actions=np.zeros((3, 7), np.float32), proprio=np.zeros((3, 15), np.float32),
+                  images={"third_person": np.zeros((3, 8, 8, 3), np.uint8)},
+                  behaviour=b, name=f"demo_{i}") for i, b in enumerate(("switch_on", "door_left", "door_left",
+                                                                       "button_on"))]
+    merged = write_hdf5_dataset(tmp_path / "train.h5", demos)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, merged=str(merged)))
+    result = run_underrepresented(cfg, "switch_on", ["0.01@1", "natural", "0.01"], tmp_path / "under",
+                                  policies=policies, methods=("base",), progress=False)
+    assert list(result["shares"]) == ["0.01", "0.01@1", "0.25 (natural)"]
+    assert result["reference_share"] == "0.25 (natural)"
+    assert result["policies"]["0.01@1"].endswith("switch_on_1pct_seed1/policy")
+    # both seeds ran the same trial seeds (the same scenes)
+    seeds = [[t["seed"] for t in map(json.loads, (tmp_path / "under" / f"share_{k}" / "trials" /
+                                                  "switch_on__base.jsonl").read_text().splitlines())]
+             for k in ("0.01", "0.01@1")]
+    assert sorted(seeds[0]) == sorted(seeds[1])
+    assert "(seed 1)" in (tmp_path / "under" / "results.md").read_text()
+
+
 def test_commit_steps_replaces_the_policys_replanning_period(tiny_setup, tmp_path):
     """``eval.commit_steps`` reaches the runner: more actions than a chunk holds are refused there."""
     root, cfg = tiny_setup

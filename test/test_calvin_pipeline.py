@@ -55,10 +55,21 @@ def test_underrepresent_keeps_the_first_segments_of_the_behaviour_at_its_share(t
     names = DemoSource(path).names
     out = underrepresent(path, names, "switch_on", share)
     assert out == names[:kept] + names[10:]        # the first k switch_on segments, every other segment, in order
-    with pytest.raises(ValueError, match="needs 72"):
-        underrepresent(path, names, "switch_on", 0.9)
+    with pytest.raises(ValueError, match="needs 1592"):   # 199 repeats of each of 10 segments: refused
+        underrepresent(path, names, "switch_on", 0.995)
     with pytest.raises(ValueError, match="no training segments"):
         underrepresent(path, names, "door_left", 0.1)
+
+
+def test_underrepresent_repeats_the_behaviours_segments_above_its_natural_share(tmp_path):
+    from dynaguide_experiments.calvin.pipeline import underrepresent
+
+    path = write_hdf5_dataset(tmp_path / "d.h5", _demos(3, "switch_on", 0.0) + _demos(8, "drawer_open", 50.0))
+    names = DemoSource(path).names
+    out = underrepresent(path, names, "switch_on", 0.5)   # 8 switch_on needed, 3 recorded: 3 + 3 + 2 repeats
+    assert out[8:] == names[3:]                           # every other segment once, in order
+    assert out[:8] == [names[0]] * 3 + [names[1]] * 3 + [names[2]] * 2
+    assert sum(n in names[:3] for n in out) / len(out) == 0.5
 
 
 def test_training_config_rejects_a_share_outside_0_1():
@@ -66,3 +77,17 @@ def test_training_config_rejects_a_share_outside_0_1():
 
     with pytest.raises(ValueError, match="underrepresented_share"):
         TrainingConfig(underrepresented_behaviour="switch_on", underrepresented_share=1.0)
+
+
+def test_the_training_seed_reaches_the_trainer():
+    """``dynaguide calvin train --seed K`` (training.seed): a second policy on the same data differs by its seed."""
+    import dataclasses as dc
+
+    from dynaguide_cli.main import build_parser
+    from dynaguide_cli.calvin import _config
+    from dynaguide_experiments.calvin.pipeline import _train_config
+
+    args = build_parser().parse_args(["calvin", "train", "--config", "config/calvin_play_gripper.yaml", "--seed", "1"])
+    cfg = _config(args)
+    assert cfg.training.seed == 1 and _train_config(cfg, 10).seed == 1
+    assert _train_config(dc.replace(cfg, training=dc.replace(cfg.training, seed=0)), 10).seed == 0

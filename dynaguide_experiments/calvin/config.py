@@ -128,6 +128,8 @@ class TrainingConfig:
     #: ``underrepresented_share`` of the base policy's training segments ("" = keep every segment)
     underrepresented_behaviour: str = ""
     underrepresented_share: float = 0.0
+    #: seed of the initial weights and of the batch order (a second policy on the same data: another seed)
+    seed: int = 0
     #: where and how the train stages run (dynaguide.training.TrainConfig; several processes: accelerate launch)
     device: str = "cpu"
     mixed_precision: str = "no"

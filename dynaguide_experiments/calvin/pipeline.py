@@ -101,16 +101,25 @@ def _train_config(cfg: CalvinExperimentConfig, steps: int) -> TrainConfig:
     t = cfg.training
     return TrainConfig(steps=steps, batch_size=t.batch_size, lr=t.lr, lr_schedule="cosine", warmup_steps=200,
                        val_every=500, checkpoint_every=250, ema_decay=0.995, num_threads=1, device=t.device,
-                       mixed_precision=t.mixed_precision, grad_accum=t.grad_accum)
+                       mixed_precision=t.mixed_precision, grad_accum=t.grad_accum, seed=t.seed)
 
 
 def _splits(cfg: CalvinExperimentConfig) -> tuple[list[str], list[str]]:
     return split_demos(cfg.data.merged, cfg.training.val_fraction, seed=0)
 
 
+#: the most times UnderrepresentedBehaviors repeats one segment to raise a behaviour's share
+MAX_REPEATS = 20
+
+
 def underrepresent(path: str | Path, names: list[str], behaviour: str, share: float) -> list[str]:
-    """``names`` with all but the first ``k`` segments of ``behaviour`` dropped, ``k = max(1, round(share · n_other /
-    (1 − share)))``, so ``behaviour`` makes up ``share`` of the result (the UnderrepresentedBehaviors data)."""
+    """``names`` with ``behaviour`` making up ``share`` of the training segments as sampled (the
+    UnderrepresentedBehaviors data); every other segment is kept as it is.
+
+    ``k = max(1, round(share · n_other / (1 − share)))`` segments of ``behaviour``: below its natural count the
+    first ``k`` are kept and the rest dropped; above it every one is kept and the first ``k mod n`` once more
+    than the others (each repeated ``k // n`` or ``k // n + 1`` times, at most :data:`MAX_REPEATS`), so a share
+    counts a repeated segment as often as it is sampled.  The order of ``names`` is kept (repeats adjacent)."""
     with h5py.File(path, "r") as f:
         behaviours = {n: f["data"][n].attrs.get("behavior") for n in names}
     ours = [n for n in names if behaviours[n] == behaviour]
@@ -118,10 +127,14 @@ def underrepresent(path: str | Path, names: list[str], behaviour: str, share: fl
     if not ours:
         raise ValueError(f"{path} has no training segments of {behaviour!r}")
     k = max(1, round(share * len(others) / (1.0 - share)))
-    if k > len(ours):
-        raise ValueError(f"a share of {share:.0%} needs {k} {behaviour!r} segments; the data has {len(ours)}")
-    keep = set(ours[:k]) | set(others)
-    return [n for n in names if n in keep]
+    repeats = {n: k // len(ours) + (i < k % len(ours)) for i, n in enumerate(ours)}
+    if max(repeats.values()) > MAX_REPEATS:
+        raise ValueError(f"a share of {share:.0%} needs {k} {behaviour!r} segments; the data has {len(ours)} "
+                         f"(more than {MAX_REPEATS} repeats each)")
+    out: list[str] = []
+    for n in names:
+        out.extend([n] * (repeats[n] if n in repeats else 1))
+    return out
 
 
 def embed(cfg: CalvinExperimentConfig, paths: tuple[str, ...] | None = None, accelerator=None):
