@@ -34,3 +34,17 @@ def test_underrepresented_applies_a_protocol_or_refuses_it_in_one_line(extra, me
                    "--out", str(tmp_path / "u"))
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "policy=checkpoints/calvin_play/policy"], "--model wants a new NAME=DIR"),
+    (["--model", "gc_policy"], "--model wants a new NAME=DIR"),
+    (["--settings-from", "results/calvin/protocol.json", "--scale", "3"], "drop the guidance/trial options"),
+    (["--settings-from", "README.md"], "cannot read protocol README.md"),
+])
+def test_protocol_refuses_a_bad_registration_in_one_line_and_writes_nothing(extra, message, tmp_path):
+    proc = _calvin("protocol", "--config", "config/calvin_play_gripper.yaml", "--out", str(tmp_path / "p.json"),
+                   "--policy", "checkpoints/calvin_play_gripper/policy", "--dynamics",
+                   "checkpoints/calvin_play_gripper/dynamics", *extra)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "p.json").exists()
