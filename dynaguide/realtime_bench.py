@@ -152,7 +152,8 @@ class GraphPolicySettings:
     runner: Any  # dynaguide.guided_runner.RunnerConfig
     action_dt: float
     replan_period_s: float
-    camera_size: int
+    #: side (px) of each camera's square frames as the graph publishes them, by policy image key
+    camera_sizes: dict[str, int]
     embedder: Any  # dynaguide.embedders.factory.EmbedderConfig
 
 
@@ -189,11 +190,13 @@ def load_graph_policy(path: str | Path, checkpoints: str | Path | None = None) -
         runner = replace(runner, policy_checkpoint=str(ckpt / "policy"), dynamics_checkpoint=str(ckpt / "dynamics"))
     embedding = _section(data, "embedding_node", path)
     embedder = from_dict(EmbedderConfig, embedding.get("embedder", {}), where=f"{path}:embedding_node.embedder")
-    camera = (_section(data, "calvin_bridge", path).get("static_size")
-              or _section(data, "camera_node", path).get("width"))
+    bridge = _section(data, "calvin_bridge", path)
+    static = int(bridge.get("static_size") or _section(data, "camera_node", path).get("width") or runner.image_size)
+    # a camera the file gives no size for is published at the static camera's size
+    sizes = {"rgb_static": static, "rgb_gripper": int(bridge.get("gripper_size") or static)}
     return GraphPolicySettings(name=path.stem, runner=runner, action_dt=float(policy.get("action_dt", 1 / 30)),
                                replan_period_s=float(policy.get("replan_period_s", 0.5)),
-                               camera_size=int(camera or runner.image_size), embedder=embedder)
+                               camera_sizes=sizes, embedder=embedder)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -274,8 +277,8 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
     n_tok, dim = dynamics.cfg.embed_tokens, dynamics.cfg.embed_dim
     goal_tokens = rng.normal(size=(goals, n_tok, dim)).astype(np.float32)
     to = policy.n_obs_steps
-    size = settings.camera_size
-    images = {k: rng.integers(0, 256, (to, size, size, 3), dtype=np.uint8) for k in policy.cfg.image_keys}
+    sizes = {k: settings.camera_sizes.get(k, settings.camera_sizes["rgb_static"]) for k in policy.cfg.image_keys}
+    images = {k: rng.integers(0, 256, (to, n, n, 3), dtype=np.uint8) for k, n in sizes.items()}
     proprio = rng.normal(size=(to, settings.runner.proprio_dim)).astype(np.float32)
     obs_tokens = rng.normal(size=(n_tok, dim)).astype(np.float32)
     g = settings.runner.guidance
@@ -364,7 +367,7 @@ def bench_graph(settings: GraphPolicySettings, *, chunks: int = 30, goals: int =
                          "stochastic_mode": g.stochastic_mode, "guided_steps": g.guided_steps,
                          "ddim_steps": policy.cfg.ddim.num_inference_steps, "horizon": policy.horizon,
                          "n_action_steps": policy.n_action_steps, "action_dt": settings.action_dt,
-                         "replan_period_s": settings.replan_period_s, "camera_px": size,
+                         "replan_period_s": settings.replan_period_s, "camera_px": sizes,
                          "torch_threads": settings.runner.torch_threads,
                          "parallel_policy": settings.runner.parallel_policy, "chunks": chunks,
                          "embedder": settings.embedder.kind, "embed_ms_p50": round(statistics.median(embed_ms), 1),

@@ -53,10 +53,11 @@ def test_schedule_does_not_queue_actions_already_due_on_arrival():
 @pytest.mark.parametrize("name", ["calvin_sim", "real_arx5"])
 def test_graph_files_give_the_policy_node_settings(name):
     settings = load_graph_policy(ROOT / "config" / f"{name}.yaml")
-    assert settings.action_dt > 0 and settings.replan_period_s > 0 and settings.camera_size > 0
+    assert settings.action_dt > 0 and settings.replan_period_s > 0 and min(settings.camera_sizes.values()) > 0
     if name == "calvin_sim":
         assert (settings.runner.embed_tokens, settings.runner.embed_dim) == (64, 112)
-        assert settings.camera_size == 96  # the size the shipped models were trained on
+        # each camera at the size the graph publishes it (the shipped models were trained on these)
+        assert settings.camera_sizes == {"rgb_static": 96, "rgb_gripper": 84}
         assert settings.runner.policy_checkpoint.endswith("calvin_play_gripper/policy")  # trained by default
     with_ckpt = load_graph_policy(ROOT / "config" / f"{name}.yaml", checkpoints="ckpt")
     assert with_ckpt.runner.policy_checkpoint == str(Path("ckpt") / "policy")
@@ -64,11 +65,12 @@ def test_graph_files_give_the_policy_node_settings(name):
 
 def test_bench_reports_budget_and_exact_variants_match(tmp_path):
     settings = load_graph_policy(ROOT / "config" / "calvin_sim.yaml")  # the shipped trained models
-    settings.camera_size = 64
+    settings.camera_sizes = {"rgb_static": 64, "rgb_gripper": 48}
     # the other torch thread count is left out: on a loaded 2-core machine it alone took a minute here
     variants = [v for v in default_variants(False, 1) if not v.name.startswith("torch_threads")]
     entry = bench_graph(settings, chunks=2, goals=3, warmup=1, variants=variants)
     assert entry["budget_ms"] == pytest.approx(8 / 30 * 1e3, abs=0.2)
+    assert entry["settings"]["camera_px"] == {"rgb_static": 64, "rgb_gripper": 48}   # each camera at its own size
     assert set(entry) >= {"p50_ms", "p95_ms", "budget_ms", "keeps_up", "dropped_fraction", "settings", "variants"}
     exact = [row for name, row in entry["variants"].items() if row["exact"] and name != "configured"]
     assert exact and all(row["max_abs_diff_vs_configured"] <= 1e-5 for row in exact)
